@@ -1,0 +1,33 @@
+//! Where a tensor lives and where an op runs.
+
+/// A compute device. Only the CPU exists in this build; the CUDA variant is added by the `cuda` feature
+/// (its own issue), and every op dispatches on the storage of its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+}
+
+impl Device {
+    /// Parses a command-line device name.
+    pub fn parse(name: &str) -> crate::Result<Device> {
+        match name {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Err(crate::Error::Unsupported(
+                "this build has no CUDA support; build with `--features cuda`, or use --device cpu"
+                    .into(),
+            )),
+            other => Err(crate::Error::Unsupported(format!(
+                "unknown device `{other}`; expected `cpu` or `cuda`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+        }
+    }
+}

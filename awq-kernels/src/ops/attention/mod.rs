@@ -1,0 +1,63 @@
+//! Causal attention with grouped-query heads over the paged KV cache, for prefill and decode alike.
+
+pub mod cpu;
+
+use crate::kv_cache::PagedKvCache;
+use crate::{Error, Result, Tensor};
+
+/// One sequence's part of a batched attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnSeq<'a> {
+    /// The sequence's block table.
+    pub blocks: &'a [u32],
+    /// Its first query row in `q`.
+    pub q_start: usize,
+    /// Its query rows: the newest `q_len` tokens.
+    pub q_len: usize,
+    /// Tokens in the cache for it, the new ones included; query row `j` sits at position
+    /// `kv_len - q_len + j` and sees keys `0..=` that position.
+    pub kv_len: usize,
+}
+
+/// `softmax(q·kᵀ·scale + causal mask)·v` for `q` `[t, h, d]`, reading keys and values of `layer` from the cache.
+/// Query head `i` uses KV head `i / (h / h_kv)`. Returns `[t, h, d]`.
+pub fn paged_attention(
+    q: &Tensor,
+    cache: &PagedKvCache,
+    layer: usize,
+    seqs: &[AttnSeq],
+    scale: f32,
+) -> Result<Tensor> {
+    let op = "paged_attention";
+    let &[t, heads, d] = q.shape() else {
+        return Err(Error::shape(
+            op,
+            format!("q must be [t, h, d], got {:?}", q.shape()),
+        ));
+    };
+    let cfg = cache.config();
+    if d != cfg.head_dim || heads % cfg.kv_heads != 0 || layer >= cfg.layers {
+        return Err(Error::shape(
+            op,
+            format!(
+                "q [{t}, {heads}, {d}] does not fit a cache of {} layers, {} KV heads of dim {} (layer {layer})",
+                cfg.layers, cfg.kv_heads, cfg.head_dim
+            ),
+        ));
+    }
+    for s in seqs {
+        if s.q_start + s.q_len > t
+            || s.q_len > s.kv_len
+            || s.kv_len > s.blocks.len() * cfg.block_size
+        {
+            return Err(Error::shape(
+                op,
+                format!("sequence {s:?} does not fit q rows {t} or its blocks"),
+            ));
+        }
+    }
+    let q_data = super::f32_slice(op, q)?;
+    let mut out = vec![0.0f32; t * heads * d];
+    cpu::paged_attention(q_data, heads, cache, layer, seqs, scale, &mut out);
+    Tensor::from_vec(out, &[t, heads, d])
+}

@@ -1,0 +1,214 @@
+//! Linear layers: a closed enum chosen at load time from what the checkpoint holds (dense float weights or
+//! AWQ int4 weights), so model code calls `forward` and never knows which.
+
+pub mod cpu;
+
+use half::{bf16, f16};
+
+use super::awq::cpu::AwqWeights;
+use super::{f32_slice, rows_and_width};
+use crate::awq_format::PACK_FACTOR;
+use crate::{DType, Error, FloatElement, Result, Tensor, WeightsScope};
+
+/// How the AWQ linears of a checkpoint were quantized (from its `quantization_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwqConfig {
+    pub group_size: usize,
+}
+
+/// `y = x·Wᵀ + b` with `W` `[n, k]`.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Dense {
+        /// `[n, k]`, f32, f16 or bf16.
+        weight: Tensor,
+        bias: Option<Vec<f32>>,
+    },
+    Awq {
+        /// int32 `[k, n/8]`.
+        qweight: Tensor,
+        /// int32 `[k/g, n/8]`.
+        qzeros: Tensor,
+        /// `[k/g, n]`, f16, bf16 or f32.
+        scales: Tensor,
+        bias: Option<Vec<f32>>,
+        k: usize,
+        n: usize,
+        group: usize,
+    },
+}
+
+impl Linear {
+    /// Loads the linear `scope` (e.g. `model.layers.0.self_attn.q_proj.`) with `k` inputs and `n` outputs:
+    /// AWQ tensors when `awq` is given, a dense `weight` otherwise; `bias` when `with_bias`.
+    pub fn load(
+        scope: &WeightsScope,
+        k: usize,
+        n: usize,
+        with_bias: bool,
+        awq: Option<AwqConfig>,
+    ) -> Result<Linear> {
+        let bias = if with_bias {
+            Some(scope.get_float("bias", &[n])?.to_f32_vec()?)
+        } else {
+            None
+        };
+        let Some(AwqConfig { group_size: group }) = awq else {
+            let weight = scope.get_float("weight", &[n, k])?;
+            return Ok(Linear::Dense { weight, bias });
+        };
+        if group == 0 || k % group != 0 || group % PACK_FACTOR != 0 || n % PACK_FACTOR != 0 {
+            return Err(Error::Unsupported(format!(
+                "AWQ linear `{}` with k={k}, n={n}, group size {group}: the group size must divide k and be a \
+                 multiple of 8, and n must be a multiple of 8",
+                scope.prefix()
+            )));
+        }
+        let qweight = scope.get_with_dtype("qweight", &[k, n / PACK_FACTOR], DType::I32)?;
+        let qzeros = scope.get_with_dtype("qzeros", &[k / group, n / PACK_FACTOR], DType::I32)?;
+        let scales = scope.get_float("scales", &[k / group, n])?;
+        Ok(Linear::Awq {
+            qweight,
+            qzeros,
+            scales,
+            bias,
+            k,
+            n,
+            group,
+        })
+    }
+
+    pub fn in_features(&self) -> usize {
+        match self {
+            Linear::Dense { weight, .. } => weight.dim(1),
+            Linear::Awq { k, .. } => *k,
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Linear::Dense { weight, .. } => weight.dim(0),
+            Linear::Awq { n, .. } => *n,
+        }
+    }
+
+    /// `x` `[.., k]` f32 → `[.., n]` f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let op = "linear";
+        let (m, k) = rows_and_width(op, x)?;
+        if k != self.in_features() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "input {:?} has {k} features, the layer takes {}",
+                    x.shape(),
+                    self.in_features()
+                ),
+            ));
+        }
+        let n = self.out_features();
+        let xs = f32_slice(op, x)?;
+        let mut y = vec![0.0f32; m * n];
+        match self {
+            Linear::Dense { weight, bias } => {
+                let b = bias.as_deref();
+                match weight.dtype() {
+                    DType::F32 => cpu::linear(xs, m, k, weight.as_slice::<f32>()?, n, b, &mut y),
+                    DType::F16 => cpu::linear(xs, m, k, weight.as_slice::<f16>()?, n, b, &mut y),
+                    DType::BF16 => cpu::linear(xs, m, k, weight.as_slice::<bf16>()?, n, b, &mut y),
+                    other => {
+                        return Err(Error::DType {
+                            op,
+                            expected: DType::F32,
+                            got: other,
+                        })
+                    }
+                }
+            }
+            Linear::Awq {
+                qweight,
+                qzeros,
+                scales,
+                bias,
+                k,
+                n,
+                group,
+            } => {
+                let b = bias.as_deref();
+                let (qw, qz) = (qweight.as_u32_bits()?, qzeros.as_u32_bits()?);
+                match scales.dtype() {
+                    DType::F16 => awq_forward(
+                        xs,
+                        m,
+                        qw,
+                        qz,
+                        scales.as_slice::<f16>()?,
+                        *k,
+                        *n,
+                        *group,
+                        b,
+                        &mut y,
+                    ),
+                    DType::BF16 => awq_forward(
+                        xs,
+                        m,
+                        qw,
+                        qz,
+                        scales.as_slice::<bf16>()?,
+                        *k,
+                        *n,
+                        *group,
+                        b,
+                        &mut y,
+                    ),
+                    DType::F32 => awq_forward(
+                        xs,
+                        m,
+                        qw,
+                        qz,
+                        scales.as_slice::<f32>()?,
+                        *k,
+                        *n,
+                        *group,
+                        b,
+                        &mut y,
+                    ),
+                    other => {
+                        return Err(Error::DType {
+                            op,
+                            expected: DType::F16,
+                            got: other,
+                        })
+                    }
+                }
+            }
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("x has a last dimension") = n;
+        Tensor::from_vec(y, &shape)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn awq_forward<S: FloatElement>(
+    x: &[f32],
+    m: usize,
+    qweight: &[u32],
+    qzeros: &[u32],
+    scales: &[S],
+    k: usize,
+    n: usize,
+    group: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let w = AwqWeights {
+        qweight,
+        qzeros,
+        scales,
+        k,
+        n,
+        group,
+    };
+    super::awq::cpu::awq_linear(x, m, w, bias, y);
+}

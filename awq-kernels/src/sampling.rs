@@ -1,0 +1,226 @@
+//! Choosing the next token from logits: greedy, or sampling with temperature, top-k, top-p and a repetition
+//! penalty, from a seeded generator so a run can be repeated. The processors run in transformers' order:
+//! repetition penalty, temperature, top-k, top-p.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Sampling settings. The defaults are greedy decoding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// > 1 discourages tokens already in the sequence (CTRL-style, as transformers applies it).
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Checks the ranges; the message names the parameter.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |msg: &str| Err(crate::Error::Unsupported(msg.to_string()));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature must be a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p must be in (0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty must be a finite number > 0");
+        }
+        Ok(())
+    }
+}
+
+/// A sampler with its own random stream.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        Sampler {
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
+            params,
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The next token given the logits of the last position and the tokens so far (prompt included).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let mut logits: Vec<f32> = logits
+            .iter()
+            .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v })
+            .collect();
+        apply_repetition_penalty(&mut logits, history, self.params.repetition_penalty);
+        if self.params.temperature == 0.0 {
+            return argmax(&logits) as u32;
+        }
+        let inv_t = 1.0 / self.params.temperature;
+        logits.iter_mut().for_each(|v| *v *= inv_t);
+        let probs = top_k_top_p_probs(&logits, self.params.top_k, self.params.top_p);
+        let r: f32 = self.rng.gen::<f32>();
+        let mut acc = 0.0f32;
+        for &(id, p) in &probs {
+            acc += p;
+            if r < acc {
+                return id as u32;
+            }
+        }
+        probs.last().map(|&(id, _)| id as u32).unwrap_or(0)
+    }
+}
+
+/// Index of the largest value; the first one on ties (as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// transformers' `RepetitionPenaltyLogitsProcessor`: a seen token's logit is divided by the penalty when
+/// positive and multiplied by it when negative.
+pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; logits.len()];
+    for &id in history {
+        if let Some(s) = seen.get_mut(id as usize) {
+            if !*s {
+                *s = true;
+                let v = &mut logits[id as usize];
+                *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+            }
+        }
+    }
+}
+
+/// The kept tokens with renormalized probabilities, most likely first.
+pub fn top_k_top_p_probs(logits: &[f32], top_k: usize, top_p: f32) -> Vec<(usize, f32)> {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if top_k > 0 {
+        order.truncate(top_k);
+    }
+    let max = logits[order[0]];
+    let mut probs: Vec<(usize, f32)> = order
+        .iter()
+        .map(|&i| (i, (logits[i] - max).exp()))
+        .collect();
+    let total: f32 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= total);
+    if top_p < 1.0 {
+        // Keep tokens until the mass before them reaches top_p (the first token is always kept).
+        let mut acc = 0.0;
+        let mut keep = 0;
+        for &(_, p) in &probs {
+            if acc >= top_p {
+                break;
+            }
+            acc += p;
+            keep += 1;
+        }
+        probs.truncate(keep.max(1));
+        let kept: f32 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= kept);
+    }
+    probs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum_and_ignores_nan() {
+        let mut s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.sample(&[1.0, 3.0, 3.0, f32::NAN], &[]), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let mut logits = vec![2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut logits, &[0, 1, 1], 2.0);
+        assert_eq!(logits, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_whatever_the_temperature() {
+        let params = SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            seed: 7,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(params);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&[0.0, 0.5, 0.4], &[]), 1);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_the_mass() {
+        // probabilities 0.5, 0.3, 0.2 (logits are their logs)
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let kept = top_k_top_p_probs(&logits, 0, 0.7);
+        assert_eq!(kept.len(), 2);
+        assert!((kept[0].1 - 0.625).abs() < 1e-6 && (kept[1].1 - 0.375).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_samples_and_frequencies_follow_the_probabilities() {
+        let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 42,
+            ..Default::default()
+        };
+        let draw = |n: usize| {
+            let mut s = Sampler::new(params);
+            (0..n).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        let a = draw(4000);
+        assert_eq!(a, draw(4000));
+        let ones = a.iter().filter(|&&t| t == 1).count() as f32 / 4000.0;
+        assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_rejected() {
+        let p = SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
+        let p = SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! `Tensor`: a contiguous, row-major block of elements with a shape and a dtype, owned or memory-mapped.
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+
+use crate::dtype::OwnedBuffer;
+use crate::{DType, Device, Element, Error, Result};
+
+/// Read-only bytes shared by many tensors (a memory-mapped file, or bytes embedded in the program).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+#[derive(Clone)]
+enum Buffer {
+    Owned(OwnedBuffer),
+    /// A view into shared bytes; `offset` is aligned to the dtype (checked when the view is made).
+    Mapped {
+        bytes: SharedBytes,
+        offset: usize,
+        len: usize,
+    },
+}
+
+/// A contiguous tensor on the CPU. Shapes use the project's dimension names in comments: `[t, h, d]` etc.
+#[derive(Clone)]
+pub struct Tensor {
+    buffer: Buffer,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({}, {:?})", self.dtype, self.shape)
+    }
+}
+
+fn element_count(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// Wraps a vector; its length must match the shape.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+        if data.len() != element_count(shape) {
+            return Err(Error::shape(
+                "Tensor::from_vec",
+                format!("{} elements do not fill shape {shape:?}", data.len()),
+            ));
+        }
+        Ok(Tensor {
+            buffer: Buffer::Owned(T::wrap(data)),
+            shape: shape.to_vec(),
+            dtype: T::DTYPE,
+        })
+    }
+
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        Tensor {
+            buffer: Buffer::Owned(OwnedBuffer::zeros(dtype, element_count(shape))),
+            shape: shape.to_vec(),
+            dtype,
+        }
+    }
+
+    /// A tensor over `len` bytes of `bytes` from `offset`. Zero-copy when the offset suits the dtype's
+    /// alignment, a copy otherwise (safetensors does not promise aligned data offsets).
+    pub fn from_shared_bytes(
+        bytes: SharedBytes,
+        offset: usize,
+        len: usize,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        if len != element_count(shape) * dtype.size() {
+            return Err(Error::shape(
+                "Tensor::from_shared_bytes",
+                format!("{len} bytes do not hold {dtype} {shape:?}"),
+            ));
+        }
+        let data = &(*bytes).as_ref()[offset..offset + len];
+        let aligned = (data.as_ptr() as usize) % dtype.size() == 0;
+        let buffer = if aligned {
+            Buffer::Mapped { bytes, offset, len }
+        } else {
+            Buffer::Owned(OwnedBuffer::from_bytes(dtype, data))
+        };
+        Ok(Tensor {
+            buffer,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    pub fn elem_count(&self) -> usize {
+        element_count(&self.shape)
+    }
+
+    /// Size of dimension `i`; negative counts from the end.
+    pub fn dim(&self, i: isize) -> usize {
+        let idx = if i < 0 {
+            self.shape.len() as isize + i
+        } else {
+            i
+        };
+        self.shape[idx as usize]
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.buffer {
+            Buffer::Owned(b) => b.bytes(),
+            Buffer::Mapped { bytes, offset, len } => &(**bytes).as_ref()[*offset..*offset + *len],
+        }
+    }
+
+    /// The elements as `T`; `T` must be the tensor's dtype.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        self.check_dtype::<T>("Tensor::as_slice")?;
+        match &self.buffer {
+            Buffer::Owned(b) => Ok(T::view(b).expect("owned buffer variant matches dtype")),
+            Buffer::Mapped { .. } => Ok(bytemuck::cast_slice(self.bytes())),
+        }
+    }
+
+    /// Mutable elements; a mapped tensor is copied into owned memory first.
+    pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {
+        self.check_dtype::<T>("Tensor::as_mut_slice")?;
+        if let Buffer::Mapped { .. } = self.buffer {
+            self.buffer = Buffer::Owned(OwnedBuffer::from_bytes(self.dtype, self.bytes()));
+        }
+        match &mut self.buffer {
+            Buffer::Owned(b) => Ok(T::view_mut(b).expect("owned buffer variant matches dtype")),
+            Buffer::Mapped { .. } => unreachable!("made owned above"),
+        }
+    }
+
+    /// The 32-bit words of an i32 or u32 tensor (AWQ packed weights are stored as int32 but are bit fields).
+    pub fn as_u32_bits(&self) -> Result<&[u32]> {
+        match self.dtype {
+            DType::U32 | DType::I32 => Ok(bytemuck::cast_slice(self.bytes())),
+            other => Err(Error::DType {
+                op: "Tensor::as_u32_bits",
+                expected: DType::I32,
+                got: other,
+            }),
+        }
+    }
+
+    fn check_dtype<T: Element>(&self, op: &'static str) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DType {
+                op,
+                expected: T::DTYPE,
+                got: self.dtype,
+            });
+        }
+        Ok(())
+    }
+
+    /// Same elements, new shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
+        if element_count(shape) != self.elem_count() {
+            return Err(Error::shape(
+                "Tensor::reshape",
+                format!("cannot view {:?} as {shape:?}", self.shape),
+            ));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// The values converted to f32 (a copy; for f32 tensors too).
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        Ok(match self.dtype {
+            DType::F32 => self.as_slice::<f32>()?.to_vec(),
+            DType::F16 => self.as_slice::<f16>()?.iter().map(|v| v.to_f32()).collect(),
+            DType::BF16 => self
+                .as_slice::<bf16>()?
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            DType::I32 => self.as_slice::<i32>()?.iter().map(|&v| v as f32).collect(),
+            DType::U32 => self.as_slice::<u32>()?.iter().map(|&v| v as f32).collect(),
+            DType::U8 => self.as_slice::<u8>()?.iter().map(|&v| v as f32).collect(),
+        })
+    }
+
+    /// This tensor as an f32 tensor (no copy when it already is one).
+    pub fn to_f32(&self) -> Result<Tensor> {
+        if self.dtype == DType::F32 {
+            return Ok(self.clone());
+        }
+        Tensor::from_vec(self.to_f32_vec()?, &self.shape)
+    }
+
+    /// Rows `start..end` of the first dimension, copied.
+    pub fn narrow_rows(&self, start: usize, end: usize) -> Result<Tensor> {
+        let rows = *self.shape.first().unwrap_or(&0);
+        if start > end || end > rows {
+            return Err(Error::shape(
+                "Tensor::narrow_rows",
+                format!("rows {start}..{end} out of {rows}"),
+            ));
+        }
+        let row_bytes = self.elem_count() / rows.max(1) * self.dtype.size();
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        let bytes = &self.bytes()[start * row_bytes..end * row_bytes];
+        Ok(Tensor {
+            buffer: Buffer::Owned(OwnedBuffer::from_bytes(self.dtype, bytes)),
+            shape,
+            dtype: self.dtype,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_vec_rejects_a_length_that_does_not_fill_the_shape() {
+        assert!(Tensor::from_vec(vec![1.0f32; 5], &[2, 3]).is_err());
+    }
+
+    #[test]
+    fn as_slice_refuses_the_wrong_element_type() {
+        let t = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        assert!(t.as_slice::<f16>().is_err());
+        assert_eq!(t.as_slice::<f32>().unwrap(), &[1.0, 2.0]);
+    }
+
+    #[test]
+    fn misaligned_shared_bytes_are_copied_and_read_correctly() {
+        let mut raw = vec![0u8; 1];
+        raw.extend_from_slice(&1.5f32.to_le_bytes());
+        raw.extend_from_slice(&(-2.0f32).to_le_bytes());
+        let shared: SharedBytes = Arc::new(raw);
+        let t = Tensor::from_shared_bytes(shared, 1, 8, DType::F32, &[2]).unwrap();
+        assert_eq!(t.as_slice::<f32>().unwrap(), &[1.5, -2.0]);
+    }
+
+    #[test]
+    fn narrow_rows_copies_the_requested_rows() {
+        let t = Tensor::from_vec((0..6).map(|v| v as f32).collect(), &[3, 2]).unwrap();
+        let r = t.narrow_rows(1, 3).unwrap();
+        assert_eq!(r.shape(), &[2, 2]);
+        assert_eq!(r.as_slice::<f32>().unwrap(), &[2.0, 3.0, 4.0, 5.0]);
+    }
+}

@@ -1,0 +1,33 @@
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: {reason}")]
+    BadFile { path: String, reason: String },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+
+    #[error(
+        "the prompt has {prompt} tokens but the model's context is {limit}; shorten the prompt"
+    )]
+    PromptTooLong { prompt: usize, limit: usize },
+
+    #[error(transparent)]
+    Model(#[from] qwen2::Error),
+
+    #[error(transparent)]
+    Kernel(#[from] awq_kernels::Error),
+}

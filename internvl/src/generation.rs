@@ -1,0 +1,114 @@
+//! Autoregressive generation over a [`qwen2::Qwen2`]: prefill, then one token a step, streaming text out.
+
+use awq_kernels::kv_cache::BlockTable;
+use awq_kernels::sampling::{Sampler, SamplingParams};
+use qwen2::{ForwardOptions, SeqInput};
+
+use crate::{Error, IncrementalDecoder, Result, TextModel};
+
+/// KV cache block size, in tokens.
+const BLOCK_SIZE: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Keep going past stop tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_new_tokens: 256,
+            sampling: SamplingParams::default(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was produced.
+    Stop,
+    /// `max_new_tokens` or the model's context was reached.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationOutput {
+    /// The new tokens (a final stop token included).
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// Generates from `prompt_ids`, calling `on_text` with each new piece of text as it is complete.
+pub fn generate(
+    model: &TextModel,
+    prompt_ids: &[u32],
+    config: &GenerationConfig,
+    mut on_text: impl FnMut(&str),
+) -> Result<GenerationOutput> {
+    if prompt_ids.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    config.sampling.validate()?;
+    let limit = model.llm.config().max_position_embeddings;
+    if prompt_ids.len() >= limit {
+        return Err(Error::PromptTooLong {
+            prompt: prompt_ids.len(),
+            limit,
+        });
+    }
+    let max_new = config.max_new_tokens.min(limit - prompt_ids.len());
+    let mut cache = model.llm.new_kv_cache(
+        BLOCK_SIZE,
+        (prompt_ids.len() + max_new).div_ceil(BLOCK_SIZE),
+    );
+    let mut table = BlockTable::new();
+    let mut sampler = Sampler::new(config.sampling);
+    let mut history = prompt_ids.to_vec();
+    let mut decoder = IncrementalDecoder::new();
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    let mut finish_reason = FinishReason::Length;
+
+    let mut input = prompt_ids.to_vec();
+    while tokens.len() < max_new {
+        let mut seqs = [SeqInput {
+            table: &mut table,
+            len: input.len(),
+        }];
+        let out =
+            model
+                .llm
+                .forward_ids(&input, &mut cache, &mut seqs, ForwardOptions::default())?;
+        let next = sampler.sample(out.logits.as_slice::<f32>()?, &history);
+        tokens.push(next);
+        history.push(next);
+        if !config.ignore_eos && model.stop_ids.contains(&next) {
+            finish_reason = FinishReason::Stop;
+            break;
+        }
+        let piece = decoder.push(&model.tokenizer, next)?;
+        if !piece.is_empty() {
+            on_text(&piece);
+            text.push_str(&piece);
+        }
+        input = vec![next];
+    }
+    cache.release(&mut table);
+    let rest = decoder.finish(&model.tokenizer)?;
+    if !rest.is_empty() {
+        on_text(&rest);
+        text.push_str(&rest);
+    }
+    Ok(GenerationOutput {
+        tokens,
+        text,
+        finish_reason,
+        prompt_tokens: prompt_ids.len(),
+    })
+}

@@ -1,0 +1,120 @@
+//! The `internvl` command-line program.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use awq_kernels::sampling::SamplingParams;
+use awq_kernels::Device;
+use clap::{Args, Parser, Subcommand};
+use internvl::{embedded, generate, FinishReason, GenerationConfig, TextModel};
+
+#[derive(Parser)]
+#[command(name = "internvl", version, about = "InternVL 2.5 / Qwen2.5 inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt with a Qwen2 checkpoint (or the language model of an InternVL one).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json). Without it, the embedded tiny
+    /// checkpoint with random weights is used.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Wrap the prompt in the Qwen2.5 chat template (system + user turn, assistant reply).
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Do not stop at the end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// cpu (cuda comes with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The prompt.
+    prompt: String,
+}
+
+const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => run_generate(args),
+    }
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    Device::parse(&args.device)?;
+    let model = match &args.model {
+        Some(dir) => {
+            eprintln!("loading {} ...", dir.display());
+            TextModel::load(dir)
+                .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
+        }
+        None => {
+            eprintln!("no --model given: using the {}", embedded::DESCRIPTION);
+            embedded::text_model().context("loading the embedded checkpoint")?
+        }
+    };
+    let prompt = if args.chat {
+        format!(
+            "<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            args.prompt
+        )
+    } else {
+        args.prompt.clone()
+    };
+    let ids = model.tokenizer.encode(&prompt)?;
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+        ignore_eos: args.ignore_eos,
+    };
+    let start = std::time::Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    print!("{}", args.prompt);
+    let out = generate(&model, &ids, &config, |piece| {
+        let _ = write!(stdout, "{piece}");
+        let _ = stdout.flush();
+    })?;
+    println!();
+    let secs = start.elapsed().as_secs_f64();
+    let reason = match out.finish_reason {
+        FinishReason::Stop => "stop token",
+        FinishReason::Length => "length",
+    };
+    eprintln!(
+        "[{} prompt tokens, {} new tokens in {secs:.2} s ({:.1} tok/s), finished by {reason}]",
+        out.prompt_tokens,
+        out.tokens.len(),
+        out.tokens.len() as f64 / secs
+    );
+    Ok(())
+}

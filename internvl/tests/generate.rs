@@ -1,0 +1,199 @@
+//! Generation through the public API and the `internvl` program, on the fixtures made by transformers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use awq_kernels::sampling::SamplingParams;
+use awq_kernels::Weights;
+use internvl::{embedded, generate, FinishReason, GenerationConfig, TextModel};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
+}
+
+fn reference_ids(dir: &Path, name: &str) -> Vec<u32> {
+    let w = std::sync::Arc::new(Weights::from_file(&dir.join("reference.safetensors")).unwrap());
+    let s = w.scope("");
+    let t = s.get(name, &s.shape_of(name).unwrap()).unwrap();
+    t.as_slice::<i32>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect()
+}
+
+fn greedy(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        sampling: SamplingParams::default(),
+        ignore_eos: true,
+    }
+}
+
+#[test]
+fn greedy_generation_from_a_directory_equals_transformers() {
+    for name in ["qwen2-0.5b-like", "qwen2-72b-like-awq"] {
+        let dir = fixture(name);
+        let model = TextModel::load(&dir).unwrap();
+        let prompt = reference_ids(&dir, "prompt_ids");
+        let want = reference_ids(&dir, "greedy_ids");
+        let out = generate(&model, &prompt, &greedy(want.len()), |_| {}).unwrap();
+        assert_eq!(out.tokens, want, "{name}");
+        assert_eq!(out.finish_reason, FinishReason::Length);
+        assert_eq!(out.text, model.tokenizer.decode(&want).unwrap());
+    }
+}
+
+#[test]
+fn the_embedded_checkpoint_is_the_dense_05b_like_fixture_and_generates_its_reference() {
+    let model = embedded::text_model().unwrap();
+    let dir = fixture("qwen2-0.5b-like");
+    let want = reference_ids(&dir, "greedy_ids");
+    let out = generate(
+        &model,
+        &reference_ids(&dir, "prompt_ids"),
+        &greedy(want.len()),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(out.tokens, want);
+}
+
+#[test]
+fn generation_stops_at_a_stop_token_unless_told_to_ignore_it() {
+    let dir = fixture("qwen2-0.5b-like");
+    let mut model = TextModel::load(&dir).unwrap();
+    assert_eq!(
+        model.stop_ids,
+        vec![402, 400],
+        "stop ids come from generation_config.json"
+    );
+    let prompt = reference_ids(&dir, "prompt_ids");
+    let want = reference_ids(&dir, "greedy_ids");
+    // The random model never emits its real stop tokens, so make the 6th greedy token a stop token.
+    let first_stop = 5;
+    assert!(!want[..first_stop].contains(&want[first_stop]));
+    model.stop_ids = vec![want[first_stop]];
+    let config = GenerationConfig {
+        ignore_eos: false,
+        ..greedy(want.len())
+    };
+    let out = generate(&model, &prompt, &config, |_| {}).unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Stop);
+    assert_eq!(out.tokens, want[..=first_stop]);
+}
+
+#[test]
+fn seeded_sampling_repeats_and_differs_from_greedy() {
+    let model = embedded::text_model().unwrap();
+    let prompt = model.tokenizer.encode("Hello").unwrap();
+    let sampling = SamplingParams {
+        temperature: 1.5,
+        top_k: 50,
+        top_p: 0.95,
+        repetition_penalty: 1.1,
+        seed: 3,
+    };
+    let config = GenerationConfig {
+        max_new_tokens: 12,
+        sampling,
+        ignore_eos: true,
+    };
+    let a = generate(&model, &prompt, &config, |_| {}).unwrap();
+    let b = generate(&model, &prompt, &config, |_| {}).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    let g = generate(&model, &prompt, &greedy(12), |_| {}).unwrap();
+    assert_ne!(a.tokens, g.tokens);
+}
+
+#[test]
+fn an_empty_prompt_and_bad_sampling_values_are_errors() {
+    let model = embedded::text_model().unwrap();
+    assert!(generate(&model, &[], &greedy(4), |_| {}).is_err());
+    let bad = GenerationConfig {
+        sampling: SamplingParams {
+            top_p: 1.5,
+            ..Default::default()
+        },
+        ..greedy(4)
+    };
+    let err = generate(&model, &[1, 2], &bad, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("top_p"), "{err}");
+}
+
+fn internvl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_internvl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_program_streams_text_from_the_embedded_checkpoint() {
+    let out = internvl(&["generate", "--max-new-tokens", "8", "--ignore-eos", "Hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("RANDOM weights"), "{stderr}");
+    assert!(stderr.contains("8 new tokens"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Hello"));
+}
+
+#[test]
+fn the_program_reports_a_missing_or_broken_checkpoint_clearly() {
+    let missing = internvl(&["generate", "--model", "/nonexistent/dir", "hi"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("config.json"), "{stderr}");
+
+    // A checkpoint whose weights file is cut short.
+    let src = fixture("qwen2-0.5b-like");
+    let dir = std::env::temp_dir().join(format!("internvl-truncated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    let out = internvl(&["generate", "--model", dir.to_str().unwrap(), "hi"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("model.safetensors") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_weight_with_the_wrong_shape_is_named_in_the_error() {
+    let src = fixture("qwen2-0.5b-like");
+    let dir = std::env::temp_dir().join(format!("internvl-wrong-shape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    // Claim a larger intermediate size than the weights have.
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    json["intermediate_size"] = serde_json::json!(512);
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    let err = TextModel::load(&dir).err().unwrap().to_string();
+    assert!(
+        err.contains("gate_proj.weight") && err.contains("[512, 896]"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

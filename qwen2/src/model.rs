@@ -1,0 +1,280 @@
+//! The Qwen2 decoder (follows transformers `models/qwen2/modeling_qwen2.py`); field names follow the
+//! checkpoint keys.
+
+use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
+use awq_kernels::ops::attention::{paged_attention, AttnSeq};
+use awq_kernels::ops::linear::Linear;
+use awq_kernels::ops::{
+    activation, add_inplace, embedding::embedding, norm::rms_norm, rope::rope_inplace,
+};
+use awq_kernels::{Tensor, WeightsScope};
+
+use crate::{Error, Qwen2Config, Result};
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+/// One sequence's share of a forward call.
+pub struct SeqInput<'a> {
+    /// Its KV blocks; positions continue from `table.len()`, and the new tokens are appended.
+    pub table: &'a mut BlockTable,
+    /// Its new tokens (rows of the input, in the order of the slice).
+    pub len: usize,
+}
+
+/// What a forward call returns.
+pub struct ForwardOutput {
+    /// `[rows, vocab]`: the last row of each sequence, or every row when asked for all.
+    pub logits: Tensor,
+    /// The output of every decoder layer `[t, hidden]` (before the final norm), when asked for.
+    pub layer_outputs: Vec<Tensor>,
+}
+
+/// Options of [`Qwen2::forward`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Logits for every input row instead of only the last row of each sequence.
+    pub all_logits: bool,
+    /// Keep every decoder layer's output (for tests against a reference).
+    pub keep_layer_outputs: bool,
+}
+
+pub struct Qwen2 {
+    config: Qwen2Config,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Linear,
+}
+
+impl Qwen2 {
+    /// Loads from `scope`, which holds `model.*` and `lm_head.*` (the root of a Qwen2 checkpoint, or
+    /// `language_model.` of an InternVL one). Every tensor is checked for its shape as it is loaded.
+    pub fn load(config: &Qwen2Config, scope: &WeightsScope) -> Result<Qwen2> {
+        let c = config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let model = scope.pp("model");
+        // The vocabulary is sized from the tensor (InternVL resizes it; spec 1.4), checked against the config.
+        let embed_tokens = model.get_float("embed_tokens.weight", &[c.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let l = model.pp("layers").pp(i);
+            let attn = l.pp("self_attn");
+            let mlp = l.pp("mlp");
+            layers.push(DecoderLayer {
+                input_layernorm: l.get_float("input_layernorm.weight", &[h])?,
+                self_attn: Attention {
+                    q_proj: Linear::load(&attn.pp("q_proj"), h, q_out, true, c.awq)?,
+                    k_proj: Linear::load(&attn.pp("k_proj"), h, kv_out, true, c.awq)?,
+                    v_proj: Linear::load(&attn.pp("v_proj"), h, kv_out, true, c.awq)?,
+                    o_proj: Linear::load(&attn.pp("o_proj"), q_out, h, false, c.awq)?,
+                },
+                post_attention_layernorm: l.get_float("post_attention_layernorm.weight", &[h])?,
+                mlp: Mlp {
+                    gate_proj: Linear::load(
+                        &mlp.pp("gate_proj"),
+                        h,
+                        c.intermediate_size,
+                        false,
+                        c.awq,
+                    )?,
+                    up_proj: Linear::load(
+                        &mlp.pp("up_proj"),
+                        h,
+                        c.intermediate_size,
+                        false,
+                        c.awq,
+                    )?,
+                    down_proj: Linear::load(
+                        &mlp.pp("down_proj"),
+                        c.intermediate_size,
+                        h,
+                        false,
+                        c.awq,
+                    )?,
+                },
+            });
+        }
+        let norm = model.get_float("norm.weight", &[h])?;
+        // lm_head is never quantized (spec 9.2); tied checkpoints reuse the embedding table.
+        let lm_head = if c.tie_word_embeddings && !scope.contains("lm_head.weight") {
+            Linear::Dense {
+                weight: embed_tokens.clone(),
+                bias: None,
+            }
+        } else {
+            Linear::load(&scope.pp("lm_head"), h, c.vocab_size, false, None)?
+        };
+        Ok(Qwen2 {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &Qwen2Config {
+        &self.config
+    }
+
+    /// A KV cache pool for this model with `num_blocks` blocks of `block_size` tokens.
+    pub fn new_kv_cache(&self, block_size: usize, num_blocks: usize) -> PagedKvCache {
+        PagedKvCache::new(KvCacheConfig {
+            layers: self.config.num_hidden_layers,
+            kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+            block_size,
+            num_blocks,
+        })
+    }
+
+    /// Token embeddings `[t, hidden]` (f32), for callers that overwrite some rows (InternVL's image rows).
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        Ok(embedding(ids, &self.embed_tokens)?)
+    }
+
+    /// Forward over token ids of one or more sequences (their tokens concatenated in `seqs` order).
+    pub fn forward_ids(
+        &self,
+        ids: &[u32],
+        cache: &mut PagedKvCache,
+        seqs: &mut [SeqInput],
+        options: ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        let x = self.embed(ids)?;
+        self.forward_embeds(x, cache, seqs, options)
+    }
+
+    /// Forward over input embeddings `x` `[t, hidden]`: writes the new keys and values into the cache,
+    /// advances each sequence's table and returns logits.
+    pub fn forward_embeds(
+        &self,
+        mut x: Tensor,
+        cache: &mut PagedKvCache,
+        seqs: &mut [SeqInput],
+        options: ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        let c = &self.config;
+        let t: usize = seqs.iter().map(|s| s.len).sum();
+        if x.shape() != [t, c.hidden_size] {
+            return Err(awq_kernels::Error::Shape {
+                op: "qwen2.forward",
+                reason: format!("input {:?} is not [{t}, {}]", x.shape(), c.hidden_size),
+            }
+            .into());
+        }
+        // Positions and cache space for every sequence, before any compute.
+        let mut positions = Vec::with_capacity(t);
+        let mut starts = Vec::with_capacity(seqs.len());
+        for s in seqs.iter_mut() {
+            let past = s.table.len();
+            let end = past + s.len;
+            if end > c.max_position_embeddings {
+                return Err(Error::ContextTooLong {
+                    needed: end,
+                    limit: c.max_position_embeddings,
+                });
+            }
+            cache.reserve(s.table, end)?;
+            starts.push(past);
+            positions.extend(past..end);
+        }
+
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let mut layer_outputs = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let a = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps)?;
+            let attn = &layer.self_attn;
+            let mut q =
+                attn.q_proj
+                    .forward(&a)?
+                    .reshape(&[t, c.num_attention_heads, c.head_dim])?;
+            let mut k =
+                attn.k_proj
+                    .forward(&a)?
+                    .reshape(&[t, c.num_key_value_heads, c.head_dim])?;
+            let v = attn.v_proj.forward(&a)?; // [t, h_kv * d]
+            rope_inplace(&mut q, &positions, c.rope_theta)?;
+            rope_inplace(&mut k, &positions, c.rope_theta)?;
+            let (ks, vs) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
+            let stride = c.num_key_value_heads * c.head_dim;
+            let mut row = 0;
+            for (s, &past) in seqs.iter().zip(&starts) {
+                let rows = row * stride..(row + s.len) * stride;
+                cache.write(li, s.table, past, &ks[rows.clone()], &vs[rows])?;
+                row += s.len;
+            }
+            let mut attn_seqs = Vec::with_capacity(seqs.len());
+            let mut row = 0;
+            for (s, &past) in seqs.iter().zip(&starts) {
+                attn_seqs.push(AttnSeq {
+                    blocks: s.table.blocks(),
+                    q_start: row,
+                    q_len: s.len,
+                    kv_len: past + s.len,
+                });
+                row += s.len;
+            }
+            let o = paged_attention(&q, cache, li, &attn_seqs, scale)?
+                .reshape(&[t, c.num_attention_heads * c.head_dim])?;
+            add_inplace(&mut x, &attn.o_proj.forward(&o)?)?;
+
+            let a = rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps)?;
+            let m = &layer.mlp;
+            let gated = activation::silu_mul(&m.gate_proj.forward(&a)?, &m.up_proj.forward(&a)?)?;
+            add_inplace(&mut x, &m.down_proj.forward(&gated)?)?;
+            if options.keep_layer_outputs {
+                layer_outputs.push(x.clone());
+            }
+        }
+        for (s, &past) in seqs.iter_mut().zip(&starts) {
+            s.table.set_len(past + s.len);
+        }
+
+        let selected = if options.all_logits {
+            x
+        } else {
+            self.last_rows(&x, seqs)?
+        };
+        let normed = rms_norm(&selected, &self.norm, c.rms_norm_eps)?;
+        Ok(ForwardOutput {
+            logits: self.lm_head.forward(&normed)?,
+            layer_outputs,
+        })
+    }
+
+    /// The last row of each sequence, `[seqs, hidden]`.
+    fn last_rows(&self, x: &Tensor, seqs: &[SeqInput]) -> Result<Tensor> {
+        let h = self.config.hidden_size;
+        let data = x.as_slice::<f32>()?;
+        let mut out = Vec::with_capacity(seqs.len() * h);
+        let mut end = 0;
+        for s in seqs {
+            end += s.len;
+            if s.len > 0 {
+                out.extend_from_slice(&data[(end - 1) * h..end * h]);
+            }
+        }
+        let rows = out.len() / h;
+        Ok(Tensor::from_vec(out, &[rows, h])?)
+    }
+}
