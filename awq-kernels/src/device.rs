@@ -1,11 +1,13 @@
 //! Where a tensor lives and where an op runs.
 
-/// A compute device. Only the CPU exists in this build; the CUDA variant is added by the `cuda` feature
-/// (its own issue), and every op dispatches on the storage of its inputs.
+/// A compute device. Every op dispatches on the device of its inputs. `Cuda` tensors exist only in builds
+/// with the `cuda` feature; elsewhere asking for one is an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     #[default]
     Cpu,
+    /// A GPU by ordinal.
+    Cuda(usize),
 }
 
 impl Device {
@@ -28,6 +30,7 @@ impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }
 }

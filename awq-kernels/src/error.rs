@@ -69,6 +69,9 @@ pub enum Error {
 
     #[error("{0}")]
     Unsupported(String),
+
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 impl Error {

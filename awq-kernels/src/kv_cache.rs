@@ -2,9 +2,10 @@
 //! per sequence (the vLLM / LMDeploy design). Nothing is copied when a sequence grows; batching many
 //! sequences, sharing prefixes (reference counts) and bounding memory need no other layout.
 //!
-//! Layout per layer, keys and values alike: `[num_blocks, block_size, h_kv, d]`, f32 on the CPU.
+//! Layout per layer, keys and values alike: `[num_blocks * block_size, h_kv, d]`; f32 on the CPU, the
+//! activation dtype on a GPU.
 
-use crate::{Error, Result};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// The geometry of a cache pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +64,9 @@ impl BlockTable {
 /// The pool of blocks shared by all sequences.
 pub struct PagedKvCache {
     config: KvCacheConfig,
-    /// Per layer `[num_blocks, block_size, h_kv, d]`.
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    /// Per layer `[num_blocks * block_size, h_kv * d]`.
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
     free: Vec<u32>,
     ref_counts: Vec<u32>,
 }
@@ -74,15 +75,37 @@ impl PagedKvCache {
     /// A pool with every block free. The memory is zero-initialized, so the OS commits pages only as
     /// blocks are first written.
     pub fn new(config: KvCacheConfig) -> Self {
-        let per_layer = config.num_blocks * config.block_size * config.token_stride();
-        PagedKvCache {
-            keys: (0..config.layers).map(|_| vec![0.0; per_layer]).collect(),
-            values: (0..config.layers).map(|_| vec![0.0; per_layer]).collect(),
+        Self::new_on(config, Device::Cpu, DType::F32).expect("a CPU cache of f32 always allocates")
+    }
+
+    /// A pool on `device` holding `dtype` (the CPU computes in f32, so a CPU pool is always f32).
+    pub fn new_on(config: KvCacheConfig, device: Device, dtype: DType) -> Result<Self> {
+        let shape = [config.num_blocks * config.block_size, config.token_stride()];
+        let make = || -> Result<Tensor> {
+            match device {
+                Device::Cpu => Ok(Tensor::zeros(DType::F32, &shape)),
+                #[cfg(feature = "cuda")]
+                Device::Cuda(i) => {
+                    let gpu = crate::cuda::Gpu::shared_ordinal(i)?;
+                    let len = shape[0] * shape[1];
+                    Tensor::from_gpu_buffer(
+                        crate::cuda::buffer::GpuBuffer::zeros(&gpu, dtype, len)?,
+                        &shape,
+                    )
+                }
+                #[cfg(not(feature = "cuda"))]
+                Device::Cuda(_) => Err(Error::Unsupported("no CUDA support in this build".into())),
+            }
+        };
+        let _ = dtype;
+        Ok(PagedKvCache {
+            keys: (0..config.layers).map(|_| make()).collect::<Result<_>>()?,
+            values: (0..config.layers).map(|_| make()).collect::<Result<_>>()?,
             // Hand out low block numbers first.
             free: (0..config.num_blocks as u32).rev().collect(),
             ref_counts: vec![0; config.num_blocks],
             config,
-        }
+        })
     }
 
     pub fn config(&self) -> &KvCacheConfig {
@@ -143,7 +166,7 @@ impl PagedKvCache {
     ) -> Result<()> {
         let stride = self.config.token_stride();
         let t = keys.len() / stride;
-        if keys.len() != values.len() || keys.len() % stride != 0 {
+        if keys.len() != values.len() || !keys.len().is_multiple_of(stride) {
             return Err(Error::shape(
                 "kv_cache.write",
                 format!(
@@ -155,24 +178,74 @@ impl PagedKvCache {
                 ),
             ));
         }
+        let slots = self.slots(table, start, t)?;
+        let k = Tensor::from_vec(keys.to_vec(), &[t, stride])?;
+        let v = Tensor::from_vec(values.to_vec(), &[t, stride])?;
+        self.write_rows(layer, &k, &v, &slots)
+    }
+
+    /// The cache slots of positions `start..start + t` of a sequence; an error if they are not reserved.
+    pub fn slots(&self, table: &BlockTable, start: usize, t: usize) -> Result<Vec<usize>> {
         if (start + t).div_ceil(self.config.block_size) > table.blocks.len() {
             return Err(Error::shape(
                 "kv_cache.write",
                 format!("positions {start}..{} are not reserved", start + t),
             ));
         }
-        for i in 0..t {
-            let slot = self.slot(&table.blocks, start + i);
-            let dst = slot * stride..(slot + 1) * stride;
-            let src = i * stride..(i + 1) * stride;
-            self.keys[layer][dst.clone()].copy_from_slice(&keys[src.clone()]);
-            self.values[layer][dst].copy_from_slice(&values[src]);
+        Ok((start..start + t)
+            .map(|p| self.slot(&table.blocks, p))
+            .collect())
+    }
+
+    /// Writes rows `i` of `keys` and `values` (`[t, h_kv * d]`, on the cache's device) into `slots[i]`.
+    pub fn write_rows(
+        &mut self,
+        layer: usize,
+        keys: &Tensor,
+        values: &Tensor,
+        slots: &[usize],
+    ) -> Result<()> {
+        let stride = self.config.token_stride();
+        let capacity = self.config.num_blocks * self.config.block_size;
+        if keys.shape() != [slots.len(), stride] || values.shape() != keys.shape() {
+            return Err(Error::shape(
+                "kv_cache.write_rows",
+                format!(
+                    "keys {:?} / values {:?} must be [{}, {stride}]",
+                    keys.shape(),
+                    values.shape(),
+                    slots.len()
+                ),
+            ));
+        }
+        if let Some(&bad) = slots.iter().find(|&&s| s >= capacity) {
+            return Err(Error::shape(
+                "kv_cache.write_rows",
+                format!("slot {bad} outside the pool of {capacity}"),
+            ));
+        }
+        #[cfg(feature = "cuda")]
+        if keys.device() != Device::Cpu {
+            let slots: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+            let (kc, vc) = (&mut self.keys[layer], &mut self.values[layer]);
+            return crate::cuda::ops::kv_write(keys, values, kc, vc, &slots, stride);
+        }
+        let (ks, vs) = (keys.as_slice::<f32>()?, values.as_slice::<f32>()?);
+        let kc = self.keys[layer].as_mut_slice::<f32>()?;
+        for (i, &slot) in slots.iter().enumerate() {
+            kc[slot * stride..(slot + 1) * stride]
+                .copy_from_slice(&ks[i * stride..(i + 1) * stride]);
+        }
+        let vc = self.values[layer].as_mut_slice::<f32>()?;
+        for (i, &slot) in slots.iter().enumerate() {
+            vc[slot * stride..(slot + 1) * stride]
+                .copy_from_slice(&vs[i * stride..(i + 1) * stride]);
         }
         Ok(())
     }
 
-    /// Keys and values of one layer, `[num_blocks * block_size, h_kv, d]`, addressed through [`Self::slot`].
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+    /// Keys and values of one layer, `[num_blocks * block_size, h_kv * d]`, addressed through [`Self::slot`].
+    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
         (&self.keys[layer], &self.values[layer])
     }
 }
@@ -231,6 +304,7 @@ mod tests {
         let values: Vec<f32> = keys.iter().map(|v| -v).collect();
         cache.write(0, &table, 0, &keys, &values).unwrap();
         let (k, v) = cache.layer(0);
+        let (k, v) = (k.as_slice::<f32>().unwrap(), v.as_slice::<f32>().unwrap());
         for pos in 0..6 {
             let slot = cache.slot(table.blocks(), pos);
             assert_eq!(&k[slot * 2..slot * 2 + 2], &keys[pos * 2..pos * 2 + 2]);

@@ -4,6 +4,8 @@
 //! call ops in model terms; kernel choices are made here from shapes.
 
 pub mod awq_format;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -13,6 +13,9 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 #[derive(Clone)]
 enum Buffer {
     Owned(OwnedBuffer),
+    /// On a GPU; shared between clones (an op that writes in place copies it first if it is shared).
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<crate::cuda::buffer::GpuBuffer>),
     /// A view into shared bytes; `offset` is aligned to the dtype (checked when the view is made).
     Mapped {
         bytes: SharedBytes,
@@ -79,7 +82,7 @@ impl Tensor {
             ));
         }
         let data = &(*bytes).as_ref()[offset..offset + len];
-        let aligned = (data.as_ptr() as usize) % dtype.size() == 0;
+        let aligned = (data.as_ptr() as usize).is_multiple_of(dtype.size());
         let buffer = if aligned {
             Buffer::Mapped { bytes, offset, len }
         } else {
@@ -101,7 +104,11 @@ impl Tensor {
     }
 
     pub fn device(&self) -> Device {
-        Device::Cpu
+        match &self.buffer {
+            #[cfg(feature = "cuda")]
+            Buffer::Cuda(b) => Device::Cuda(b.gpu.ordinal()),
+            _ => Device::Cpu,
+        }
     }
 
     pub fn elem_count(&self) -> usize {
@@ -118,36 +125,52 @@ impl Tensor {
         self.shape[idx as usize]
     }
 
+    /// The raw bytes of a CPU tensor (empty for a GPU tensor: download it first with `to_device`).
     pub fn bytes(&self) -> &[u8] {
         match &self.buffer {
             Buffer::Owned(b) => b.bytes(),
             Buffer::Mapped { bytes, offset, len } => &(**bytes).as_ref()[*offset..*offset + *len],
+            #[cfg(feature = "cuda")]
+            Buffer::Cuda(_) => &[],
         }
+    }
+
+    fn check_on_cpu(&self, op: &'static str) -> Result<()> {
+        if self.device() != Device::Cpu {
+            return Err(Error::Unsupported(format!(
+                "{op}: the tensor is on {}; bring it to the CPU first",
+                self.device()
+            )));
+        }
+        Ok(())
     }
 
     /// The elements as `T`; `T` must be the tensor's dtype.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         self.check_dtype::<T>("Tensor::as_slice")?;
+        self.check_on_cpu("Tensor::as_slice")?;
         match &self.buffer {
             Buffer::Owned(b) => Ok(T::view(b).expect("owned buffer variant matches dtype")),
-            Buffer::Mapped { .. } => Ok(bytemuck::cast_slice(self.bytes())),
+            _ => Ok(bytemuck::cast_slice(self.bytes())),
         }
     }
 
     /// Mutable elements; a mapped tensor is copied into owned memory first.
     pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {
         self.check_dtype::<T>("Tensor::as_mut_slice")?;
+        self.check_on_cpu("Tensor::as_mut_slice")?;
         if let Buffer::Mapped { .. } = self.buffer {
             self.buffer = Buffer::Owned(OwnedBuffer::from_bytes(self.dtype, self.bytes()));
         }
         match &mut self.buffer {
             Buffer::Owned(b) => Ok(T::view_mut(b).expect("owned buffer variant matches dtype")),
-            Buffer::Mapped { .. } => unreachable!("made owned above"),
+            _ => unreachable!("made owned above; GPU tensors were refused"),
         }
     }
 
     /// The 32-bit words of an i32 or u32 tensor (AWQ packed weights are stored as int32 but are bit fields).
     pub fn as_u32_bits(&self) -> Result<&[u32]> {
+        self.check_on_cpu("Tensor::as_u32_bits")?;
         match self.dtype {
             DType::U32 | DType::I32 => Ok(bytemuck::cast_slice(self.bytes())),
             other => Err(Error::DType {
@@ -181,8 +204,11 @@ impl Tensor {
         Ok(self)
     }
 
-    /// The values converted to f32 (a copy; for f32 tensors too).
+    /// The values converted to f32 (a copy; for f32 tensors too). A GPU tensor is downloaded.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_f32_vec();
+        }
         Ok(match self.dtype {
             DType::F32 => self.as_slice::<f32>()?.to_vec(),
             DType::F16 => self.as_slice::<f16>()?.iter().map(|v| v.to_f32()).collect(),
@@ -197,6 +223,98 @@ impl Tensor {
         })
     }
 
+    /// A copy on `device` (no copy when it is already there).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let buffer = match (&self.buffer, device) {
+                (Buffer::Cuda(b), Device::Cpu) => Buffer::Owned(b.download()?),
+                (_, Device::Cuda(ordinal)) => {
+                    let gpu = crate::cuda::Gpu::shared_ordinal(ordinal)?;
+                    Buffer::Cuda(Arc::new(crate::cuda::buffer::GpuBuffer::upload(
+                        &gpu, self,
+                    )?))
+                }
+                _ => unreachable!("CPU to CPU returned above"),
+            };
+            Ok(Tensor {
+                buffer,
+                shape: self.shape.clone(),
+                dtype: self.dtype,
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        Err(Error::Unsupported(format!(
+            "cannot move a tensor to {device}: this build has no CUDA support (feature `cuda`)"
+        )))
+    }
+
+    /// The GPU buffer of a GPU tensor.
+    #[cfg(feature = "cuda")]
+    pub fn gpu_buffer(&self) -> Result<&crate::cuda::buffer::GpuBuffer> {
+        match &self.buffer {
+            Buffer::Cuda(b) => Ok(b),
+            _ => Err(Error::Unsupported("expected a GPU tensor".into())),
+        }
+    }
+
+    /// The GPU buffer of a GPU tensor, for writing (copied first if another tensor shares it).
+    #[cfg(feature = "cuda")]
+    pub fn gpu_buffer_mut(&mut self) -> Result<&mut crate::cuda::buffer::GpuBuffer> {
+        match &mut self.buffer {
+            Buffer::Cuda(b) => {
+                if Arc::get_mut(b).is_none() {
+                    *b = Arc::new(b.duplicate()?);
+                }
+                Ok(Arc::get_mut(b).expect("made unique above"))
+            }
+            _ => Err(Error::Unsupported("expected a GPU tensor".into())),
+        }
+    }
+
+    /// Wraps a GPU buffer holding `shape` elements of its dtype.
+    #[cfg(feature = "cuda")]
+    pub fn from_gpu_buffer(
+        buffer: crate::cuda::buffer::GpuBuffer,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        if buffer.len() != element_count(shape) {
+            return Err(Error::shape(
+                "Tensor::from_gpu_buffer",
+                format!("{} elements do not fill shape {shape:?}", buffer.len()),
+            ));
+        }
+        Ok(Tensor {
+            dtype: buffer.dtype(),
+            buffer: Buffer::Cuda(Arc::new(buffer)),
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// This CPU tensor converted to float `dtype` (no copy when it already is).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype {
+            return Ok(self.clone());
+        }
+        let values = self.to_f32_vec()?;
+        match dtype {
+            DType::F32 => Tensor::from_vec(values, &self.shape),
+            DType::F16 => {
+                Tensor::from_vec(values.into_iter().map(f16::from_f32).collect(), &self.shape)
+            }
+            DType::BF16 => Tensor::from_vec(
+                values.into_iter().map(bf16::from_f32).collect(),
+                &self.shape,
+            ),
+            other => Err(Error::Unsupported(format!(
+                "cannot convert a tensor to {other}"
+            ))),
+        }
+    }
+
     /// This tensor as an f32 tensor (no copy when it already is one).
     pub fn to_f32(&self) -> Result<Tensor> {
         if self.dtype == DType::F32 {
@@ -207,6 +325,7 @@ impl Tensor {
 
     /// Rows `start..end` of the first dimension, copied.
     pub fn narrow_rows(&self, start: usize, end: usize) -> Result<Tensor> {
+        self.check_on_cpu("Tensor::narrow_rows")?;
         let rows = *self.shape.first().unwrap_or(&0);
         if start > end || end > rows {
             return Err(Error::shape(

@@ -64,6 +64,12 @@ fn stop_ids(generation_config: Option<&Value>, tokenizer: &TextTokenizer) -> Vec
 }
 
 impl TextModel {
+    /// Moves the language model to `device` (a GPU computes in the checkpoint's f16/bf16).
+    pub fn to_device(mut self, device: awq_kernels::Device) -> Result<TextModel> {
+        self.llm = self.llm.to_device(device)?;
+        Ok(self)
+    }
+
     /// Loads a Qwen2 checkpoint directory, or the language model of an InternVL one.
     pub fn load(dir: &Path) -> Result<TextModel> {
         let config_path = dir.join("config.json");

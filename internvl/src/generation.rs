@@ -85,7 +85,7 @@ pub fn generate(
             model
                 .llm
                 .forward_ids(&input, &mut cache, &mut seqs, ForwardOptions::default())?;
-        let next = sampler.sample(out.logits.as_slice::<f32>()?, &history);
+        let next = sampler.sample(&out.logits.to_f32_vec()?, &history);
         tokens.push(next);
         history.push(next);
         if !config.ignore_eos && model.stop_ids.contains(&next) {

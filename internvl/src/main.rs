@@ -65,7 +65,7 @@ fn main() -> Result<()> {
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
-    Device::parse(&args.device)?;
+    let device = Device::parse(&args.device)?;
     let model = match &args.model {
         Some(dir) => {
             eprintln!("loading {} ...", dir.display());
@@ -76,6 +76,14 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             eprintln!("no --model given: using the {}", embedded::DESCRIPTION);
             embedded::text_model().context("loading the embedded checkpoint")?
         }
+    };
+    let model = if device == Device::Cpu {
+        model
+    } else {
+        eprintln!("moving the model to {device} ...");
+        model
+            .to_device(device)
+            .with_context(|| format!("moving the model to {device}"))?
     };
     let prompt = if args.chat {
         format!(
@@ -99,7 +107,10 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     };
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
-    print!("{}", args.prompt);
+    if !args.chat {
+        // A plain continuation reads best after its prompt; a chat answer stands alone.
+        print!("{}", args.prompt);
+    }
     let out = generate(&model, &ids, &config, |piece| {
         let _ = write!(stdout, "{piece}");
         let _ = stdout.flush();

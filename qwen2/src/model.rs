@@ -5,9 +5,9 @@ use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
 use awq_kernels::ops::attention::{paged_attention, AttnSeq};
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::ops::{
-    activation, add_inplace, embedding::embedding, norm::rms_norm, rope::rope_inplace,
+    activation, add_inplace, embedding::embedding, gather_rows, norm::rms_norm, rope::rope_inplace,
 };
-use awq_kernels::{Tensor, WeightsScope};
+use awq_kernels::{DType, Device, Tensor, WeightsScope};
 
 use crate::{Error, Qwen2Config, Result};
 
@@ -58,6 +58,10 @@ pub struct ForwardOptions {
 
 pub struct Qwen2 {
     config: Qwen2Config,
+    /// Where the weights live and the forward runs.
+    device: Device,
+    /// The activation dtype: f32 on the CPU, the checkpoint's float dtype on a GPU.
+    dtype: DType,
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
@@ -125,6 +129,8 @@ impl Qwen2 {
         };
         Ok(Qwen2 {
             config: config.clone(),
+            device: Device::Cpu,
+            dtype: DType::F32,
             embed_tokens,
             layers,
             norm,
@@ -136,15 +142,75 @@ impl Qwen2 {
         &self.config
     }
 
-    /// A KV cache pool for this model with `num_blocks` blocks of `block_size` tokens.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The model on `device`. On a GPU it computes in the checkpoint's float dtype (f16 or bf16; f16 when
+    /// the config does not say), with f32 accumulation inside the kernels.
+    pub fn to_device(&self, device: Device) -> Result<Qwen2> {
+        let dtype = match device {
+            Device::Cpu => DType::F32,
+            Device::Cuda(_) => match self.config.dtype {
+                Some(DType::BF16) => DType::BF16,
+                _ => DType::F16,
+            },
+        };
+        let t = |x: &Tensor| -> Result<Tensor> {
+            if device == Device::Cpu {
+                return Ok(x.clone());
+            }
+            Ok(x.to_dtype(dtype)?.to_device(device)?)
+        };
+        let l = |x: &Linear| -> Result<Linear> { Ok(x.to_device(device, dtype)?) };
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                Ok(DecoderLayer {
+                    input_layernorm: t(&layer.input_layernorm)?,
+                    self_attn: Attention {
+                        q_proj: l(&layer.self_attn.q_proj)?,
+                        k_proj: l(&layer.self_attn.k_proj)?,
+                        v_proj: l(&layer.self_attn.v_proj)?,
+                        o_proj: l(&layer.self_attn.o_proj)?,
+                    },
+                    post_attention_layernorm: t(&layer.post_attention_layernorm)?,
+                    mlp: Mlp {
+                        gate_proj: l(&layer.mlp.gate_proj)?,
+                        up_proj: l(&layer.mlp.up_proj)?,
+                        down_proj: l(&layer.mlp.down_proj)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Qwen2 {
+            config: self.config.clone(),
+            device,
+            dtype,
+            embed_tokens: t(&self.embed_tokens)?,
+            layers,
+            norm: t(&self.norm)?,
+            lm_head: l(&self.lm_head)?,
+        })
+    }
+
+    /// A KV cache pool for this model, on its device, with `num_blocks` blocks of `block_size` tokens.
     pub fn new_kv_cache(&self, block_size: usize, num_blocks: usize) -> PagedKvCache {
-        PagedKvCache::new(KvCacheConfig {
+        self.try_new_kv_cache(block_size, num_blocks)
+            .expect("a CPU KV cache always allocates; use try_new_kv_cache on a GPU")
+    }
+
+    /// Like [`Self::new_kv_cache`], reporting a failed device allocation.
+    pub fn try_new_kv_cache(&self, block_size: usize, num_blocks: usize) -> Result<PagedKvCache> {
+        let config = KvCacheConfig {
             layers: self.config.num_hidden_layers,
             kv_heads: self.config.num_key_value_heads,
             head_dim: self.config.head_dim,
             block_size,
             num_blocks,
-        })
+        };
+        Ok(PagedKvCache::new_on(config, self.device, self.dtype)?)
     }
 
     /// Token embeddings `[t, hidden]` (f32), for callers that overwrite some rows (InternVL's image rows).
@@ -198,6 +264,11 @@ impl Qwen2 {
             starts.push(past);
             positions.extend(past..end);
         }
+        // Where each new token's keys and values go, for every layer.
+        let mut slots = Vec::with_capacity(t);
+        for (s, &past) in seqs.iter().zip(&starts) {
+            slots.extend(cache.slots(s.table, past, s.len)?);
+        }
 
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         let mut layer_outputs = Vec::new();
@@ -215,14 +286,8 @@ impl Qwen2 {
             let v = attn.v_proj.forward(&a)?; // [t, h_kv * d]
             rope_inplace(&mut q, &positions, c.rope_theta)?;
             rope_inplace(&mut k, &positions, c.rope_theta)?;
-            let (ks, vs) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
             let stride = c.num_key_value_heads * c.head_dim;
-            let mut row = 0;
-            for (s, &past) in seqs.iter().zip(&starts) {
-                let rows = row * stride..(row + s.len) * stride;
-                cache.write(li, s.table, past, &ks[rows.clone()], &vs[rows])?;
-                row += s.len;
-            }
+            cache.write_rows(li, &k.reshape(&[t, stride])?, &v, &slots)?;
             let mut attn_seqs = Vec::with_capacity(seqs.len());
             let mut row = 0;
             for (s, &past) in seqs.iter().zip(&starts) {
@@ -262,19 +327,16 @@ impl Qwen2 {
         })
     }
 
-    /// The last row of each sequence, `[seqs, hidden]`.
+    /// The last row of each sequence that has new tokens, `[seqs, hidden]`.
     fn last_rows(&self, x: &Tensor, seqs: &[SeqInput]) -> Result<Tensor> {
-        let h = self.config.hidden_size;
-        let data = x.as_slice::<f32>()?;
-        let mut out = Vec::with_capacity(seqs.len() * h);
+        let mut rows = Vec::with_capacity(seqs.len());
         let mut end = 0;
         for s in seqs {
             end += s.len;
             if s.len > 0 {
-                out.extend_from_slice(&data[(end - 1) * h..end * h]);
+                rows.push(end - 1);
             }
         }
-        let rows = out.len() / h;
-        Ok(Tensor::from_vec(out, &[rows, h])?)
+        Ok(gather_rows(x, &rows)?)
     }
 }

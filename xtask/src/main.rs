@@ -4,6 +4,10 @@
 //! - `fixtures [--check]`: regenerate the reference fixtures with the pinned Python generator, or check that
 //!   the committed ones are what it produces.
 //! - `bench [criterion args]`: the criterion benches of `awq-kernels`.
+//! - `cuda-toolchain`: installs NVRTC, the CUDA headers and ptxas from pip into `target/cuda-toolchain`.
+//! - `kernels`: registers, shared memory and spills of every kernel (ptxas, sm_80 and sm_90a).
+//! - `gpu-bundle`: builds the GPU tests and benches and packs them with the torch peer and `run.sh` into
+//!   `target/gpu-bundle`, to run on a GPU machine with `bash target/gpu-bundle/run.sh`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,9 +23,13 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("fixtures") => fixtures(&root, args.iter().any(|a| a == "--check")),
         Some("bench") => bench(&args[1..]),
+        Some("cuda-toolchain") => cuda_toolchain(&root).map(|_| ()),
+        Some("kernels") => kernels(&root),
+        Some("gpu-bundle") => gpu_bundle(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | test | fixtures [--check] | bench [criterion args]>"
+                "usage: cargo xtask <ci | test | fixtures [--check] | bench [criterion args] | \
+                 cuda-toolchain | kernels | gpu-bundle>"
             );
             bail!("unknown or missing command")
         }
@@ -60,11 +68,34 @@ fn ci() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The CUDA kernels must compile (NVRTC, no GPU needed) and the CUDA code must be lint-clean.
+    cuda_toolchain(&project_root())?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "-p",
+            "awq-kernels",
+            "--features",
+            "cuda",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     test()
 }
 
 fn test() -> Result<()> {
     run("cargo", &["test", "--workspace", "--all-targets"])?;
+    // With the CUDA feature on a machine without a GPU: everything still runs on the CPU, GPU tests say
+    // they found no GPU.
+    cuda_toolchain(&project_root())?;
+    run(
+        "cargo",
+        &["test", "-p", "awq-kernels", "--features", "cuda"],
+    )?;
     // Doc tests are not covered by --all-targets.
     run("cargo", &["test", "--workspace", "--doc"])
 }
@@ -105,4 +136,184 @@ fn fixtures(root: &Path, check: bool) -> Result<()> {
         args.push("--check");
     }
     run(py, &args)
+}
+
+/// The pinned pip wheels that provide NVRTC 12.9, the CUDA headers and ptxas (design.md section 3).
+const CUDA_WHEELS: &[&str] = &[
+    "nvidia-cuda-nvrtc-cu12==12.9.86",
+    "nvidia-cuda-runtime-cu12==12.9.79",
+    "nvidia-cuda-nvcc-cu12==12.9.86",
+];
+
+fn cuda_toolchain(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/cuda-toolchain");
+    let marker = dir.join(".installed");
+    if !marker.exists() {
+        let target = dir.to_str().context("toolchain path")?;
+        let mut args = vec![
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--upgrade",
+            "--target",
+            target,
+        ];
+        args.extend(CUDA_WHEELS);
+        run("python3", &args)?;
+        std::fs::write(&marker, CUDA_WHEELS.join("\n"))?;
+    }
+    Ok(dir)
+}
+
+/// The PTX files the last `--features cuda` build produced, newest build directory first.
+fn built_ptx(root: &Path, profile: &str) -> Result<Vec<PathBuf>> {
+    let build = root.join("target").join(profile).join("build");
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&build)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("awq-kernels-"))
+        .map(|e| e.path().join("out"))
+        .filter(|p| p.is_dir())
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    dirs.sort();
+    let out = dirs
+        .last()
+        .map(|d| d.1.clone())
+        .context("no awq-kernels build output")?;
+    let mut ptx: Vec<PathBuf> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "ptx"))
+        .collect();
+    ptx.sort();
+    Ok(ptx)
+}
+
+fn kernels(root: &Path) -> Result<()> {
+    let toolchain = cuda_toolchain(root)?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "awq-kernels",
+            "--features",
+            "cuda",
+        ],
+    )?;
+    let ptxas = toolchain.join("nvidia/cuda_nvcc/bin/ptxas");
+    for ptx in built_ptx(root, "release")? {
+        for arch in ["sm_80", "sm_90a"] {
+            let out = std::env::temp_dir().join("xtask-kernels.cubin");
+            eprintln!(
+                "== {} for {arch}",
+                ptx.file_name().unwrap_or_default().to_string_lossy()
+            );
+            run(
+                ptxas.to_str().context("ptxas path")?,
+                &[
+                    "-arch",
+                    arch,
+                    "-v",
+                    ptx.to_str().context("ptx path")?,
+                    "-o",
+                    out.to_str().context("cubin path")?,
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the `--features cuda` test and bench executables of awq-kernels and returns (target name, path).
+fn cuda_executables(kind: &str) -> Result<Vec<(String, PathBuf)>> {
+    let mut args = vec![
+        kind,
+        "--release",
+        "-p",
+        "awq-kernels",
+        "--features",
+        "cuda",
+        "--no-run",
+    ];
+    args.push("--message-format=json");
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = Command::new("cargo")
+        .args(&args)
+        .output()
+        .context("running cargo")?;
+    if !out.status.success() {
+        bail!(
+            "cargo {kind} --no-run failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        found.push((name.to_string(), PathBuf::from(exe)));
+    }
+    Ok(found)
+}
+
+fn gpu_bundle(root: &Path) -> Result<()> {
+    cuda_toolchain(root)?;
+    let bundle = root.join("target/gpu-bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(bundle.join("bin"))?;
+    // The GPU test and bench targets are the ones named `*_gpu` (the others read fixtures from the
+    // source tree, which does not travel).
+    let mut exes: Vec<(String, PathBuf)> = cuda_executables("test")?
+        .into_iter()
+        .filter(|(name, _)| name.ends_with("_gpu"))
+        .collect();
+    exes.extend(
+        cuda_executables("bench")?
+            .into_iter()
+            .filter(|(name, _)| name.ends_with("_gpu"))
+            .map(|(name, path)| (format!("bench_{name}"), path)),
+    );
+    for (name, path) in &exes {
+        let dst = bundle.join("bin").join(name);
+        std::fs::copy(path, &dst).with_context(|| format!("copying {}", path.display()))?;
+        run("strip", &[dst.to_str().context("path")?])?;
+    }
+    for file in ["run.sh", "torch_peer.py", "summarize.py"] {
+        let src = root.join("scripts/gpu").join(file);
+        if src.exists() {
+            std::fs::copy(&src, bundle.join(file))?;
+        }
+    }
+    let names: Vec<&str> = exes.iter().map(|(n, _)| n.as_str()).collect();
+    std::fs::write(bundle.join("bin/LIST"), names.join("\n") + "\n")?;
+    let size: u64 = walk_size(&bundle)?;
+    eprintln!(
+        "gpu bundle: {} ({:.1} MiB): {}",
+        bundle.display(),
+        size as f64 / 1048576.0,
+        names.join(", ")
+    );
+    Ok(())
+}
+
+fn walk_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            walk_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }

@@ -57,10 +57,38 @@ pub(crate) fn param_f32(op: &'static str, t: &Tensor, width: usize) -> Result<Ve
 /// `a += b`, elementwise; both f32 with the same shape (the residual add).
 pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
     expect_shape("add_inplace", "rhs", b, a.shape())?;
+    #[cfg(feature = "cuda")]
+    if a.device() != crate::Device::Cpu {
+        return crate::cuda::ops::add_inplace(a, b);
+    }
     let b = f32_slice("add_inplace", b)?;
     let a = a.as_mut_slice::<f32>()?;
     a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
     Ok(())
+}
+
+/// Rows `rows[i]` of a 2-D tensor `[r, c]`, as `[rows.len(), c]`.
+pub fn gather_rows(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let &[r, c] = x.shape() else {
+        return Err(Error::shape(
+            "gather_rows",
+            format!("expected [r, c], got {:?}", x.shape()),
+        ));
+    };
+    if let Some(&bad) = rows.iter().find(|&&i| i >= r) {
+        return Err(Error::shape("gather_rows", format!("row {bad} of {r}")));
+    }
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        let ids: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
+        return crate::cuda::ops::gather_rows(x, &ids);
+    }
+    let data = f32_slice("gather_rows", x)?;
+    let mut out = Vec::with_capacity(rows.len() * c);
+    for &i in rows {
+        out.extend_from_slice(&data[i * c..(i + 1) * c]);
+    }
+    Tensor::from_vec(out, &[rows.len(), c])
 }
 
 /// Softmax over the last dimension, in place (f32).

@@ -11,6 +11,10 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             format!("gate {:?} and up {:?} differ", gate.shape(), up.shape()),
         ));
     }
+    #[cfg(feature = "cuda")]
+    if gate.device() != crate::Device::Cpu {
+        return crate::cuda::ops::silu_mul(gate, up);
+    }
     let out = f32_slice("silu_mul", gate)?
         .iter()
         .zip(f32_slice("silu_mul", up)?)

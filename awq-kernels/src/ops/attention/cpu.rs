@@ -21,6 +21,8 @@ pub fn paged_attention(
     let group = heads / cfg.kv_heads;
     let stride = cfg.token_stride();
     let (keys, values) = cache.layer(layer);
+    let keys = keys.as_slice::<f32>().expect("a CPU cache holds f32");
+    let values = values.as_slice::<f32>().expect("a CPU cache holds f32");
 
     // Map each output row to its sequence once, so the parallel loop can run over rows.
     let mut row_seq = vec![usize::MAX; q.len() / (heads * d)];

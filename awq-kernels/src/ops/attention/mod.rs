@@ -36,7 +36,7 @@ pub fn paged_attention(
         ));
     };
     let cfg = cache.config();
-    if d != cfg.head_dim || heads % cfg.kv_heads != 0 || layer >= cfg.layers {
+    if d != cfg.head_dim || !heads.is_multiple_of(cfg.kv_heads) || layer >= cfg.layers {
         return Err(Error::shape(
             op,
             format!(
@@ -55,6 +55,34 @@ pub fn paged_attention(
                 format!("sequence {s:?} does not fit q rows {t} or its blocks"),
             ));
         }
+    }
+    #[cfg(feature = "cuda")]
+    if q.device() != crate::Device::Cpu {
+        let mut tables = Vec::new();
+        let (mut row_table, mut row_pos) = (vec![0i32; t], vec![0i32; t]);
+        for s in seqs {
+            let offset = tables.len() as i32;
+            tables.extend(s.blocks.iter().map(|&b| b as i32));
+            for j in 0..s.q_len {
+                row_table[s.q_start + j] = offset;
+                row_pos[s.q_start + j] = (s.kv_len - s.q_len + j) as i32;
+            }
+        }
+        let (kc, vc) = cache.layer(layer);
+        let rows = crate::cuda::ops::AttentionRows {
+            tables: &tables,
+            row_table: &row_table,
+            row_pos: &row_pos,
+        };
+        return crate::cuda::ops::paged_attention(
+            q,
+            kc,
+            vc,
+            &rows,
+            cfg.kv_heads,
+            cfg.block_size,
+            scale,
+        );
     }
     let q_data = super::f32_slice(op, q)?;
     let mut out = vec![0.0f32; t * heads * d];

@@ -11,7 +11,7 @@
 use crate::awq_format::{unpack_column, unpack_word, PACK_FACTOR, PACK_ORDER};
 use crate::dtype::FloatElement;
 use crate::ops::linear::cpu::{
-    column_block, gemm_panel, par_column_blocks, with_scratch, PanelLayout,
+    column_block, gemm_panel, has_avx512, par_column_blocks, with_scratch, PanelLayout,
 };
 
 /// Borrowed AWQ GEMM-layout weights of a linear with k inputs, n outputs, group size `group`.
@@ -120,28 +120,35 @@ pub fn awq_linear<S: FloatElement>(
 /// Packed words per SIMD chunk (one 512-bit register of words, 128 output columns).
 const CHUNK_WORDS: usize = 16;
 
+/// Chunks the AVX-512 decode kernel walks side by side down a group (two: 16 accumulators in registers and
+/// 128-byte runs per row; three spills registers).
+const DECODE_STRIP_CHUNKS: usize = 2;
+
+/// Widest column block of the AVX-512 prefill path: rows of the packed weight are n/2 bytes apart, so wide
+/// blocks read longer runs per row (512 columns = 256 bytes).
+const PREFILL_NB: usize = 512;
+
 /// The m == 1 path: rayon over column blocks, each a multiple of 16 packed words.
 fn decode<S: FloatElement>(x: &[f32], w: AwqWeights<S>, bias: Option<&[f32]>, y: &mut [f32]) {
     // Σ x over each group, shared by every column.
     let sx: Vec<f32> = x.chunks_exact(w.group).map(|c| c.iter().sum()).collect();
-    // A few blocks per thread so rayon can balance two cores that are also running other work.
-    let per: usize = std::env::var("AWQ_B")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let block_words = column_block(w.words(), CHUNK_WORDS, per * rayon::current_num_threads());
+    // Two blocks per thread: enough for rayon to rebalance when a core is busy elsewhere, while keeping each
+    // row's run of words long (measured: 4 blocks per thread streamed noticeably slower on wide layers).
+    let block_words = column_block(
+        w.words(),
+        DECODE_STRIP_CHUNKS * CHUNK_WORDS,
+        2 * rayon::current_num_threads(),
+    );
     par_column_blocks(y, 1, w.n, block_words * PACK_FACTOR, |mut out| {
         let w0 = out.n0() / PACK_FACTOR;
         let words = out.width() / PACK_FACTOR;
         let yb = out.row(0);
         #[cfg(target_arch = "x86_64")]
-        if crate::ops::linear::cpu::simd::has_avx512() {
+        if has_avx512() {
             // SAFETY: the CPU supports the kernel's target features (checked just above).
-            if std::env::var("AWQ_V").is_ok_and(|v| v == "rows") {
-                unsafe { simd::decode_block_avx512_rows(x, &sx, &w, w0, words, yb) };
-            } else {
-                unsafe { simd::decode_block_avx512(x, &sx, &w, w0, words, yb) };
-            }
+            unsafe {
+                simd::decode_block_avx512::<S, DECODE_STRIP_CHUNKS>(x, &sx, &w, w0, words, yb)
+            };
             add_bias(yb, bias, out_range(w0, words));
             return;
         }
@@ -175,10 +182,10 @@ fn decode_block_portable<S: FloatElement>(
     let cols = words * PACK_FACTOR;
     let mut acc = vec![0.0f32; cols];
     yb.fill(0.0);
-    for g in 0..w.groups() {
+    for (g, (xg, &sxg)) in x.chunks_exact(w.group).zip(sx).enumerate() {
         acc.fill(0.0);
-        for row in g * w.group..(g + 1) * w.group {
-            let xv = x[row];
+        for (r, &xv) in xg.iter().enumerate() {
+            let row = g * w.group + r;
             let qrow = &w.qweight[row * nw + w0..row * nw + w0 + words];
             for (a, &word) in acc.chunks_exact_mut(PACK_FACTOR).zip(qrow) {
                 for (av, q) in a.iter_mut().zip(unpack_word(word)) {
@@ -191,13 +198,13 @@ fn decode_block_portable<S: FloatElement>(
         for (c, &zword) in zrow.iter().enumerate() {
             for (j, z) in unpack_word(zword).into_iter().enumerate() {
                 let col = c * PACK_FACTOR + j;
-                yb[col] += srow[col].to_f32() * (acc[col] - z as f32 * sx[g]);
+                yb[col] += srow[col].to_f32() * (acc[col] - z as f32 * sxg);
             }
         }
     }
 }
 
-/// The m > 1 path: per column block, dequantize into an f32 [k, nb] panel and run the GEMM on it.
+/// The m > 1 path: per column block, dequantize into f32 panels and multiply x by them.
 fn prefill<S: FloatElement>(
     x: &[f32],
     m: usize,
@@ -206,15 +213,63 @@ fn prefill<S: FloatElement>(
     y: &mut [f32],
 ) {
     let (k, n) = (w.k, w.n);
-    // Panel of about 1 MiB (stays in L2 for gemm's packing), a multiple of 16 columns, and at least
-    // two blocks per thread where n allows.
+    if has_avx512() {
+        // Blocks of up to PREFILL_NB columns (two per thread where n allows); k in chunks of whole groups so
+        // the [kc, nb] panel is about 256 KiB and stays in L2 while every tile of x rows passes over it.
+        let nb = column_block(n, 32, 2 * rayon::current_num_threads()).min(PREFILL_NB);
+        let kc = (64 * 1024 / nb / w.group).max(1) * w.group;
+        par_column_blocks(y, m, n, nb, |mut out| {
+            let (n0, width) = (out.n0(), out.width());
+            for i in 0..m {
+                match bias {
+                    Some(b) => out.row(i).copy_from_slice(&b[n0..n0 + width]),
+                    None => out.row(i).fill(0.0),
+                }
+            }
+            with_scratch(kc.min(k) * width, |panel| {
+                let mut k0 = 0;
+                while k0 < k {
+                    let kr = kc.min(k - k0);
+                    let panel = &mut panel[..kr * width];
+                    dequantize_panel(&w, n0, width, k0..k0 + kr, panel);
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512 was detected; x[k0..] holds m rows of stride k with kr values each
+                    // (k0 + kr <= k), the panel is [kr, width] and out is `width` wide.
+                    unsafe {
+                        crate::ops::linear::cpu::simd::panel_kn_avx512(
+                            &x[k0..],
+                            k,
+                            kr,
+                            panel,
+                            width,
+                            &mut out,
+                        )
+                    };
+                    k0 += kr;
+                }
+            });
+        });
+        return;
+    }
+    prefill_gemm(x, m, w, bias, y);
+}
+
+/// The m > 1 path without AVX-512: one [k, nb] panel of about 1 MiB per block and the `gemm` crate.
+fn prefill_gemm<S: FloatElement>(
+    x: &[f32],
+    m: usize,
+    w: AwqWeights<S>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (k, n) = (w.k, w.n);
     let nb = column_block(n, 16, 2 * rayon::current_num_threads())
         .min((256 * 1024 / k.max(1)).next_multiple_of(16))
         .max(16);
     par_column_blocks(y, m, n, nb, |mut out| {
         let (n0, width) = (out.n0(), out.width());
         with_scratch(k * width, |panel| {
-            dequantize_panel(&w, n0, width, panel);
+            dequantize_panel(&w, n0, width, 0..k, panel);
             gemm_panel(
                 x,
                 m,
@@ -228,19 +283,24 @@ fn prefill<S: FloatElement>(
     });
 }
 
-/// Writes `panel[row * width + j] = W[n0 + j][row]` for the columns `n0 .. n0 + width` (multiples of 8).
+/// Writes `panel[(row - rows.start) * width + j] = W[n0 + j][row]` for the columns `n0 .. n0 + width`
+/// (multiples of 8) and the input rows `rows` (whole groups).
 fn dequantize_panel<S: FloatElement>(
     w: &AwqWeights<S>,
     n0: usize,
     width: usize,
+    rows: std::ops::Range<usize>,
     panel: &mut [f32],
 ) {
-    debug_assert_eq!(panel.len(), w.k * width);
+    assert_eq!(panel.len(), rows.len() * width);
+    assert!(
+        rows.start.is_multiple_of(w.group) && rows.end.is_multiple_of(w.group) && rows.end <= w.k
+    );
     let (nw, w0, words) = (w.words(), n0 / PACK_FACTOR, width / PACK_FACTOR);
     // Zero points and scales of the block for the current group, in column order.
     let mut zs = vec![0.0f32; width];
     let mut ss = vec![0.0f32; width];
-    for g in 0..w.groups() {
+    for g in rows.start / w.group..rows.end / w.group {
         let zrow = &w.qzeros[g * nw + w0..g * nw + w0 + words];
         for (c, &zword) in zrow.iter().enumerate() {
             for (j, z) in unpack_word(zword).into_iter().enumerate() {
@@ -253,21 +313,36 @@ fn dequantize_panel<S: FloatElement>(
         {
             *s = v.to_f32();
         }
-        let rows = g * w.group..(g + 1) * w.group;
-        let qrows = &w.qweight[rows.start * nw..rows.end * nw];
-        let prows = &mut panel[rows.start * width..rows.end * width];
+        let grows = g * w.group..(g + 1) * w.group;
+        let qrows = &w.qweight[grows.start * nw..grows.end * nw];
+        let prows =
+            &mut panel[(grows.start - rows.start) * width..(grows.end - rows.start) * width];
         #[cfg(target_arch = "x86_64")]
-        if crate::ops::linear::cpu::simd::has_avx512() {
+        if has_avx512() {
             // SAFETY: the CPU supports the kernel's target features (checked just above).
             unsafe { simd::dequantize_rows_avx512(qrows, nw, w0, words, &zs, &ss, prows) };
             continue;
         }
-        for (qrow, prow) in qrows.chunks_exact(nw).zip(prows.chunks_exact_mut(width)) {
-            for (c, &word) in qrow[w0..w0 + words].iter().enumerate() {
-                for (j, q) in unpack_word(word).into_iter().enumerate() {
-                    let col = c * PACK_FACTOR + j;
-                    prow[col] = (q as f32 - zs[col]) * ss[col];
-                }
+        dequantize_rows_portable(qrows, nw, w0, words, &zs, &ss, prows);
+    }
+}
+
+/// Scalar twin of `simd::dequantize_rows_avx512` (same contract, same f32 results).
+fn dequantize_rows_portable(
+    qrows: &[u32],
+    nw: usize,
+    w0: usize,
+    words: usize,
+    zs: &[f32],
+    ss: &[f32],
+    panel: &mut [f32],
+) {
+    let width = words * PACK_FACTOR;
+    for (qrow, prow) in qrows.chunks_exact(nw).zip(panel.chunks_exact_mut(width)) {
+        for (c, &word) in qrow[w0..w0 + words].iter().enumerate() {
+            for (j, q) in unpack_word(word).into_iter().enumerate() {
+                let col = c * PACK_FACTOR + j;
+                prow[col] = (q as f32 - zs[col]) * ss[col];
             }
         }
     }
@@ -283,6 +358,9 @@ mod simd {
     use crate::awq_format::SLOT_OF_COLUMN;
     use crate::dtype::FloatElement;
     use crate::ops::linear::cpu::simd::load16;
+
+    /// Rows ahead that the panel dequantizer prefetches.
+    const DEQUANT_PREFETCH_ROWS: usize = 8;
 
     /// Cache level the decode kernel prefetches the next group's words into.
     const PREFETCH_HINT: i32 = _MM_HINT_T1;
@@ -307,16 +385,33 @@ mod simd {
         }
     }
 
+    /// Gather offsets that pick, for slot `s`, the scale of column `8·l + PACK_ORDER[s]` for lanes `l`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    fn slot_gather_offsets() -> [__m512i; 8] {
+        let mut out = [_mm512_setzero_si512(); 8];
+        for (s, idx) in out.iter_mut().enumerate() {
+            let mut v = [0i32; 16];
+            for (l, e) in v.iter_mut().enumerate() {
+                *e = (PACK_FACTOR * l + PACK_ORDER[s]) as i32;
+            }
+            // SAFETY: `v` is 16 readable i32.
+            *idx = unsafe { _mm512_loadu_si512(v.as_ptr() as *const __m512i) };
+        }
+        out
+    }
+
     /// Decode (m == 1) for packed words `w0 .. w0 + words`: writes `yb[j] = Σ_k x[k]·W[8·w0 + j][k]`.
     ///
-    /// Works on chunks of 16 words: lane `l` of accumulator `s` sums nibble slot `s` of word `w0 + c + l`, i.e.
-    /// column `8·(w0 + c + l) + PACK_ORDER[s]`.
+    /// Works on chunks of 16 words, `CH` chunks side by side per pass down a group's rows: lane `l` of slot
+    /// accumulator `s` of a chunk at word `c` sums nibble slot `s` of word `w0 + c + l`, i.e. column
+    /// `8·(w0 + c + l) + PACK_ORDER[s]`.
     ///
     /// # Safety
     /// The CPU must support AVX-512F/BW/VL, FMA and F16C; `w` must satisfy its preconditions; `x` is [k],
     /// `sx` is [k/group], `w0 + words <= n/8`, `yb` is [8·words].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    pub(super) unsafe fn decode_block_avx512<S: FloatElement>(
+    pub(super) unsafe fn decode_block_avx512<S: FloatElement, const CH: usize>(
         x: &[f32],
         sx: &[f32],
         w: &AwqWeights<S>,
@@ -330,65 +425,60 @@ mod simd {
         assert!(w0 + words <= nw);
         assert_eq!(yb.len(), words * PACK_FACTOR);
         let table = nibble_table();
-        // Gather offsets that pick, for slot s, the scale of column 8·l + PACK_ORDER[s] for lanes l.
-        let mut gather_idx = [_mm512_setzero_si512(); 8];
-        for (s, idx) in gather_idx.iter_mut().enumerate() {
-            let mut v = [0i32; 16];
-            for (l, e) in v.iter_mut().enumerate() {
-                *e = (PACK_FACTOR * l + PACK_ORDER[s]) as i32;
-            }
-            *idx = _mm512_loadu_si512(v.as_ptr() as *const __m512i);
-        }
+        let gather_idx = slot_gather_offsets();
         let qw = w.qweight.as_ptr();
         let chunks = words.div_ceil(CHUNK_WORDS);
         // Per chunk, the 8 slot accumulators of the output; they live across groups.
         let mut yacc = vec![_mm512_setzero_ps(); 8 * chunks];
-        // Group-major order: all chunks of the block for one group of rows before the next group, so the
-        // rows of a group (one 4 KiB page each on wide layers) stay in the TLB and caches while every chunk
+        let strip = CH * CHUNK_WORDS;
+        // Group-major order: all strips of the block for one group of rows before the next group, so the
+        // rows of a group (one 4 KiB page each on wide layers) stay in the TLB and caches while every strip
         // walks them.
-        for g in 0..w.groups() {
-            let sxb = _mm512_set1_ps(sx[g]);
-            for (ci, ya) in yacc.chunks_exact_mut(8).enumerate() {
-                let c = ci * CHUNK_WORDS;
-                let len = (words - c).min(CHUNK_WORDS);
-                let mask = lanes(len);
-                let col0 = PACK_FACTOR * (w0 + c);
-                let mut acc = [_mm512_setzero_ps(); 8];
+        for (g, &sxg) in sx.iter().enumerate() {
+            let sxb = _mm512_set1_ps(sxg);
+            let mut c0 = 0;
+            while c0 < words {
+                let mut masks = [0 as __mmask16; CH];
+                for (h, m) in masks.iter_mut().enumerate() {
+                    *m = lanes(words.saturating_sub(c0 + h * CHUNK_WORDS));
+                }
+                let mut acc = [[_mm512_setzero_ps(); 8]; CH];
                 for row in g * w.group..(g + 1) * w.group {
-                    let p = qw.wrapping_add(row * nw + w0 + c);
-                    // The same words one group further down, needed after this group's chunks; prefetching
-                    // never faults, so the address may run past the end (hence wrapping_add).
-                    _mm_prefetch::<PREFETCH_HINT>(p.wrapping_add(w.group * nw) as *const i8);
-                    // SAFETY: the `len` masked-in words are qweight[row][w0 + c ..][..len], inside qweight.
-                    let mut q = _mm512_maskz_loadu_epi32(mask, p as *const i32);
+                    let p = qw.wrapping_add(row * nw + w0 + c0);
                     // SAFETY: row < k = x.len().
                     let xb = _mm512_set1_ps(*x.get_unchecked(row));
-                    for a in acc.iter_mut() {
-                        *a = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, table), xb, *a);
-                        q = _mm512_srli_epi32::<4>(q);
+                    for h in 0..CH {
+                        let ph = p.wrapping_add(h * CHUNK_WORDS);
+                        // The same words one group further down, needed after this group's strips;
+                        // prefetching never faults, so the address may run past the end (wrapping_add).
+                        _mm_prefetch::<PREFETCH_HINT>(ph.wrapping_add(w.group * nw) as *const i8);
+                        // SAFETY: the masked-in words are qweight[row][w0 + c0 + 16h ..], inside the
+                        // block's part of the row (fully masked-out loads touch no memory).
+                        let mut q = _mm512_maskz_loadu_epi32(masks[h], ph as *const i32);
+                        for a in acc[h].iter_mut() {
+                            *a = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, table), xb, *a);
+                            q = _mm512_srli_epi32::<4>(q);
+                        }
                     }
                 }
-                // Group epilogue: yacc += s·(acc - z·Σx), all in slot order.
-                // SAFETY: the `len` masked-in words are qzeros[g][w0 + c ..][..len], inside qzeros.
-                let mut z = _mm512_maskz_loadu_epi32(
-                    mask,
-                    w.qzeros.as_ptr().add(g * nw + w0 + c) as *const i32,
-                );
-                // Scales of the chunk's 8·len columns, upcast in column order, then gathered per slot.
-                let mut sbuf = [0.0f32; CHUNK_WORDS * PACK_FACTOR];
-                for (h, dst) in sbuf.chunks_exact_mut(16).enumerate() {
-                    let have = (PACK_FACTOR * len).saturating_sub(16 * h);
-                    // SAFETY: the masked-in scales are scales[g][col0 + 16h ..][..have], inside row g.
-                    let v = load16(w.scales.as_ptr().add(g * w.n + col0 + 16 * h), lanes(have));
-                    _mm512_storeu_ps(dst.as_mut_ptr(), v);
+                for (h, acc) in acc.iter().enumerate() {
+                    let c = c0 + h * CHUNK_WORDS;
+                    if c < words {
+                        let ci = c / CHUNK_WORDS;
+                        // SAFETY: same contract as this function; c < words.
+                        group_epilogue(
+                            w,
+                            g,
+                            w0 + c,
+                            (words - c).min(CHUNK_WORDS),
+                            sxb,
+                            &gather_idx,
+                            acc,
+                            &mut yacc[8 * ci..8 * ci + 8],
+                        );
+                    }
                 }
-                for s in 0..8 {
-                    // SAFETY: every offset 8·l + PACK_ORDER[s] < 128 = sbuf.len().
-                    let sc = _mm512_i32gather_ps::<4>(gather_idx[s], sbuf.as_ptr());
-                    let zf = _mm512_permutexvar_ps(z, table);
-                    z = _mm512_srli_epi32::<4>(z);
-                    ya[s] = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zf, sxb, acc[s]), ya[s]);
-                }
+                c0 += strip;
             }
         }
         // Undo the nibble order once per block: slot s, lane l of chunk ci is column
@@ -406,102 +496,46 @@ mod simd {
         }
     }
 
-    /// Row-sequential variant: per group, 4 rows at a time over the whole block width, accumulators in L1.
+    /// Folds one group's slot accumulators `acc` of the chunk of `len` words at word `wc` into `ya`:
+    /// `ya[s] += s·(acc[s] - z·Σx)`, with zero points and scales brought into slot order.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL, FMA, F16C; `w` valid, `g < k/group`, `wc + len <= n/8`, `1 <= len <= 16`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    pub(super) unsafe fn decode_block_avx512_rows<S: FloatElement>(
-        x: &[f32],
-        sx: &[f32],
+    unsafe fn group_epilogue<S: FloatElement>(
         w: &AwqWeights<S>,
-        w0: usize,
-        words: usize,
-        yb: &mut [f32],
+        g: usize,
+        wc: usize,
+        len: usize,
+        sxb: __m512,
+        gather_idx: &[__m512i; 8],
+        acc: &[__m512; 8],
+        ya: &mut [__m512],
     ) {
-        let nw = w.words();
-        assert_eq!(x.len(), w.k);
-        assert_eq!(sx.len(), w.groups());
-        assert!(w0 + words <= nw);
-        assert_eq!(yb.len(), words * PACK_FACTOR);
-        assert!(w.group % 4 == 0);
         let table = nibble_table();
-        let mut gather_idx = [_mm512_setzero_si512(); 8];
-        for (s, idx) in gather_idx.iter_mut().enumerate() {
-            let mut v = [0i32; 16];
-            for (l, e) in v.iter_mut().enumerate() {
-                *e = (PACK_FACTOR * l + PACK_ORDER[s]) as i32;
-            }
-            *idx = _mm512_loadu_si512(v.as_ptr() as *const __m512i);
+        let mask = lanes(len);
+        // SAFETY: the `len` masked-in words are qzeros[g][wc ..][..len], inside qzeros.
+        let mut z = _mm512_maskz_loadu_epi32(
+            mask,
+            w.qzeros.as_ptr().add(g * w.words() + wc) as *const i32,
+        );
+        // Scales of the chunk's 8·len columns, upcast in column order, then gathered per slot.
+        let col0 = PACK_FACTOR * wc;
+        let mut sbuf = [0.0f32; CHUNK_WORDS * PACK_FACTOR];
+        for (h, dst) in sbuf.chunks_exact_mut(16).enumerate() {
+            let have = (PACK_FACTOR * len).saturating_sub(16 * h);
+            // SAFETY: the masked-in scales are scales[g][col0 + 16h ..][..have], inside row g.
+            let v = load16(w.scales.as_ptr().add(g * w.n + col0 + 16 * h), lanes(have));
+            _mm512_storeu_ps(dst.as_mut_ptr(), v);
         }
-        let qw = w.qweight.as_ptr();
-        let chunks = words.div_ceil(CHUNK_WORDS);
-        let mut yacc = vec![_mm512_setzero_ps(); 8 * chunks];
-        let mut acc = vec![_mm512_setzero_ps(); 8 * chunks];
-        for g in 0..w.groups() {
-            acc.fill(_mm512_setzero_ps());
-            let mut row = g * w.group;
-            while row < (g + 1) * w.group {
-                let x0 = _mm512_set1_ps(x[row]);
-                let x1 = _mm512_set1_ps(x[row + 1]);
-                let x2 = _mm512_set1_ps(x[row + 2]);
-                let x3 = _mm512_set1_ps(x[row + 3]);
-                for (ci, a) in acc.chunks_exact_mut(8).enumerate() {
-                    let c = ci * CHUNK_WORDS;
-                    let mask = lanes(words - c);
-                    let p = qw.add(row * nw + w0 + c);
-                    let mut q0 = _mm512_maskz_loadu_epi32(mask, p as *const i32);
-                    let mut q1 = _mm512_maskz_loadu_epi32(mask, p.add(nw) as *const i32);
-                    let mut q2 = _mm512_maskz_loadu_epi32(mask, p.add(2 * nw) as *const i32);
-                    let mut q3 = _mm512_maskz_loadu_epi32(mask, p.add(3 * nw) as *const i32);
-                    for av in a.iter_mut() {
-                        let mut t = _mm512_fmadd_ps(_mm512_permutexvar_ps(q0, table), x0, *av);
-                        t = _mm512_fmadd_ps(_mm512_permutexvar_ps(q1, table), x1, t);
-                        t = _mm512_fmadd_ps(_mm512_permutexvar_ps(q2, table), x2, t);
-                        *av = _mm512_fmadd_ps(_mm512_permutexvar_ps(q3, table), x3, t);
-                        q0 = _mm512_srli_epi32::<4>(q0);
-                        q1 = _mm512_srli_epi32::<4>(q1);
-                        q2 = _mm512_srli_epi32::<4>(q2);
-                        q3 = _mm512_srli_epi32::<4>(q3);
-                    }
-                }
-                row += 4;
-            }
-            let sxb = _mm512_set1_ps(sx[g]);
-            for (ci, (ya, a)) in yacc
-                .chunks_exact_mut(8)
-                .zip(acc.chunks_exact(8))
-                .enumerate()
-            {
-                let c = ci * CHUNK_WORDS;
-                let len = (words - c).min(CHUNK_WORDS);
-                let mask = lanes(len);
-                let col0 = PACK_FACTOR * (w0 + c);
-                let mut z = _mm512_maskz_loadu_epi32(
-                    mask,
-                    w.qzeros.as_ptr().add(g * nw + w0 + c) as *const i32,
-                );
-                let mut sbuf = [0.0f32; CHUNK_WORDS * PACK_FACTOR];
-                for (h, dst) in sbuf.chunks_exact_mut(16).enumerate() {
-                    let have = (PACK_FACTOR * len).saturating_sub(16 * h);
-                    let v = load16(w.scales.as_ptr().add(g * w.n + col0 + 16 * h), lanes(have));
-                    _mm512_storeu_ps(dst.as_mut_ptr(), v);
-                }
-                for s in 0..8 {
-                    let sc = _mm512_i32gather_ps::<4>(gather_idx[s], sbuf.as_ptr());
-                    let zf = _mm512_permutexvar_ps(z, table);
-                    z = _mm512_srli_epi32::<4>(z);
-                    ya[s] = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zf, sxb, a[s]), ya[s]);
-                }
-            }
-        }
-        let mut tmp = [0.0f32; 16];
-        for (ci, ya) in yacc.chunks_exact(8).enumerate() {
-            let c = ci * CHUNK_WORDS;
-            let len = (words - c).min(CHUNK_WORDS);
-            for (s, v) in ya.iter().enumerate() {
-                _mm512_storeu_ps(tmp.as_mut_ptr(), *v);
-                for (l, &t) in tmp.iter().enumerate().take(len) {
-                    yb[PACK_FACTOR * (c + l) + PACK_ORDER[s]] = t;
-                }
-            }
+        for s in 0..8 {
+            // SAFETY: every offset 8·l + PACK_ORDER[s] < 128 = sbuf.len().
+            let sc = _mm512_i32gather_ps::<4>(gather_idx[s], sbuf.as_ptr());
+            let zf = _mm512_permutexvar_ps(z, table);
+            z = _mm512_srli_epi32::<4>(z);
+            ya[s] = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zf, sxb, acc[s]), ya[s]);
         }
     }
 
@@ -536,6 +570,14 @@ mod simd {
         }
         let shifts = _mm512_loadu_si512(sh.as_ptr() as *const __m512i);
         for (qrow, prow) in qrows.chunks_exact(nw).zip(panel.chunks_exact_mut(width)) {
+            // The block's words a few rows down: rows are n/2 bytes apart (a new page each on wide layers),
+            // a stride the hardware prefetchers do not follow well. Prefetches never fault (wrapping_add).
+            let ahead = qrow.as_ptr().wrapping_add(DEQUANT_PREFETCH_ROWS * nw + w0);
+            let mut c = 0;
+            while c < words {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c) as *const i8);
+                c += CHUNK_WORDS;
+            }
             let mut c = 0;
             while c < words {
                 let pair = (words - c).min(2);
@@ -716,10 +758,44 @@ mod tests {
     }
 
     #[test]
-    fn awq_decode_on_a_wide_layer_uses_several_blocks_and_matches() {
-        // n/8 = 200 words: several 16-word chunks per block, a partial last chunk, several blocks.
-        check::<f16>(1, 256, 1600, 128, true, 77);
-        check::<bf16>(4, 256, 1600, 128, true, 78);
+    fn awq_linear_on_a_wide_layer_uses_several_blocks_and_k_chunks_and_matches() {
+        // n/8 = 200 words: several 16-word chunks per block, a partial last chunk, several blocks; for
+        // m > 1, k = 512 is more than one 256-row panel and m = 7 uses the 4-, 2- and 1-row tiles.
+        check::<f16>(1, 512, 1600, 128, true, 77);
+        check::<bf16>(7, 512, 1600, 128, true, 78);
+    }
+
+    #[test]
+    fn the_gemm_prefill_fallback_matches_the_dispatched_prefill() {
+        let f = fixture::<f16>(256, 136, 64, 12);
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let x: Vec<f32> = (0..5 * 256).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let bias: Vec<f32> = (0..136).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let (mut a, mut b) = (vec![0.0; 5 * 136], vec![0.0; 5 * 136]);
+        prefill_gemm(&x, 5, f.weights(), Some(&bias), &mut a);
+        awq_linear(&x, 5, f.weights(), Some(&bias), &mut b);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "{p} vs {q}");
+        }
+    }
+
+    #[test]
+    fn the_portable_row_dequantizer_matches_the_reference() {
+        let f = fixture::<f16>(64, 40, 64, 14);
+        let wd = dequantize(f.weights());
+        let zs: Vec<f32> = f.z[..40].iter().map(|&z| z as f32).collect();
+        let ss: Vec<f32> = f.s[..40].iter().map(|s| s.to_f32()).collect();
+        let mut panel = vec![f32::NAN; 64 * 40];
+        dequantize_rows_portable(&f.qweight, 5, 0, 5, &zs, &ss, &mut panel);
+        for row in 0..64 {
+            for col in 0..40 {
+                assert_eq!(
+                    panel[row * 40 + col],
+                    wd[col * 64 + row],
+                    "row {row}, col {col}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -744,7 +820,7 @@ mod tests {
         let wd = dequantize(f.weights());
         let (n0, width) = (48, 88);
         let mut panel = vec![f32::NAN; 128 * width];
-        dequantize_panel(&f.weights(), n0, width, &mut panel);
+        dequantize_panel(&f.weights(), n0, width, 0..128, &mut panel);
         for row in 0..128 {
             for j in 0..width {
                 assert_eq!(

@@ -17,6 +17,10 @@ pub fn embedding(ids: &[u32], table: &Tensor) -> Result<Tensor> {
             format!("token id {bad} is outside the vocabulary of {vocab}"),
         ));
     }
+    #[cfg(feature = "cuda")]
+    if table.device() != crate::Device::Cpu {
+        return crate::cuda::ops::embedding(ids, table);
+    }
     let mut out = vec![0.0f32; ids.len() * width];
     match table.dtype() {
         DType::F32 => gather(ids, table.as_slice::<f32>()?, width, &mut out),

@@ -60,7 +60,9 @@ pub fn linear<W: FloatElement>(
         return;
     }
 
-    if m <= GEMV_MAX_M {
+    // With AVX-512 the tiled dot kernel serves every m (faster than `gemm`, whose AVX-512 code needs a
+    // nightly feature); otherwise the GEMV serves decode and `gemm` prefill.
+    if m <= GEMV_MAX_M || has_avx512() {
         // Enough blocks for rayon to balance two busy cores, each a multiple of the 4-row kernel.
         let nb = column_block(n, 4, 4 * rayon::current_num_threads());
         par_column_blocks(y, m, n, nb, |mut out| {
@@ -100,6 +102,14 @@ pub fn linear<W: FloatElement>(
             }
         });
     }
+}
+
+/// Whether the AVX-512 kernels (here and in the AWQ module) can run on this CPU.
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return simd::has_avx512();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// Column-block width: about `n / min_blocks`, rounded up to a multiple of `align`.
@@ -283,7 +293,8 @@ pub(crate) fn gemm_panel(
     }
 }
 
-/// GEMV for one column block: `out[i][j] = x[i] · w_rows[j] (+ bias[j])`, `w_rows` [width, k].
+/// Dot products for one column block: `out[i][j] = x[i] · w_rows[j] (+ bias[j])`, `w_rows` [width, k];
+/// any `m` with AVX-512, otherwise `m <= GEMV_MAX_M`.
 fn gemv<W: FloatElement>(
     x: &[f32],
     m: usize,
@@ -296,7 +307,7 @@ fn gemv<W: FloatElement>(
     {
         if simd::has_avx512() {
             // SAFETY: the CPU supports every feature the kernel is compiled for (checked just above).
-            unsafe { simd::gemv_avx512(x, m, k, w_rows, bias, out) };
+            unsafe { simd::dot_avx512(x, m, k, w_rows, bias, out) };
             return;
         }
         if simd::has_avx2() {
@@ -378,13 +389,15 @@ pub(crate) mod simd {
         }
     }
 
-    /// AVX-512 GEMV for `m <= 4` over one column block, 4 weight rows at a time.
+    /// AVX-512 dot-product kernel for one column block and any `m`: tiles of 4 rows of x by 4 weight rows,
+    /// each weight tile upcast in registers and reused by every x tile of an L2-sized block of x rows.
+    /// At `m <= 4` this is the weight-streaming GEMV.
     ///
     /// # Safety
     /// The CPU must support AVX-512F/BW/VL, FMA and F16C; `W` is f32, f16 or bf16; `w_rows` is [width, k]
-    /// and `x` is [m, k] with `1 <= m <= 4`.
+    /// and `x` is [m, k].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    pub(crate) unsafe fn gemv_avx512<W: FloatElement>(
+    pub(crate) unsafe fn dot_avx512<W: FloatElement>(
         x: &[f32],
         m: usize,
         k: usize,
@@ -392,36 +405,132 @@ pub(crate) mod simd {
         bias: Option<&[f32]>,
         out: &mut OutBlock<'_>,
     ) {
-        match m {
-            1 => gemv_avx512_m::<W, 1>(x, k, w_rows, bias, out),
-            2 => gemv_avx512_m::<W, 2>(x, k, w_rows, bias, out),
-            3 => gemv_avx512_m::<W, 3>(x, k, w_rows, bias, out),
-            4 => gemv_avx512_m::<W, 4>(x, k, w_rows, bias, out),
-            _ => unreachable!("GEMV serves 1..=4 rows"),
+        assert_eq!(x.len(), m * k);
+        let width = out.width();
+        assert_eq!(w_rows.len(), width * k);
+        // x rows per block: about 1 MiB of x, so it stays in L2 while the weight tiles pass over it.
+        let mb = ((256 * 1024) / k.max(1)).clamp(4, 64) / 4 * 4;
+        let mut i0 = 0;
+        while i0 < m {
+            let i1 = (i0 + mb).min(m);
+            let mut j = 0;
+            while j < width {
+                let r = if j + 4 <= width { 4 } else { 1 };
+                let ws = &w_rows[j * k..(j + r) * k];
+                let mut i = i0;
+                while i < i1 {
+                    let mt = (i1 - i).min(4);
+                    let xs = &x[i * k..(i + mt) * k];
+                    match (mt, r) {
+                        (4, 4) => store_sums(out, i, j, &rows_avx512::<W, 4, 4>(xs, k, ws), bias),
+                        (3, 4) => store_sums(out, i, j, &rows_avx512::<W, 3, 4>(xs, k, ws), bias),
+                        (2, 4) => store_sums(out, i, j, &rows_avx512::<W, 2, 4>(xs, k, ws), bias),
+                        (1, 4) => store_sums(out, i, j, &rows_avx512::<W, 1, 4>(xs, k, ws), bias),
+                        (4, _) => store_sums(out, i, j, &rows_avx512::<W, 4, 1>(xs, k, ws), bias),
+                        (3, _) => store_sums(out, i, j, &rows_avx512::<W, 3, 1>(xs, k, ws), bias),
+                        (2, _) => store_sums(out, i, j, &rows_avx512::<W, 2, 1>(xs, k, ws), bias),
+                        _ => store_sums(out, i, j, &rows_avx512::<W, 1, 1>(xs, k, ws), bias),
+                    }
+                    i += mt;
+                }
+                j += r;
+            }
+            i0 = i1;
         }
     }
 
+    /// `out[i][j] += Σ_{t < kc} x[i·xs + t] · panel[t·nb + j]` for every row of `out` and `j < out.width()`:
+    /// the outer-product kernel for a `[kc, nb]` f32 panel (the layout the AWQ dequantizer writes), tiles
+    /// of up to 8 rows by 32 columns held in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VL, FMA and F16C; `x` holds `m = out rows` rows of stride `xs` with
+    /// at least `kc` readable values each; `panel.len() == kc * nb`, `out.width() <= nb`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    unsafe fn gemv_avx512_m<W: FloatElement, const M: usize>(
+    pub(crate) unsafe fn panel_kn_avx512(
         x: &[f32],
-        k: usize,
-        w_rows: &[W],
-        bias: Option<&[f32]>,
+        xs: usize,
+        kc: usize,
+        panel: &[f32],
+        nb: usize,
         out: &mut OutBlock<'_>,
     ) {
-        assert_eq!(x.len(), M * k);
-        assert_eq!(w_rows.len(), out.width() * k);
-        let width = out.width();
+        let (m, width) = (out.m, out.width());
+        assert!(width <= nb && panel.len() == kc * nb);
+        assert!(m == 0 || x.len() >= (m - 1) * xs + kc);
         let mut j = 0;
-        while j + 4 <= width {
-            let s = rows_avx512::<W, M, 4>(x, k, &w_rows[j * k..(j + 4) * k]);
-            store_sums(out, j, &s, bias);
-            j += 4;
-        }
         while j < width {
-            let s = rows_avx512::<W, M, 1>(x, k, &w_rows[j * k..(j + 1) * k]);
-            store_sums(out, j, &s, bias);
-            j += 1;
+            let left = width - j;
+            let masks = [lanes16(left), lanes16(left.saturating_sub(16))];
+            let mut i = 0;
+            while i < m {
+                let mt = match m - i {
+                    8.. => 8,
+                    4..=7 => 4,
+                    2..=3 => 2,
+                    _ => 1,
+                };
+                match mt {
+                    8 => kn_tile::<8>(x, xs, kc, panel, nb, out, i, j, masks),
+                    4 => kn_tile::<4>(x, xs, kc, panel, nb, out, i, j, masks),
+                    2 => kn_tile::<2>(x, xs, kc, panel, nb, out, i, j, masks),
+                    _ => kn_tile::<1>(x, xs, kc, panel, nb, out, i, j, masks),
+                }
+                i += mt;
+            }
+            j += 32;
+        }
+    }
+
+    /// Mask of the first `len` (saturating at 16) lanes.
+    #[inline]
+    fn lanes16(len: usize) -> __mmask16 {
+        if len >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << len) - 1) as __mmask16
+        }
+    }
+
+    /// One `MR`×32 tile of [`panel_kn_avx512`] at rows `i..i + MR`, columns `j..` (lanes in `masks`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn kn_tile<const MR: usize>(
+        x: &[f32],
+        xs: usize,
+        kc: usize,
+        panel: &[f32],
+        nb: usize,
+        out: &mut OutBlock<'_>,
+        i: usize,
+        j: usize,
+        masks: [__mmask16; 2],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let row = out.row(i + r).as_ptr().add(j);
+            // SAFETY: the masked-in lanes are columns j.. of the block row, inside it (width - j lanes).
+            a[0] = _mm512_maskz_loadu_ps(masks[0], row);
+            a[1] = _mm512_maskz_loadu_ps(masks[1], row.wrapping_add(16));
+        }
+        let (xp, pp) = (x.as_ptr(), panel.as_ptr());
+        for t in 0..kc {
+            // SAFETY: t < kc and the masked-in columns j.. < width <= nb, inside panel row t.
+            let p0 = _mm512_maskz_loadu_ps(masks[0], pp.add(t * nb + j));
+            let p1 = _mm512_maskz_loadu_ps(masks[1], pp.wrapping_add(t * nb + j + 16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: row i + r < m and t < kc, inside x by the caller's contract.
+                let xb = _mm512_set1_ps(*xp.add((i + r) * xs + t));
+                a[0] = _mm512_fmadd_ps(p0, xb, a[0]);
+                a[1] = _mm512_fmadd_ps(p1, xb, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let row = out.row(i + r).as_mut_ptr().add(j);
+            // SAFETY: as for the loads above.
+            _mm512_mask_storeu_ps(row, masks[0], a[0]);
+            _mm512_mask_storeu_ps(row.wrapping_add(16), masks[1], a[1]);
         }
     }
 
@@ -453,8 +562,8 @@ pub(crate) mod simd {
             for r in 0..R {
                 // SAFETY: the masked-in lanes kk.. of weight row r lie inside w ([R, k]).
                 let wv = load16(wp.add(r * k + kk), mask);
-                for i in 0..M {
-                    acc[i][r] = _mm512_fmadd_ps(wv, xv[i], acc[i][r]);
+                for (a, xvi) in acc.iter_mut().zip(&xv) {
+                    a[r] = _mm512_fmadd_ps(wv, *xvi, a[r]);
                 }
             }
             kk += 16;
@@ -470,12 +579,13 @@ pub(crate) mod simd {
 
     fn store_sums<const M: usize, const R: usize>(
         out: &mut OutBlock<'_>,
+        i0: usize,
         j: usize,
         s: &[[f32; R]; M],
         bias: Option<&[f32]>,
     ) {
         for (i, si) in s.iter().enumerate() {
-            let row = out.row(i);
+            let row = out.row(i0 + i);
             for (r, &v) in si.iter().enumerate() {
                 row[j + r] = v + bias.map_or(0.0, |b| b[j + r]);
             }

@@ -16,8 +16,9 @@ pub struct AwqConfig {
     pub group_size: usize,
 }
 
-/// `y = x·Wᵀ + b` with `W` `[n, k]`.
-#[derive(Debug, Clone)]
+/// `y = x·Wᵀ + b` with `W` `[n, k]`. The CPU variants compute in f32 from the checkpoint's tensors; the GPU
+/// variants (made by [`Linear::to_device`]) hold device copies in the activation dtype.
+#[derive(Clone)]
 pub enum Linear {
     Dense {
         /// `[n, k]`, f32, f16 or bf16.
@@ -35,6 +36,20 @@ pub enum Linear {
         k: usize,
         n: usize,
         group: usize,
+    },
+    /// Dense weight `[n, k]` and bias `[n]` on a GPU, in the activation dtype.
+    #[cfg(feature = "cuda")]
+    DenseGpu {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    /// AWQ weights repacked for the GPU kernels; bias `[n]` on the GPU in the activation dtype.
+    #[cfg(feature = "cuda")]
+    AwqGpu {
+        weights: std::sync::Arc<AwqGpuPending>,
+        bias: Option<Tensor>,
+        k: usize,
+        n: usize,
     },
 }
 
@@ -57,7 +72,11 @@ impl Linear {
             let weight = scope.get_float("weight", &[n, k])?;
             return Ok(Linear::Dense { weight, bias });
         };
-        if group == 0 || k % group != 0 || group % PACK_FACTOR != 0 || n % PACK_FACTOR != 0 {
+        if group == 0
+            || !k.is_multiple_of(group)
+            || !group.is_multiple_of(PACK_FACTOR)
+            || !n.is_multiple_of(PACK_FACTOR)
+        {
             return Err(Error::Unsupported(format!(
                 "AWQ linear `{}` with k={k}, n={n}, group size {group}: the group size must divide k and be a \
                  multiple of 8, and n must be a multiple of 8",
@@ -82,6 +101,10 @@ impl Linear {
         match self {
             Linear::Dense { weight, .. } => weight.dim(1),
             Linear::Awq { k, .. } => *k,
+            #[cfg(feature = "cuda")]
+            Linear::DenseGpu { weight, .. } => weight.dim(1),
+            #[cfg(feature = "cuda")]
+            Linear::AwqGpu { k, .. } => *k,
         }
     }
 
@@ -89,6 +112,58 @@ impl Linear {
         match self {
             Linear::Dense { weight, .. } => weight.dim(0),
             Linear::Awq { n, .. } => *n,
+            #[cfg(feature = "cuda")]
+            Linear::DenseGpu { weight, .. } => weight.dim(0),
+            #[cfg(feature = "cuda")]
+            Linear::AwqGpu { n, .. } => *n,
+        }
+    }
+
+    /// This layer on `device`, computing in `dtype` there (the CPU always computes in f32).
+    pub fn to_device(&self, device: crate::Device, dtype: DType) -> Result<Linear> {
+        if device == crate::Device::Cpu {
+            return Ok(self.clone());
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let bias_on = |bias: &Option<Vec<f32>>| -> Result<Option<Tensor>> {
+                bias.as_ref()
+                    .map(|b| {
+                        Tensor::from_vec(b.clone(), &[b.len()])?
+                            .to_dtype(dtype)?
+                            .to_device(device)
+                    })
+                    .transpose()
+            };
+            match self {
+                Linear::Dense { weight, bias } => Ok(Linear::DenseGpu {
+                    weight: weight.to_dtype(dtype)?.to_device(device)?,
+                    bias: bias_on(bias)?,
+                }),
+                Linear::Awq { .. } => Err(Error::Unsupported("AWQ on the GPU: pending".into())),
+                other => Ok(other.clone()),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = dtype;
+            Err(Error::Unsupported(format!(
+                "cannot move a layer to {device}: this build has no CUDA support"
+            )))
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn forward_gpu(&self, x: &Tensor, m: usize, k: usize, n: usize) -> Result<Tensor> {
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("x has a last dimension") = n;
+        match self {
+            Linear::DenseGpu { weight, bias } => {
+                crate::cuda::ops::dense_linear(x, weight, bias.as_ref(), m, k, n)?.reshape(&shape)
+            }
+            _ => Err(Error::Unsupported(
+                "a CPU layer was given a GPU input; move the model with to_device".into(),
+            )),
         }
     }
 
@@ -107,6 +182,10 @@ impl Linear {
             ));
         }
         let n = self.out_features();
+        #[cfg(feature = "cuda")]
+        if x.device() != crate::Device::Cpu {
+            return self.forward_gpu(x, m, k, n);
+        }
         let xs = f32_slice(op, x)?;
         let mut y = vec![0.0f32; m * n];
         match self {
@@ -182,6 +261,12 @@ impl Linear {
                     }
                 }
             }
+            #[cfg(feature = "cuda")]
+            Linear::DenseGpu { .. } | Linear::AwqGpu { .. } => {
+                return Err(Error::Unsupported(
+                    "a GPU layer was given a CPU input; move the input to the GPU".into(),
+                ))
+            }
         }
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("x has a last dimension") = n;
@@ -212,3 +297,7 @@ fn awq_forward<S: FloatElement>(
     };
     super::awq::cpu::awq_linear(x, m, w, bias, y);
 }
+
+/// Placeholder type until the AWQ GPU kernels land.
+#[cfg(feature = "cuda")]
+pub struct AwqGpuPending;

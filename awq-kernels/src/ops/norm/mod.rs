@@ -8,6 +8,11 @@ use crate::{Result, Tensor};
 /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension (Qwen2, InternViT-6B).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let (rows, width) = rows_and_width("rms_norm", x)?;
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        super::expect_shape("rms_norm", "weight", weight, &[width])?;
+        return crate::cuda::ops::rms_norm(x, weight, eps, width);
+    }
     let w = param_f32("rms_norm", weight, width)?;
     let mut out = vec![0.0f32; rows * width];
     cpu::rms_norm(f32_slice("rms_norm", x)?, &w, eps, width, &mut out);

@@ -12,7 +12,7 @@ pub fn rope_inplace(x: &mut Tensor, positions: &[usize], theta: f32) -> Result<(
             format!("expected [t, heads, d], got {:?}", x.shape()),
         ));
     };
-    if positions.len() != t || d % 2 != 0 {
+    if positions.len() != t || !d.is_multiple_of(2) {
         return Err(Error::shape(
             "rope",
             format!(
@@ -20,6 +20,10 @@ pub fn rope_inplace(x: &mut Tensor, positions: &[usize], theta: f32) -> Result<(
                 positions.len()
             ),
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        return crate::cuda::ops::rope_inplace(x, positions, theta);
     }
     let table = cpu::RopeTable::new(d, theta);
     cpu::rope(x.as_mut_slice::<f32>()?, heads, positions, &table);

@@ -1,0 +1,147 @@
+//! The CUDA side (feature `cuda`): one context and one stream per GPU, kernels embedded as PTX (compiled by
+//! `build.rs` with NVRTC) and loaded once, cuBLAS on the same stream. The CUDA driver and cuBLAS are loaded
+//! at run time, so a binary built with the feature still runs on a machine without a GPU: [`Gpu::new`]
+//! returns an error there instead of failing to start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use crate::{Error, Result};
+
+pub mod buffer;
+pub mod ops;
+
+/// Every kernel file of `kernels/`, as PTX.
+const MODULES: &[(&str, &str)] = &[
+    ("ops", include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"))),
+    (
+        "awq_gemm",
+        include_str!(concat!(env!("OUT_DIR"), "/awq_gemm.ptx")),
+    ),
+];
+
+pub(crate) fn cuda_error(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Cuda(format!("{what}: {e:?}"))
+}
+
+/// One GPU: its context, the stream every op runs on, and the loaded kernels.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    blas: OnceLock<Arc<cudarc::cublas::CudaBlas>>,
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal`. Fails with a clear error when there is no driver or no such GPU.
+    pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
+        // cudarc panics when it cannot find the driver library; turn that into an error.
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| {
+                Error::Cuda("no CUDA driver found (libcuda.so); is this a GPU machine?".into())
+            })?
+            .map_err(|e| cuda_error(&format!("opening GPU {ordinal}"), e))?;
+        let stream = ctx.default_stream();
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            blas: OnceLock::new(),
+        }))
+    }
+
+    /// The process-wide handle of GPU 0, opened on first use.
+    pub fn shared() -> Result<Arc<Gpu>> {
+        Gpu::shared_ordinal(0)
+    }
+
+    /// The process-wide handle of GPU `ordinal` (only GPU 0 for now: one GPU per process).
+    pub fn shared_ordinal(ordinal: usize) -> Result<Arc<Gpu>> {
+        static SHARED: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+        if ordinal != 0 {
+            return Err(Error::Cuda(format!(
+                "only GPU 0 is supported, not {ordinal}"
+            )));
+        }
+        SHARED
+            .get_or_init(|| Gpu::new(0).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Cuda)
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device name, e.g. "NVIDIA H200".
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
+    }
+
+    /// Kernel `name` from module `module` (a file name of `kernels/` without `.cu`).
+    pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        let mut modules = self.modules.lock().expect("module cache lock");
+        let m = match modules.get(module) {
+            Some(m) => Arc::clone(m),
+            None => {
+                let (_, ptx) = MODULES
+                    .iter()
+                    .find(|(n, _)| *n == module)
+                    .ok_or_else(|| Error::Cuda(format!("no kernel module `{module}`")))?;
+                let loaded = self
+                    .ctx
+                    .load_module(Ptx::from_src(*ptx))
+                    .map_err(|e| cuda_error(&format!("loading module {module}"), e))?;
+                modules.insert(module, Arc::clone(&loaded));
+                loaded
+            }
+        };
+        m.load_function(name)
+            .map_err(|e| cuda_error(&format!("kernel {module}::{name}"), e))
+    }
+
+    /// cuBLAS bound to this GPU's stream.
+    pub fn blas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>> {
+        if let Some(b) = self.blas.get() {
+            return Ok(Arc::clone(b));
+        }
+        let blas =
+            std::panic::catch_unwind(|| cudarc::cublas::CudaBlas::new(Arc::clone(&self.stream)))
+                .map_err(|_| Error::Cuda("cuBLAS library not found (libcublas.so)".into()))?
+                .map_err(|e| cuda_error("creating the cuBLAS handle", e))?;
+        Ok(Arc::clone(self.blas.get_or_init(|| Arc::new(blas))))
+    }
+
+    /// Waits for all queued work and reports any error a kernel raised.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda_error("synchronizing the stream", e))
+    }
+}
+
+/// Whether a GPU can be used here; with `REQUIRE_GPU=1` a missing GPU is an error instead of `false`
+/// (GPU tests call this to decide between running and skipping).
+pub fn gpu_for_tests() -> Option<Arc<Gpu>> {
+    match Gpu::shared() {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("REQUIRE_GPU=1 but no GPU is usable: {e}");
+            }
+            eprintln!("no GPU here ({e}); GPU checks skipped");
+            None
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! Launchers for `kernels/ops.cu`: the Qwen2 forward's small ops on GPU tensors (f32, f16 or bf16), and the
+//! dense linear through cuBLAS. Shapes are validated by the device-independent wrappers in `crate::ops`.
+
+use std::sync::Arc;
+
+use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::{bf16, f16};
+
+use super::buffer::{GpuBuffer, GpuElement};
+use super::{cuda_error, Gpu};
+use crate::{DType, Error, Result, Tensor};
+
+const MODULE: &str = "ops";
+const THREADS: u32 = 256;
+
+/// Runs `$body` with `$T` bound to the Rust element type of a float dtype and `$sfx` to its kernel suffix.
+macro_rules! float_dispatch {
+    ($dtype:expr, $op:literal, |$T:ident, $sfx:ident| $body:block) => {
+        match $dtype {
+            DType::F32 => {
+                type $T = f32;
+                let $sfx = "f32";
+                $body
+            }
+            DType::F16 => {
+                type $T = f16;
+                let $sfx = "f16";
+                $body
+            }
+            DType::BF16 => {
+                type $T = bf16;
+                let $sfx = "bf16";
+                $body
+            }
+            other => Err(Error::DType {
+                op: $op,
+                expected: DType::F16,
+                got: other,
+            }),
+        }
+    };
+}
+
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(THREADS).max(1), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn launch_err(kernel: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| cuda_error(&format!("launching {kernel}"), e)
+}
+
+fn gpu_of(t: &Tensor) -> Result<Arc<Gpu>> {
+    Ok(Arc::clone(&t.gpu_buffer()?.gpu))
+}
+
+fn upload_i32(gpu: &Arc<Gpu>, host: &[i32]) -> Result<GpuBuffer> {
+    GpuBuffer::from_slice(gpu, host)
+}
+
+/// `out[i] = table[ids[i]]`, `[t, c]`.
+pub fn embedding(ids: &[u32], table: &Tensor) -> Result<Tensor> {
+    let gpu = gpu_of(table)?;
+    let width = table.dim(1);
+    let ids_gpu = GpuBuffer::from_slice(&gpu, ids)?;
+    let mut out = GpuBuffer::zeros(&gpu, table.dtype(), ids.len() * width)?;
+    float_dispatch!(table.dtype(), "embedding", |T, sfx| {
+        let name = format!("embedding_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let (tab, idv) = (table.gpu_buffer()?.slice::<T>()?, ids_gpu.slice::<u32>()?);
+        let o = out.slice_mut::<T>()?;
+        let w = width as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(tab).arg(idv).arg(o).arg(&w);
+        // SAFETY: table is [vocab, width], ids are range-checked by the caller, out is [ids, width].
+        unsafe { b.launch(rows(ids.len(), THREADS)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, &[ids.len(), width])
+}
+
+/// RMSNorm over the last dimension.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, width: usize) -> Result<Tensor> {
+    let gpu = gpu_of(x)?;
+    let rows_n = x.elem_count() / width;
+    let mut out = GpuBuffer::zeros(&gpu, x.dtype(), x.elem_count())?;
+    float_dispatch!(x.dtype(), "rms_norm", |T, sfx| {
+        let name = format!("rms_norm_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let (xs, ws) = (
+            x.gpu_buffer()?.slice::<T>()?,
+            weight.gpu_buffer()?.slice::<T>()?,
+        );
+        let o = out.slice_mut::<T>()?;
+        let w = width as i32;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(xs).arg(ws).arg(o).arg(&w).arg(&eps);
+        // SAFETY: x and out hold rows_n * width elements, weight holds width (checked by the caller).
+        unsafe { b.launch(rows(rows_n, THREADS)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, x.shape())
+}
+
+/// `a += b`.
+pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
+    let gpu = gpu_of(a)?;
+    let n = a.elem_count() as i64;
+    let dtype = a.dtype();
+    let bb = b.gpu_buffer()?;
+    let ab = a.gpu_buffer_mut()?;
+    float_dispatch!(dtype, "add_inplace", |T, sfx| {
+        let name = format!("add_inplace_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(ab.slice_mut::<T>()?).arg(bb.slice::<T>()?).arg(&n);
+        // SAFETY: a and b hold n elements (same shape, checked by the caller).
+        unsafe { l.launch(elementwise(n as usize)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })
+}
+
+/// `silu(gate) * up`.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let gpu = gpu_of(gate)?;
+    let n = gate.elem_count() as i64;
+    let mut out = GpuBuffer::zeros(&gpu, gate.dtype(), n as usize)?;
+    float_dispatch!(gate.dtype(), "silu_mul", |T, sfx| {
+        let name = format!("silu_mul_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let (g, u) = (
+            gate.gpu_buffer()?.slice::<T>()?,
+            up.gpu_buffer()?.slice::<T>()?,
+        );
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(g).arg(u).arg(out.slice_mut::<T>()?).arg(&n);
+        // SAFETY: gate, up and out hold n elements.
+        unsafe { l.launch(elementwise(n as usize)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, gate.shape())
+}
+
+/// `y[m, n] += bias[n]`.
+pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
+    let gpu = gpu_of(y)?;
+    let total = y.elem_count() as i64;
+    let n = bias.elem_count() as i32;
+    let dtype = y.dtype();
+    let bb = bias.gpu_buffer()?;
+    let yb = y.gpu_buffer_mut()?;
+    float_dispatch!(dtype, "add_bias", |T, sfx| {
+        let name = format!("add_bias_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(yb.slice_mut::<T>()?)
+            .arg(bb.slice::<T>()?)
+            .arg(&total)
+            .arg(&n);
+        // SAFETY: y holds total elements, a multiple of bias' n elements.
+        unsafe { l.launch(elementwise(total as usize)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })
+}
+
+/// Rotary embedding in place on `x` `[t, heads, d]`.
+pub fn rope_inplace(x: &mut Tensor, positions: &[usize], theta: f32) -> Result<()> {
+    let gpu = gpu_of(x)?;
+    let (t, heads, d) = (x.dim(0), x.dim(1), x.dim(2));
+    let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+    let pos_gpu = upload_i32(&gpu, &pos)?;
+    let dtype = x.dtype();
+    let xb = x.gpu_buffer_mut()?;
+    float_dispatch!(dtype, "rope", |T, sfx| {
+        let name = format!("rope_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let (h, dd) = (heads as i32, d as i32);
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(xb.slice_mut::<T>()?)
+            .arg(pos_gpu.slice::<i32>()?)
+            .arg(&h)
+            .arg(&dd)
+            .arg(&theta);
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, heads as u32, 1),
+            block_dim: ((d / 2) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: x is [t, heads, d] with d even and d/2 <= 1024 threads; positions has t entries.
+        unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
+        Ok(())
+    })
+}
+
+/// Writes keys and values `[t, width]` into cache slots `slots[i]` of `kc`, `vc` (`[slots, width]`).
+pub fn kv_write(
+    k: &Tensor,
+    v: &Tensor,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    slots: &[i32],
+    width: usize,
+) -> Result<()> {
+    let gpu = gpu_of(k)?;
+    let slots_gpu = upload_i32(&gpu, slots)?;
+    let dtype = k.dtype();
+    let (kb, vb) = (k.gpu_buffer()?, v.gpu_buffer()?);
+    let kcb = kc.gpu_buffer_mut()?;
+    let vcb = vc.gpu_buffer_mut()?;
+    float_dispatch!(dtype, "kv_write", |T, sfx| {
+        let name = format!("kv_write_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let w = width as i32;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(kb.slice::<T>()?)
+            .arg(vb.slice::<T>()?)
+            .arg(kcb.slice_mut::<T>()?)
+            .arg(vcb.slice_mut::<T>()?)
+            .arg(slots_gpu.slice::<i32>()?)
+            .arg(&w);
+        // SAFETY: k, v are [slots.len(), width]; every slot is inside the cache (reserved by the caller).
+        unsafe { l.launch(rows(slots.len(), THREADS)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })
+}
+
+/// Per-row inputs of [`paged_attention`].
+pub struct AttentionRows<'a> {
+    /// Every sequence's block table, concatenated.
+    pub tables: &'a [i32],
+    /// Per query row: where its sequence's table starts in `tables`.
+    pub row_table: &'a [i32],
+    /// Per query row: its position (it sees keys `0..=pos`).
+    pub row_pos: &'a [i32],
+}
+
+/// Causal attention over the paged cache; `q` `[t, heads, d]`, caches `[slots, kv_heads, d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    q: &Tensor,
+    kc: &Tensor,
+    vc: &Tensor,
+    rows_info: &AttentionRows,
+    kv_heads: usize,
+    block_size: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    let gpu = gpu_of(q)?;
+    let (t, heads, d) = (q.dim(0), q.dim(1), q.dim(2));
+    if d % 32 != 0 || d > 256 {
+        return Err(Error::Unsupported(format!(
+            "GPU attention needs a head dim that is a multiple of 32 up to 256, got {d}"
+        )));
+    }
+    let tables = upload_i32(&gpu, rows_info.tables)?;
+    let row_table = upload_i32(&gpu, rows_info.row_table)?;
+    let row_pos = upload_i32(&gpu, rows_info.row_pos)?;
+    let mut out = GpuBuffer::zeros(&gpu, q.dtype(), q.elem_count())?;
+    float_dispatch!(q.dtype(), "paged_attention", |T, sfx| {
+        let name = format!("paged_attention_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let (hh, kvh, dd, bs) = (heads as i32, kv_heads as i32, d as i32, block_size as i32);
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(q.gpu_buffer()?.slice::<T>()?)
+            .arg(kc.gpu_buffer()?.slice::<T>()?)
+            .arg(vc.gpu_buffer()?.slice::<T>()?)
+            .arg(tables.slice::<i32>()?)
+            .arg(row_table.slice::<i32>()?)
+            .arg(row_pos.slice::<i32>()?)
+            .arg(out.slice_mut::<T>()?)
+            .arg(&hh)
+            .arg(&kvh)
+            .arg(&dd)
+            .arg(&bs)
+            .arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, heads as u32, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every row's table and positions were validated by the caller against the cache size.
+        unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, q.shape())
+}
+
+/// `out[i] = x[rows[i]]` over the first dimension of a 2-D tensor.
+pub fn gather_rows(x: &Tensor, row_ids: &[i32]) -> Result<Tensor> {
+    let gpu = gpu_of(x)?;
+    let width = x.dim(1);
+    let ids = upload_i32(&gpu, row_ids)?;
+    let mut out = GpuBuffer::zeros(&gpu, x.dtype(), row_ids.len() * width)?;
+    float_dispatch!(x.dtype(), "gather_rows", |T, sfx| {
+        let name = format!("gather_rows_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let w = width as i32;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(x.gpu_buffer()?.slice::<T>()?)
+            .arg(ids.slice::<i32>()?)
+            .arg(out.slice_mut::<T>()?)
+            .arg(&w);
+        // SAFETY: every row id is < x.dim(0) (the caller's rows), out is [row_ids, width].
+        unsafe { l.launch(rows(row_ids.len(), THREADS)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, &[row_ids.len(), width])
+}
+
+fn gemm_nt<T: GpuElement + num_traits_like::One>(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    w: &GpuBuffer,
+    y: &mut GpuBuffer,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<()>
+where
+    cudarc::cublas::CudaBlas: Gemm<T>,
+{
+    let blas = gpu.blas()?;
+    // Row-major y[m, n] = x[m, k] · w[n, k]ᵀ is column-major yᵀ (n x m) = wᵀᵀ · xᵀ: A = w read transposed.
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: T::one(),
+        lda: k as i32,
+        ldb: k as i32,
+        beta: T::zero(),
+        ldc: n as i32,
+    };
+    // SAFETY: w holds n*k, x holds m*k and y holds m*n elements of T, matching the leading dimensions.
+    unsafe { blas.gemm(cfg, w.slice::<T>()?, x.slice::<T>()?, y.slice_mut::<T>()?) }
+        .map_err(|e| cuda_error("cuBLAS gemm", e))
+}
+
+/// Tiny local trait for the GEMM scalars (cuBLAS takes alpha and beta in the element type here).
+mod num_traits_like {
+    pub trait One {
+        fn one() -> Self;
+        fn zero() -> Self;
+    }
+    impl One for f32 {
+        fn one() -> Self {
+            1.0
+        }
+        fn zero() -> Self {
+            0.0
+        }
+    }
+    impl One for half::f16 {
+        fn one() -> Self {
+            half::f16::ONE
+        }
+        fn zero() -> Self {
+            half::f16::ZERO
+        }
+    }
+    impl One for half::bf16 {
+        fn one() -> Self {
+            half::bf16::ONE
+        }
+        fn zero() -> Self {
+            half::bf16::ZERO
+        }
+    }
+}
+
+/// Dense `y = x·wᵀ (+ bias)` with cuBLAS (f32 accumulation); `x` `[m, k]`, `w` `[n, k]`, same dtype.
+pub fn dense_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<Tensor> {
+    let gpu = gpu_of(x)?;
+    if w.dtype() != x.dtype() {
+        return Err(Error::DType {
+            op: "dense_linear (GPU)",
+            expected: x.dtype(),
+            got: w.dtype(),
+        });
+    }
+    let mut out = GpuBuffer::zeros(&gpu, x.dtype(), m * n)?;
+    let (xb, wb) = (x.gpu_buffer()?, w.gpu_buffer()?);
+    match x.dtype() {
+        DType::F32 => gemm_nt::<f32>(&gpu, xb, wb, &mut out, m, k, n)?,
+        DType::F16 => gemm_nt::<f16>(&gpu, xb, wb, &mut out, m, k, n)?,
+        DType::BF16 => gemm_nt::<bf16>(&gpu, xb, wb, &mut out, m, k, n)?,
+        other => {
+            return Err(Error::DType {
+                op: "dense_linear (GPU)",
+                expected: DType::F16,
+                got: other,
+            })
+        }
+    }
+    let mut y = Tensor::from_gpu_buffer(out, &[m, n])?;
+    if let Some(b) = bias {
+        add_bias(&mut y, b)?;
+    }
+    Ok(y)
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the bundle made by `cargo xtask gpu-bundle`: every GPU test (REQUIRE_GPU=1),
+# then every GPU bench next to its torch peer on the same card, and prints a short table last.
+# Full logs go to $OUT (at most 8 files). `bash run.sh --quick` times fewer batch sizes.
+set -uo pipefail
+cd "$(dirname "$0")"
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+QUICK=""
+[ "${1:-}" = "--quick" ] && QUICK="--quick"
+# cuBLAS and the driver come from the machine's CUDA install (loaded at run time by the binaries).
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv \
+    > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+failed=0
+: > "$OUT/tests.log"
+for t in $(grep -v '^bench_' bin/LIST); do
+    echo "== test $t" | tee -a "$OUT/tests.log"
+    REQUIRE_GPU=1 timeout 300 "./bin/$t" >> "$OUT/tests.log" 2>&1
+    rc=$?
+    grep -E "^test result|panicked|FAILED" "$OUT/tests.log" | tail -3
+    [ $rc -ne 0 ] && { echo "test $t FAILED (rc=$rc)"; failed=1; }
+done
+
+: > "$OUT/bench.log"
+for b in $(grep '^bench_' bin/LIST); do
+    echo "== bench $b"
+    timeout 300 "./bin/$b" $QUICK >> "$OUT/bench.log" 2>&1 || { echo "bench $b failed"; failed=1; }
+done
+echo "== torch peer"
+PYTHONUNBUFFERED=1 timeout 300 python3 torch_peer.py $QUICK > "$OUT/peer.log" 2>&1 || { echo "peer failed"; tail -5 "$OUT/peer.log"; failed=1; }
+
+python3 summarize.py "$OUT/gpu.txt" "$OUT/bench.log" "$OUT/peer.log" > "$OUT/table.md" 2>&1
+cat "$OUT/table.md"
+[ $failed -ne 0 ] && echo "SOME CHECKS FAILED"
+exit $failed

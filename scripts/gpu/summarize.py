@@ -1,0 +1,55 @@
+"""Joins the `RESULT {json}` lines of our GPU benches and the torch peer into one markdown table.
+
+AWQ rows: weight bytes = int4 codes (N*K/2) + zero points (N*K/G/2) + f16 scales (N*K/G*2), the bytes a
+kernel must read at least; TB/s of those bytes, the fraction of the copy bandwidth measured in the same run
+(bytes read + written), TFLOP/s (2*M*N*K), and the speedup over cuBLAS fp16 on the same shape.
+"""
+import json
+import sys
+
+GROUP = 128
+
+
+def results(path):
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("RESULT "):
+                    try:
+                        rows.append(json.loads(line[len("RESULT "):]))
+                    except json.JSONDecodeError:
+                        pass
+    except OSError:
+        pass
+    return rows
+
+
+def main():
+    gpu_file, *logs = sys.argv[1:]
+    rows = [r for log in logs for r in results(log)]
+    try:
+        card = open(gpu_file).read().strip().splitlines()[-1]
+    except (OSError, IndexError):
+        card = "unknown card"
+    copy = [r for r in rows if r.get("impl") == "copy"]
+    copy_tbs = copy[0]["bytes_moved"] / copy[0]["us"] / 1e6 if copy else float("nan")
+    peer = {(r["k"], r["n"], r["m"]): r["us"] for r in rows if r.get("impl") == "cublas_f16"}
+    print(f"Card: {card}")
+    print(f"Copy bandwidth (read + written): {copy_tbs:.2f} TB/s\n")
+    print("| K x N | M | dtype | AWQ us | weight TB/s | % of copy | TFLOP/s | cuBLAS fp16 us | cuBLAS TFLOP/s | speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted((r for r in rows if r.get("impl") == "awq"), key=lambda r: (r["k"], r["n"], r["dtype"], r["m"])):
+        k, n, m, us = r["k"], r["n"], r["m"], r["us"]
+        wbytes = n * k / 2 + n * k / GROUP / 2 + n * k / GROUP * 2
+        tbs = wbytes / us / 1e6
+        tflops = 2 * m * n * k / us / 1e6
+        p = peer.get((k, n, m))
+        ptf = 2 * m * n * k / p / 1e6 if p else float("nan")
+        speed = p / us if p else float("nan")
+        print(f"| {k} x {n} | {m} | {r['dtype']} | {us:.1f} | {tbs:.2f} | {100 * tbs / copy_tbs:.0f}% | {tflops:.0f} | "
+              f"{p if p else float('nan'):.1f} | {ptf:.0f} | {speed:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
