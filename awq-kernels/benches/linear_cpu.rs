@@ -5,6 +5,10 @@
 //!   bytes written (divide by 2 for "bytes copied").
 //! - `awq/<shape>/m<M>`: `awq_linear`, group 128, f16 scales; throughput = qweight + qzeros + scales bytes.
 //! - `dense_bf16/<shape>/m<M>`: `linear` with bf16 weights; throughput = weight bytes.
+//! - `awq_from_dram/<shape>/m1`: the same AWQ linear cycling through enough copies of the weights
+//!   (640 MiB) that they cannot stay in the last-level cache between calls, as in a real decode step where
+//!   every layer's weights are read once; this is the figure to hold against the copy bandwidth, which also
+//!   streams from memory.
 //!
 //! `cargo bench -p awq-kernels --bench linear_cpu` (about 2 to 3 minutes).
 
@@ -80,6 +84,49 @@ fn awq(c: &mut Criterion) {
     g.finish();
 }
 
+/// Bytes of weights cycled through by `awq_from_dram`: more than the largest last-level cache we run on.
+const COLD_SET_BYTES: usize = 640 << 20;
+
+fn awq_from_dram(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut g = c.benchmark_group("awq_from_dram");
+    for (name, k, n) in [SHAPES[5], SHAPES[6]] {
+        let bytes = 4 * (k * n / 8 + k / GROUP * n / 8) + 2 * (k / GROUP * n);
+        let copies = COLD_SET_BYTES.div_ceil(bytes);
+        let sets: Vec<(Vec<u32>, Vec<u32>, Vec<f16>)> = (0..copies)
+            .map(|_| {
+                (
+                    (0..k * n / 8).map(|_| rng.gen()).collect(),
+                    (0..k / GROUP * n / 8).map(|_| rng.gen()).collect(),
+                    (0..k / GROUP * n)
+                        .map(|_| f16::from_f32(rng.gen_range(0.001..0.02)))
+                        .collect(),
+                )
+            })
+            .collect();
+        let x: Vec<f32> = (0..k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut y = vec![0.0f32; n];
+        let mut next = 0;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(BenchmarkId::new(name, "m1"), |b| {
+            b.iter(|| {
+                let (qweight, qzeros, scales) = &sets[next];
+                next = (next + 1) % sets.len();
+                let w = AwqWeights {
+                    qweight,
+                    qzeros,
+                    scales,
+                    k,
+                    n,
+                    group: GROUP,
+                };
+                awq_linear(black_box(&x), 1, w, None, &mut y)
+            })
+        });
+    }
+    g.finish();
+}
+
 fn dense_bf16(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let mut g = c.benchmark_group("dense_bf16");
@@ -105,6 +152,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = copy, awq, dense_bf16
+    targets = copy, awq, awq_from_dram, dense_bf16
 }
 criterion_main!(benches);

@@ -18,14 +18,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 cat "$OUT/gpu.txt"
 
 failed=0
+# The GPU tests read the repository's fixtures (the working tree travels with the bundle).
+export INTERNVL_FIXTURES="$PWD/../../fixtures"
 : > "$OUT/tests.log"
 for t in $(grep -v '^bench_' bin/LIST); do
     echo "== test $t" | tee -a "$OUT/tests.log"
-    REQUIRE_GPU=1 timeout 300 "./bin/$t" >> "$OUT/tests.log" 2>&1
+    REQUIRE_GPU=1 timeout 300 "./bin/$t" --test-threads=1 --nocapture >> "$OUT/tests.log" 2>&1
     rc=$?
     grep -E "^test result|panicked|FAILED" "$OUT/tests.log" | tail -3
     [ $rc -ne 0 ] && { echo "test $t FAILED (rc=$rc)"; failed=1; }
 done
+
+echo "== internvl generate --device cuda (embedded checkpoint)" | tee -a "$OUT/tests.log"
+timeout 120 ./internvl generate --device cuda --max-new-tokens 16 --ignore-eos "Hello" >> "$OUT/tests.log" 2>&1 \
+    || { echo "internvl on the GPU FAILED"; failed=1; }
+tail -2 "$OUT/tests.log"
 
 : > "$OUT/bench.log"
 for b in $(grep '^bench_' bin/LIST); do

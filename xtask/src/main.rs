@@ -109,7 +109,8 @@ fn bench(extra: &[String]) -> Result<()> {
     run("cargo", &args)
 }
 
-/// Builds a virtual environment with the pinned versions under `target/`, then runs the generator.
+/// Builds a virtual environment with the pinned versions under `target/`, then runs every generator in
+/// `scripts/fixtures/` (`make_*.py`), each with `--check` when asked.
 fn fixtures(root: &Path, check: bool) -> Result<()> {
     let venv = root.join("target/fixtures-venv");
     let python = venv.join("bin/python");
@@ -120,22 +121,49 @@ fn fixtures(root: &Path, check: bool) -> Result<()> {
         )?;
     }
     let py = python.to_str().context("python path")?;
+    let dir = root.join("scripts/fixtures");
+    let mut requirements: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("requirements") && name.ends_with(".txt")
+        })
+        .collect();
+    requirements.sort();
+    for req in &requirements {
+        run(
+            py,
+            &[
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "-r",
+                req.to_str().context("path")?,
+            ],
+        )?;
+    }
+    // AutoAWQ is used for its packing code only; its own dependencies would replace the pinned torch.
     run(
         py,
-        &[
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "-r",
-            "scripts/fixtures/requirements.txt",
-        ],
+        &["-m", "pip", "install", "-q", "--no-deps", "autoawq==0.2.9"],
     )?;
-    let mut args = vec!["scripts/fixtures/make_qwen2.py"];
-    if check {
-        args.push("--check");
+    let mut generators: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("make_") && name.ends_with(".py")
+        })
+        .collect();
+    generators.sort();
+    for script in generators {
+        let mut args = vec![script.to_str().context("path")?];
+        if check {
+            args.push("--check");
+        }
+        run(py, &args)?;
     }
-    run(py, &args)
+    Ok(())
 }
 
 /// The pinned pip wheels that provide NVRTC 12.9, the CUDA headers and ptxas (design.md section 3).
@@ -227,21 +255,24 @@ fn kernels(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds the `--features cuda` test and bench executables of awq-kernels and returns (target name, path).
+/// Builds the `--features cuda` test and bench executables of the crates with GPU code and returns
+/// (target name, path) for each.
 fn cuda_executables(kind: &str) -> Result<Vec<(String, PathBuf)>> {
-    let mut args = vec![
+    let args = [
         kind,
         "--release",
         "-p",
         "awq-kernels",
+        "-p",
+        "qwen2",
         "--features",
-        "cuda",
+        "awq-kernels/cuda,qwen2/cuda",
         "--no-run",
+        "--message-format=json",
     ];
-    args.push("--message-format=json");
     eprintln!("$ cargo {}", args.join(" "));
     let out = Command::new("cargo")
-        .args(&args)
+        .args(args)
         .output()
         .context("running cargo")?;
     if !out.status.success() {
@@ -292,6 +323,14 @@ fn gpu_bundle(root: &Path) -> Result<()> {
             std::fs::copy(&src, bundle.join(file))?;
         }
     }
+    // The program itself, to run the embedded checkpoint on the GPU end to end.
+    run(
+        "cargo",
+        &["build", "--release", "-p", "internvl", "--features", "cuda"],
+    )?;
+    let program = bundle.join("internvl");
+    std::fs::copy(root.join("target/release/internvl"), &program)?;
+    run("strip", &[program.to_str().context("path")?])?;
     let names: Vec<&str> = exes.iter().map(|(n, _)| n.as_str()).collect();
     std::fs::write(bundle.join("bin/LIST"), names.join("\n") + "\n")?;
     let size: u64 = walk_size(&bundle)?;

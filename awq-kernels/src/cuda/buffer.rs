@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 
 use super::{cuda_error, Gpu};
@@ -61,7 +63,38 @@ gpu_element!(i32, I32);
 gpu_element!(u32, U32);
 gpu_element!(u8, U8);
 
+static POISON_OUTPUTS: AtomicBool = AtomicBool::new(false);
+
+/// Tests turn this on so that every op output starts as NaN (all bits set): an element a kernel forgets to
+/// write then shows up instead of hiding as a zero.
+pub fn poison_outputs(on: bool) {
+    POISON_OUTPUTS.store(on, Ordering::Relaxed);
+}
+
 impl GpuBuffer {
+    /// A buffer for an op to write all of: zeroed, or NaN-filled when [`poison_outputs`] is on.
+    pub fn output(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<GpuBuffer> {
+        let mut b = GpuBuffer::zeros(gpu, dtype, len)?;
+        if POISON_OUTPUTS.load(Ordering::Relaxed) && len > 0 {
+            let stream = Arc::clone(gpu.stream());
+            let bytes = len * dtype.size();
+            let (ptr, _sync) = match &mut b.data {
+                GpuData::F32(d) => d.device_ptr_mut(&stream),
+                GpuData::F16(d) => d.device_ptr_mut(&stream),
+                GpuData::BF16(d) => d.device_ptr_mut(&stream),
+                GpuData::I32(d) => d.device_ptr_mut(&stream),
+                GpuData::U32(d) => d.device_ptr_mut(&stream),
+                GpuData::U8(d) => d.device_ptr_mut(&stream),
+            };
+            // SAFETY: `ptr` addresses exactly `bytes` bytes of this allocation, on this stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, stream.cu_stream())
+            }
+            .map_err(|e| cuda_error("poisoning an output", e))?;
+        }
+        Ok(b)
+    }
+
     /// A zero-filled buffer of `len` elements.
     pub fn zeros(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<GpuBuffer> {
         let s = gpu.stream();

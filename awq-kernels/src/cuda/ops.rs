@@ -75,7 +75,7 @@ pub fn embedding(ids: &[u32], table: &Tensor) -> Result<Tensor> {
     let gpu = gpu_of(table)?;
     let width = table.dim(1);
     let ids_gpu = GpuBuffer::from_slice(&gpu, ids)?;
-    let mut out = GpuBuffer::zeros(&gpu, table.dtype(), ids.len() * width)?;
+    let mut out = GpuBuffer::output(&gpu, table.dtype(), ids.len() * width)?;
     float_dispatch!(table.dtype(), "embedding", |T, sfx| {
         let name = format!("embedding_{sfx}");
         let f = gpu.function(MODULE, &name)?;
@@ -95,7 +95,7 @@ pub fn embedding(ids: &[u32], table: &Tensor) -> Result<Tensor> {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, width: usize) -> Result<Tensor> {
     let gpu = gpu_of(x)?;
     let rows_n = x.elem_count() / width;
-    let mut out = GpuBuffer::zeros(&gpu, x.dtype(), x.elem_count())?;
+    let mut out = GpuBuffer::output(&gpu, x.dtype(), x.elem_count())?;
     float_dispatch!(x.dtype(), "rms_norm", |T, sfx| {
         let name = format!("rms_norm_{sfx}");
         let f = gpu.function(MODULE, &name)?;
@@ -136,7 +136,7 @@ pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let gpu = gpu_of(gate)?;
     let n = gate.elem_count() as i64;
-    let mut out = GpuBuffer::zeros(&gpu, gate.dtype(), n as usize)?;
+    let mut out = GpuBuffer::output(&gpu, gate.dtype(), n as usize)?;
     float_dispatch!(gate.dtype(), "silu_mul", |T, sfx| {
         let name = format!("silu_mul_{sfx}");
         let f = gpu.function(MODULE, &name)?;
@@ -267,7 +267,7 @@ pub fn paged_attention(
     let tables = upload_i32(&gpu, rows_info.tables)?;
     let row_table = upload_i32(&gpu, rows_info.row_table)?;
     let row_pos = upload_i32(&gpu, rows_info.row_pos)?;
-    let mut out = GpuBuffer::zeros(&gpu, q.dtype(), q.elem_count())?;
+    let mut out = GpuBuffer::output(&gpu, q.dtype(), q.elem_count())?;
     float_dispatch!(q.dtype(), "paged_attention", |T, sfx| {
         let name = format!("paged_attention_{sfx}");
         let f = gpu.function(MODULE, &name)?;
@@ -302,7 +302,7 @@ pub fn gather_rows(x: &Tensor, row_ids: &[i32]) -> Result<Tensor> {
     let gpu = gpu_of(x)?;
     let width = x.dim(1);
     let ids = upload_i32(&gpu, row_ids)?;
-    let mut out = GpuBuffer::zeros(&gpu, x.dtype(), row_ids.len() * width)?;
+    let mut out = GpuBuffer::output(&gpu, x.dtype(), row_ids.len() * width)?;
     float_dispatch!(x.dtype(), "gather_rows", |T, sfx| {
         let name = format!("gather_rows_{sfx}");
         let f = gpu.function(MODULE, &name)?;
@@ -399,7 +399,7 @@ pub fn dense_linear(
             got: w.dtype(),
         });
     }
-    let mut out = GpuBuffer::zeros(&gpu, x.dtype(), m * n)?;
+    let mut out = GpuBuffer::output(&gpu, x.dtype(), m * n)?;
     let (xb, wb) = (x.gpu_buffer()?, w.gpu_buffer()?);
     match x.dtype() {
         DType::F32 => gemm_nt::<f32>(&gpu, xb, wb, &mut out, m, k, n)?,

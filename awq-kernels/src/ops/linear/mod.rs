@@ -46,7 +46,7 @@ pub enum Linear {
     /// AWQ weights repacked for the GPU kernels; bias `[n]` on the GPU in the activation dtype.
     #[cfg(feature = "cuda")]
     AwqGpu {
-        weights: std::sync::Arc<AwqGpuPending>,
+        weights: std::sync::Arc<super::awq::cuda::AwqGpuWeights>,
         bias: Option<Tensor>,
         k: usize,
         n: usize,
@@ -140,7 +140,63 @@ impl Linear {
                     weight: weight.to_dtype(dtype)?.to_device(device)?,
                     bias: bias_on(bias)?,
                 }),
-                Linear::Awq { .. } => Err(Error::Unsupported("AWQ on the GPU: pending".into())),
+                Linear::Awq {
+                    qweight,
+                    qzeros,
+                    scales,
+                    bias,
+                    k,
+                    n,
+                    group,
+                } => {
+                    let gpu = crate::cuda::Gpu::shared()?;
+                    let (qw, qz) = (qweight.as_u32_bits()?, qzeros.as_u32_bits()?);
+                    let weights = match scales.dtype() {
+                        DType::F16 => super::awq::cuda::AwqGpuWeights::upload(
+                            &gpu,
+                            qw,
+                            qz,
+                            scales.as_slice::<f16>()?,
+                            *k,
+                            *n,
+                            *group,
+                            dtype,
+                        )?,
+                        DType::BF16 => super::awq::cuda::AwqGpuWeights::upload(
+                            &gpu,
+                            qw,
+                            qz,
+                            scales.as_slice::<bf16>()?,
+                            *k,
+                            *n,
+                            *group,
+                            dtype,
+                        )?,
+                        DType::F32 => super::awq::cuda::AwqGpuWeights::upload(
+                            &gpu,
+                            qw,
+                            qz,
+                            scales.as_slice::<f32>()?,
+                            *k,
+                            *n,
+                            *group,
+                            dtype,
+                        )?,
+                        other => {
+                            return Err(Error::DType {
+                                op: "Linear::to_device",
+                                expected: DType::F16,
+                                got: other,
+                            })
+                        }
+                    };
+                    Ok(Linear::AwqGpu {
+                        weights: std::sync::Arc::new(weights),
+                        bias: bias_on(bias)?,
+                        k: *k,
+                        n: *n,
+                    })
+                }
                 other => Ok(other.clone()),
             }
         }
@@ -297,7 +353,3 @@ fn awq_forward<S: FloatElement>(
     };
     super::awq::cpu::awq_linear(x, m, w, bias, y);
 }
-
-/// Placeholder type until the AWQ GPU kernels land.
-#[cfg(feature = "cuda")]
-pub struct AwqGpuPending;

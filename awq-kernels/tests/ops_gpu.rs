@@ -1,0 +1,248 @@
+//! The GPU ops of the Qwen2 forward against their CPU implementations, on random inputs, in f32, f16 and
+//! bf16. Outputs are poisoned (NaN) before every launch, so an unwritten element fails.
+//! Without a GPU these tests say so and pass; with `REQUIRE_GPU=1` a missing GPU fails them.
+//!
+//! Tolerance: the GPU computes in f32 like the CPU and rounds once when it stores, so the difference is the
+//! storage rounding of the output (half an ulp of the dtype: 2^-11 for f16, 2^-8 for bf16, relative) plus
+//! f32 summation-order differences; we allow 2 ulps of the dtype relative to the output's largest magnitude
+//! (and 1e-5 for f32), the FA3 rule of "at most twice the rounding of the low precision".
+#![cfg(feature = "cuda")]
+
+use awq_kernels::cuda::{buffer::poison_outputs, gpu_for_tests};
+use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
+use awq_kernels::ops::attention::{paged_attention, AttnSeq};
+use awq_kernels::ops::linear::Linear;
+use awq_kernels::ops::{
+    activation::silu_mul, add_inplace, embedding::embedding, gather_rows, norm::rms_norm,
+    rope::rope_inplace,
+};
+use awq_kernels::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const GPU: Device = Device::Cuda(0);
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn ulp(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => 2f32.powi(-10),
+        DType::BF16 => 2f32.powi(-7),
+        _ => 1e-5,
+    }
+}
+
+/// A random CPU tensor whose values are exactly representable in `dtype` (so both sides see the same input).
+fn random(rng: &mut ChaCha8Rng, shape: &[usize], dtype: DType, scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, shape)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+        .to_f32()
+        .unwrap()
+}
+
+fn on_gpu(t: &Tensor, dtype: DType) -> Tensor {
+    t.to_dtype(dtype).unwrap().to_device(GPU).unwrap()
+}
+
+fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor, dtype: DType) {
+    assert_eq!(gpu.device(), GPU, "{what}: result left the GPU");
+    assert_eq!(gpu.shape(), cpu.shape(), "{what}: shape");
+    let g = gpu.to_f32_vec().unwrap();
+    let c = cpu.to_f32_vec().unwrap();
+    let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let tol = 2.0 * ulp(dtype) * scale;
+    for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            a.is_finite(),
+            "{what} ({dtype}): element {i} is {a} (unwritten or overflow)"
+        );
+        assert!(
+            (a - b).abs() <= tol,
+            "{what} ({dtype}) [{i}]: gpu {a} cpu {b} tol {tol}"
+        );
+    }
+}
+
+#[test]
+fn rms_norm_silu_add_embedding_and_gather_match_the_cpu() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for dtype in DTYPES {
+        for &(rows, width) in &[(1usize, 64usize), (7, 896), (33, 1000)] {
+            let x = random(&mut rng, &[rows, width], dtype, 3.0);
+            let w = random(&mut rng, &[width], dtype, 1.0);
+            assert_close(
+                "rms_norm",
+                &rms_norm(&on_gpu(&x, dtype), &on_gpu(&w, dtype), 1e-6).unwrap(),
+                &rms_norm(&x, &w, 1e-6).unwrap(),
+                dtype,
+            );
+
+            let up = random(&mut rng, &[rows, width], dtype, 2.0);
+            assert_close(
+                "silu_mul",
+                &silu_mul(&on_gpu(&x, dtype), &on_gpu(&up, dtype)).unwrap(),
+                &silu_mul(&x, &up).unwrap(),
+                dtype,
+            );
+
+            let mut a_gpu = on_gpu(&x, dtype);
+            add_inplace(&mut a_gpu, &on_gpu(&up, dtype)).unwrap();
+            let mut a_cpu = x.clone();
+            add_inplace(&mut a_cpu, &up).unwrap();
+            assert_close("add_inplace", &a_gpu, &a_cpu, dtype);
+
+            let rows_wanted: Vec<usize> = (0..rows).rev().step_by(2).collect();
+            assert_close(
+                "gather_rows",
+                &gather_rows(&on_gpu(&x, dtype), &rows_wanted).unwrap(),
+                &gather_rows(&x, &rows_wanted).unwrap(),
+                dtype,
+            );
+        }
+        let table = random(&mut rng, &[50, 128], dtype, 1.0);
+        let ids = [3u32, 0, 49, 3, 17];
+        assert_close(
+            "embedding",
+            &embedding(&ids, &on_gpu(&table, dtype)).unwrap(),
+            &embedding(&ids, &table).unwrap(),
+            dtype,
+        );
+    }
+}
+
+#[test]
+fn rope_matches_the_cpu_at_short_and_long_positions() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for dtype in DTYPES {
+        for &(heads, d) in &[(14usize, 64usize), (8, 128)] {
+            let x = random(&mut rng, &[5, heads, d], dtype, 2.0);
+            let positions = [0usize, 1, 17, 4095, 30000];
+            let mut g = on_gpu(&x, dtype);
+            rope_inplace(&mut g, &positions, 1e6).unwrap();
+            let mut c = x.clone();
+            rope_inplace(&mut c, &positions, 1e6).unwrap();
+            assert_close("rope", &g, &c, dtype);
+        }
+    }
+}
+
+#[test]
+fn dense_linear_through_cublas_matches_the_cpu() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for dtype in DTYPES {
+        for &(m, k, n, bias) in &[
+            (1usize, 64usize, 8usize, true),
+            (5, 896, 128, true),
+            (33, 256, 1000, false),
+        ] {
+            let x = random(&mut rng, &[m, k], dtype, 1.0);
+            let w = random(&mut rng, &[n, k], dtype, 0.1);
+            let b = bias.then(|| {
+                (0..n)
+                    .map(|i| (i as f32 * 0.37).sin() * 0.5)
+                    .collect::<Vec<f32>>()
+            });
+            let b = b.map(|b| {
+                Tensor::from_vec(b, &[n])
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .to_f32_vec()
+                    .unwrap()
+            });
+            let cpu_layer = Linear::Dense {
+                weight: w.clone(),
+                bias: b,
+            };
+            let gpu_layer = cpu_layer.to_device(GPU, dtype).unwrap();
+            let y = gpu_layer.forward(&on_gpu(&x, dtype)).unwrap();
+            let want = cpu_layer.forward(&x).unwrap();
+            // A length-k dot in f32 with the output rounded once: allow the output ulp plus k·eps_f32.
+            let tol_dtype = if dtype == DType::F32 {
+                DType::F32
+            } else {
+                dtype
+            };
+            assert_close(&format!("dense {m}x{k}x{n}"), &y, &want, tol_dtype);
+        }
+    }
+}
+
+#[test]
+fn paged_attention_over_scattered_blocks_matches_the_cpu_for_prefill_and_decode() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for dtype in DTYPES {
+        for &(heads, kv_heads, d) in &[(14usize, 2usize, 64usize), (8, 1, 128), (5, 5, 64)] {
+            let config = KvCacheConfig {
+                layers: 1,
+                kv_heads,
+                head_dim: d,
+                block_size: 4,
+                num_blocks: 16,
+            };
+            let mut cpu_cache = PagedKvCache::new(config);
+            let mut gpu_cache = PagedKvCache::new_on(config, GPU, dtype).unwrap();
+            // Two sequences; a third table takes blocks in between so the tables are not contiguous.
+            let (mut a, mut b, mut filler) =
+                (BlockTable::new(), BlockTable::new(), BlockTable::new());
+            let (len_a, len_b) = (11usize, 6usize);
+            // Both pools hand out the same block numbers for the same sequence of reservations.
+            let mut reserve = |t: &mut BlockTable, len: usize| {
+                gpu_cache.reserve(&mut t.clone(), len).unwrap();
+                cpu_cache.reserve(t, len).unwrap();
+            };
+            reserve(&mut a, 3);
+            reserve(&mut filler, 5);
+            reserve(&mut b, len_b);
+            reserve(&mut a, len_a);
+            let stride = kv_heads * d;
+            for (table, len) in [(&a, len_a), (&b, len_b)] {
+                let k = random(&mut rng, &[len, stride], dtype, 1.0);
+                let v = random(&mut rng, &[len, stride], dtype, 1.0);
+                let slots = cpu_cache.slots(table, 0, len).unwrap();
+                cpu_cache.write_rows(0, &k, &v, &slots).unwrap();
+                gpu_cache
+                    .write_rows(0, &on_gpu(&k, dtype), &on_gpu(&v, dtype), &slots)
+                    .unwrap();
+            }
+            // a: the last 4 of its 11 tokens as queries (prefill chunk); b: its last token (decode).
+            let q = random(&mut rng, &[5, heads, d], dtype, 1.0);
+            let seqs = [
+                AttnSeq {
+                    blocks: a.blocks(),
+                    q_start: 0,
+                    q_len: 4,
+                    kv_len: len_a,
+                },
+                AttnSeq {
+                    blocks: b.blocks(),
+                    q_start: 4,
+                    q_len: 1,
+                    kv_len: len_b,
+                },
+            ];
+            let scale = 1.0 / (d as f32).sqrt();
+            let g = paged_attention(&on_gpu(&q, dtype), &gpu_cache, 0, &seqs, scale).unwrap();
+            let c = paged_attention(&q, &cpu_cache, 0, &seqs, scale).unwrap();
+            assert_close(
+                &format!("attention h{heads}/kv{kv_heads}/d{d}"),
+                &g,
+                &c,
+                dtype,
+            );
+        }
+    }
+}
