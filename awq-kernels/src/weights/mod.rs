@@ -294,15 +294,18 @@ impl Weights {
         Weights::from_sources(dir.display().to_string(), format, sources)
     }
 
-    /// Weights from one file, memory-mapped: a PyTorch zip checkpoint when it starts like a zip (`PK`)
-    /// or like a legacy torch pickle, safetensors otherwise.
+    /// Weights from one file, memory-mapped: by its extension (`.safetensors`; `.bin`, `.pt`, `.pth` for
+    /// PyTorch), else a PyTorch zip checkpoint when it starts like a zip, safetensors otherwise.
     pub fn from_file(path: &Path) -> Result<Weights> {
         let bytes = map_file(path)?;
-        let head: &[u8] = (*bytes).as_ref();
-        let format = if head.starts_with(b"PK") || head.starts_with(&[0x80]) {
-            WeightFormat::TorchBin
-        } else {
-            WeightFormat::Safetensors
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let format = match ext.as_deref() {
+            Some("safetensors") => WeightFormat::Safetensors,
+            Some("bin" | "pt" | "pth") => WeightFormat::TorchBin,
+            _ if (*bytes).as_ref().starts_with(b"PK\x03\x04") => WeightFormat::TorchBin,
+            _ => WeightFormat::Safetensors,
         };
         Weights::from_sources(
             path.display().to_string(),
