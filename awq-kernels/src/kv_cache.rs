@@ -143,7 +143,7 @@ impl PagedKvCache {
     ) -> Result<()> {
         let stride = self.config.token_stride();
         let t = keys.len() / stride;
-        if keys.len() != values.len() || keys.len() % stride != 0 {
+        if keys.len() != values.len() || !keys.len().is_multiple_of(stride) {
             return Err(Error::shape(
                 "kv_cache.write",
                 format!(

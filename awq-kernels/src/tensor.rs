@@ -94,7 +94,7 @@ impl Tensor {
             ));
         }
         let data = &(*bytes).as_ref()[offset..offset + len];
-        let aligned = (data.as_ptr() as usize) % dtype.size() == 0;
+        let aligned = (data.as_ptr() as usize).is_multiple_of(dtype.size());
         let buffer = if aligned {
             Buffer::Mapped { bytes, offset, len }
         } else {

@@ -74,7 +74,7 @@ impl VisionSummary {
                 .and_then(Value::as_f64)
                 .unwrap_or(0.5),
         };
-        if summary.patch_size == 0 || summary.image_size % summary.patch_size != 0 {
+        if summary.patch_size == 0 || !summary.image_size.is_multiple_of(summary.patch_size) {
             return Err(Error::BadFile {
                 path: origin.to_string(),
                 reason: format!(

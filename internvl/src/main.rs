@@ -123,7 +123,7 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
             human_bytes(bytes)
         ),
         Progress::Written { done, total } => {
-            let tenth = if total == 0 { 10 } else { done * 10 / total };
+            let tenth = (done * 10).checked_div(total).unwrap_or(10);
             if tenth > last_tenth {
                 last_tenth = tenth;
                 eprintln!(

@@ -137,7 +137,7 @@ fn check_stepwise_decoding_matches_reference(name: &str) {
     let mut table = BlockTable::new();
     let mut generated = Vec::new();
     let mut input = prompt.clone();
-    for step in 0..greedy.len() {
+    for (step, &reference_token) in greedy.iter().enumerate() {
         let mut seqs = [SeqInput {
             table: &mut table,
             len: input.len(),
@@ -156,7 +156,7 @@ fn check_stepwise_decoding_matches_reference(name: &str) {
         let next = argmax(logits) as u32;
         generated.push(next);
         // Feed the reference token so a mismatch shows up above with its position, not as a cascade.
-        input = vec![greedy[step]];
+        input = vec![reference_token];
     }
     assert_eq!(generated, greedy, "greedy tokens differ from transformers");
     assert_eq!(table.len(), total - 1);

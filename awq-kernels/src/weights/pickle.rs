@@ -558,7 +558,7 @@ impl<'a> Unpickler<'a> {
 }
 
 fn pairs(items: Vec<Value>) -> PResult<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return malformed("a dict has an odd number of keys and values");
     }
     let mut out = Vec::with_capacity(items.len() / 2);

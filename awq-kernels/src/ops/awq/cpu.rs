@@ -163,6 +163,8 @@ fn add_bias(yb: &mut [f32], bias: Option<&[f32]>, cols: std::ops::Range<usize>) 
 }
 
 /// Scalar decode for the words `w0 .. w0 + words` (columns `8·w0 ..`): writes `yb` (without bias).
+// Group index g addresses several arrays at once (x rows, sx, qzeros, scales); a range loop reads clearer.
+#[allow(clippy::needless_range_loop)]
 fn decode_block_portable<S: FloatElement>(
     x: &[f32],
     sx: &[f32],
@@ -316,6 +318,7 @@ mod simd {
     /// The CPU must support AVX-512F/BW/VL, FMA and F16C; `w` must satisfy its preconditions; `x` is [k],
     /// `sx` is [k/group], `w0 + words <= n/8`, `yb` is [8·words].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // g indexes x rows, sx, qzeros and scales together.
     pub(super) unsafe fn decode_block_avx512<S: FloatElement>(
         x: &[f32],
         sx: &[f32],
@@ -408,6 +411,7 @@ mod simd {
 
     /// Row-sequential variant: per group, 4 rows at a time over the whole block width, accumulators in L1.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // g indexes x rows, sx, qzeros and scales together.
     pub(super) unsafe fn decode_block_avx512_rows<S: FloatElement>(
         x: &[f32],
         sx: &[f32],
@@ -421,7 +425,7 @@ mod simd {
         assert_eq!(sx.len(), w.groups());
         assert!(w0 + words <= nw);
         assert_eq!(yb.len(), words * PACK_FACTOR);
-        assert!(w.group % 4 == 0);
+        assert!(w.group.is_multiple_of(4));
         let table = nibble_table();
         let mut gather_idx = [_mm512_setzero_si512(); 8];
         for (s, idx) in gather_idx.iter_mut().enumerate() {

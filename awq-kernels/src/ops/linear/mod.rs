@@ -57,7 +57,11 @@ impl Linear {
             let weight = scope.get_float("weight", &[n, k])?;
             return Ok(Linear::Dense { weight, bias });
         };
-        if group == 0 || k % group != 0 || group % PACK_FACTOR != 0 || n % PACK_FACTOR != 0 {
+        if group == 0
+            || !k.is_multiple_of(group)
+            || !group.is_multiple_of(PACK_FACTOR)
+            || !n.is_multiple_of(PACK_FACTOR)
+        {
             return Err(Error::Unsupported(format!(
                 "AWQ linear `{}` with k={k}, n={n}, group size {group}: the group size must divide k and be a \
                  multiple of 8, and n must be a multiple of 8",
