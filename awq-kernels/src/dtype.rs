@@ -11,12 +11,15 @@ pub enum DType {
     I32,
     U32,
     U8,
+    /// Some checkpoints store int64 buffers (PyTorch's default integer type).
+    I64,
 }
 
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
+            DType::I64 => 8,
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::U8 => 1,
@@ -36,7 +39,23 @@ impl DType {
             DType::I32 => "I32",
             DType::U32 => "U32",
             DType::U8 => "U8",
+            DType::I64 => "I64",
         }
+    }
+
+    /// The dtype of a safetensors dtype name (`F32`, `BF16`, `I64`, ...), if this project computes with it.
+    pub fn from_safetensors_name(name: &str) -> Option<DType> {
+        [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::I32,
+            DType::U32,
+            DType::U8,
+            DType::I64,
+        ]
+        .into_iter()
+        .find(|d| d.safetensors_name() == name)
     }
 
     /// Parses the `torch_dtype` / `dtype` strings of an HF `config.json`.
@@ -47,6 +66,7 @@ impl DType {
             "bfloat16" => Some(DType::BF16),
             "int32" => Some(DType::I32),
             "uint8" => Some(DType::U8),
+            "int64" | "long" => Some(DType::I64),
             _ => None,
         }
     }
@@ -61,6 +81,7 @@ impl std::fmt::Display for DType {
             DType::I32 => "i32",
             DType::U32 => "u32",
             DType::U8 => "u8",
+            DType::I64 => "i64",
         };
         f.write_str(name)
     }
@@ -85,6 +106,7 @@ pub enum OwnedBuffer {
     I32(Vec<i32>),
     U32(Vec<u32>),
     U8(Vec<u8>),
+    I64(Vec<i64>),
 }
 
 impl OwnedBuffer {
@@ -96,6 +118,7 @@ impl OwnedBuffer {
             OwnedBuffer::I32(v) => bytemuck::cast_slice(v),
             OwnedBuffer::U32(v) => bytemuck::cast_slice(v),
             OwnedBuffer::U8(v) => v,
+            OwnedBuffer::I64(v) => bytemuck::cast_slice(v),
         }
     }
 
@@ -108,6 +131,7 @@ impl OwnedBuffer {
             DType::I32 => OwnedBuffer::I32(vec![0; len]),
             DType::U32 => OwnedBuffer::U32(vec![0; len]),
             DType::U8 => OwnedBuffer::U8(vec![0; len]),
+            DType::I64 => OwnedBuffer::I64(vec![0; len]),
         }
     }
 
@@ -121,6 +145,7 @@ impl OwnedBuffer {
             OwnedBuffer::I32(v) => bytemuck::cast_slice_mut(v),
             OwnedBuffer::U32(v) => bytemuck::cast_slice_mut(v),
             OwnedBuffer::U8(v) => v,
+            OwnedBuffer::I64(v) => bytemuck::cast_slice_mut(v),
         };
         dst.copy_from_slice(&bytes[..dst.len()]);
         out
@@ -161,6 +186,7 @@ element!(bf16, DType::BF16, BF16);
 element!(i32, DType::I32, I32);
 element!(u32, DType::U32, U32);
 element!(u8, DType::U8, U8);
+element!(i64, DType::I64, I64);
 
 impl FloatElement for f32 {
     #[inline(always)]

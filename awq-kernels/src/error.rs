@@ -18,6 +18,22 @@ pub enum Error {
     #[error("{path} is not a valid safetensors file ({reason}); is it truncated or corrupted? Download it again")]
     BadSafetensors { path: PathBuf, reason: String },
 
+    #[error("{path} is not a readable PyTorch checkpoint ({reason}); is it truncated or corrupted? Download it again")]
+    BadTorchCheckpoint { path: PathBuf, reason: String },
+
+    #[error(
+        "refusing to load {path}: its pickle refers to `{global}`, which a PyTorch state dict never needs \
+         (loading a checkpoint never runs code); the file is malicious or not a plain state dict. \
+         If you trust it, convert it to safetensors with PyTorch"
+    )]
+    UnsafePickle { path: PathBuf, global: String },
+
+    #[error("{origin}: the checkpoint does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "))]
+    CheckpointProblems {
+        origin: String,
+        problems: Vec<String>,
+    },
+
     #[error("{path}: {reason}")]
     BadIndex { path: PathBuf, reason: String },
 

@@ -19,4 +19,4 @@ pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
 pub use tensor::Tensor;
-pub use weights::{Weights, WeightsScope};
+pub use weights::{DTypeRule, TensorSpec, WeightFormat, Weights, WeightsScope};

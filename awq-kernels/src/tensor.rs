@@ -58,6 +58,21 @@ impl Tensor {
         })
     }
 
+    /// A tensor copied from little-endian bytes of any alignment.
+    pub fn from_le_bytes(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        if bytes.len() != element_count(shape) * dtype.size() {
+            return Err(Error::shape(
+                "Tensor::from_le_bytes",
+                format!("{} bytes do not hold {dtype} {shape:?}", bytes.len()),
+            ));
+        }
+        Ok(Tensor {
+            buffer: Buffer::Owned(OwnedBuffer::from_bytes(dtype, bytes)),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
     pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
         Tensor {
             buffer: Buffer::Owned(OwnedBuffer::zeros(dtype, element_count(shape))),
@@ -93,6 +108,11 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype,
         })
+    }
+
+    /// True when the elements are read in place from shared bytes (a memory-mapped file), not copied.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.buffer, Buffer::Mapped { .. })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -220,6 +240,7 @@ impl Tensor {
             DType::I32 => self.as_slice::<i32>()?.iter().map(|&v| v as f32).collect(),
             DType::U32 => self.as_slice::<u32>()?.iter().map(|&v| v as f32).collect(),
             DType::U8 => self.as_slice::<u8>()?.iter().map(|&v| v as f32).collect(),
+            DType::I64 => self.as_slice::<i64>()?.iter().map(|&v| v as f32).collect(),
         })
     }
 

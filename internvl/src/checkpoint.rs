@@ -19,7 +19,7 @@ pub struct TextModel {
     pub origin: String,
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -36,7 +36,7 @@ fn parse_json(text: &str, origin: &str) -> Result<Value> {
 
 /// The LLM part of a config and the weight-name prefix it lives under: a plain Qwen2 checkpoint has its
 /// tensors at the root, an InternVL one (`llm_config`) under `language_model.`.
-fn llm_config_and_prefix(root: &Value) -> (&Value, &'static str) {
+pub(crate) fn llm_config_and_prefix(root: &Value) -> (&Value, &'static str) {
     match root.get("llm_config") {
         Some(llm) => (llm, "language_model."),
         None => (root, ""),
@@ -44,7 +44,7 @@ fn llm_config_and_prefix(root: &Value) -> (&Value, &'static str) {
 }
 
 /// Stop ids from `generation_config.json` (`eos_token_id`, a number or a list), else the chat end tokens.
-fn stop_ids(generation_config: Option<&Value>, tokenizer: &TextTokenizer) -> Vec<u32> {
+pub(crate) fn stop_ids(generation_config: Option<&Value>, tokenizer: &TextTokenizer) -> Vec<u32> {
     let from_file: Vec<u32> = match generation_config.and_then(|g| g.get("eos_token_id")) {
         Some(Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),
         Some(Value::Array(items)) => items
@@ -77,6 +77,8 @@ impl TextModel {
         let (llm_json, prefix) = llm_config_and_prefix(&root);
         let config = Qwen2Config::from_json(llm_json, &root, &config_path.display().to_string())?;
         let weights = Arc::new(Weights::from_dir(dir)?);
+        // Every needed tensor, checked before anything is loaded; all problems are reported at once.
+        weights.verify(&qwen2::expected_tensors(&config, prefix))?;
         let llm = Qwen2::load(&config, &weights.scope(prefix))?;
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let gen_path = dir.join("generation_config.json");
@@ -106,6 +108,7 @@ impl TextModel {
         let (llm_json, prefix) = llm_config_and_prefix(&root);
         let config = Qwen2Config::from_json(llm_json, &root, origin)?;
         let weights = Arc::new(Weights::from_bytes(origin, Arc::new(weights))?);
+        weights.verify(&qwen2::expected_tensors(&config, prefix))?;
         let llm = Qwen2::load(&config, &weights.scope(prefix))?;
         let tokenizer = TextTokenizer::from_bytes(tokenizer_json)?;
         let gen = generation_config_json

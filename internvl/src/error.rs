@@ -14,6 +14,22 @@ pub enum Error {
     #[error("{path}: {reason}")]
     BadFile { path: String, reason: String },
 
+    #[error("{path} already exists; pass --force to write into it (its safetensors weights are replaced)")]
+    OutputExists { path: PathBuf },
+
+    #[error("{path} is the checkpoint being converted; choose another output folder")]
+    ConvertInPlace { path: PathBuf },
+
+    #[error(
+        "verification of {file} failed at tensor `{name}`: {reason}; the disk may be full or failing, \
+         so the output cannot be trusted: delete it and convert again"
+    )]
+    VerifyFailed {
+        file: String,
+        name: String,
+        reason: String,
+    },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

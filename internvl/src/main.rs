@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use awq_kernels::sampling::SamplingParams;
 use awq_kernels::Device;
 use clap::{Args, Parser, Subcommand};
+use internvl::convert::{convert, parse_size, ConvertOptions, Progress};
+use internvl::inspect::{human_bytes, inspect};
 use internvl::{embedded, generate, FinishReason, GenerationConfig, TextModel};
 
 #[derive(Parser)]
@@ -20,11 +22,39 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt with a Qwen2 checkpoint (or the language model of an InternVL one).
     Generate(GenerateArgs),
+    /// Show what a checkpoint folder holds (sizes, dtype, quantization, tokens), which needed tensors are
+    /// missing or unused, and the memory it needs.
+    Inspect(InspectArgs),
+    /// Rewrite a checkpoint (PyTorch .bin or safetensors) as sharded safetensors, verified after writing.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Checkpoint directory.
+    dir: PathBuf,
+    /// Context length (tokens) the KV-cache part of the memory estimate is sized for.
+    #[arg(long, default_value_t = 8192)]
+    context: usize,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Checkpoint directory to read (.bin shards or safetensors).
+    dir: PathBuf,
+    /// Output directory; must not exist unless --force is given.
+    out: PathBuf,
+    /// Write into an existing output directory (its safetensors weights are replaced).
+    #[arg(long)]
+    force: bool,
+    /// Largest shard, e.g. 5GB, 2GiB, 500MB.
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: String,
 }
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json). Without it, the embedded tiny
+    /// Checkpoint directory (config.json, *.safetensors or pytorch_model*.bin, tokenizer.json). Without it, the embedded tiny
     /// checkpoint with random weights is used.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -61,7 +91,70 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => run_generate(args),
+        Command::Inspect(args) => {
+            let report = inspect(&args.dir, args.context)
+                .with_context(|| format!("inspecting {}", args.dir.display()))?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Convert(args) => run_convert(args),
     }
+}
+
+fn run_convert(args: ConvertArgs) -> Result<()> {
+    let max_shard_bytes = parse_size(&args.max_shard_size).with_context(|| {
+        format!(
+            "--max-shard-size `{}` is not a size such as 5GB, 2GiB or 500MB",
+            args.max_shard_size
+        )
+    })?;
+    let options = ConvertOptions {
+        max_shard_bytes,
+        force: args.force,
+    };
+    let mut last_tenth = 0;
+    let summary = convert(&args.dir, &args.out, options, |p| match p {
+        Progress::Start {
+            tensors,
+            bytes,
+            shards,
+        } => eprintln!(
+            "converting {tensors} tensors ({}) into {shards} safetensors shard(s)",
+            human_bytes(bytes)
+        ),
+        Progress::Written { done, total } => {
+            let tenth = (done * 10).checked_div(total).unwrap_or(10);
+            if tenth > last_tenth {
+                last_tenth = tenth;
+                eprintln!(
+                    "  {:>3}% ({} of {})",
+                    tenth * 10,
+                    human_bytes(done),
+                    human_bytes(total)
+                );
+            }
+        }
+        Progress::ShardVerified { file, tensors } => {
+            eprintln!("  {file}: {tensors} tensors written and verified byte for byte")
+        }
+        Progress::Copied { file } => eprintln!("  copied {file}"),
+    })
+    .with_context(|| {
+        format!(
+            "converting {} into {}",
+            args.dir.display(),
+            args.out.display()
+        )
+    })?;
+    eprintln!(
+        "done: {} tensors ({}) in {} shard(s), {} other file(s) copied, into {}",
+        summary.tensors,
+        human_bytes(summary.bytes),
+        summary.shards.len(),
+        summary.copied.len(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {

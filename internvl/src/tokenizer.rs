@@ -45,6 +45,19 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The special added tokens (`<|im_end|>`, `<img>`, ...) with their ids, by id.
+    pub fn special_tokens(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        out.sort_by_key(|(_, id)| *id);
+        out
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -7,4 +7,4 @@ pub mod model;
 
 pub use config::Qwen2Config;
 pub use error::{Error, Result};
-pub use model::{ForwardOptions, ForwardOutput, Qwen2, SeqInput};
+pub use model::{expected_tensors, ForwardOptions, ForwardOutput, Qwen2, SeqInput};

@@ -1,13 +1,14 @@
 //! The Qwen2 decoder (follows transformers `models/qwen2/modeling_qwen2.py`); field names follow the
 //! checkpoint keys.
 
+use awq_kernels::awq_format::PACK_FACTOR;
 use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
 use awq_kernels::ops::attention::{paged_attention, AttnSeq};
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::ops::{
     activation, add_inplace, embedding::embedding, gather_rows, norm::rms_norm, rope::rope_inplace,
 };
-use awq_kernels::{DType, Device, Tensor, WeightsScope};
+use awq_kernels::{DType, DTypeRule, Device, Tensor, TensorSpec, WeightsScope};
 
 use crate::{Error, Qwen2Config, Result};
 
@@ -66,6 +67,52 @@ pub struct Qwen2 {
     layers: Vec<DecoderLayer>,
     norm: Tensor,
     lm_head: Linear,
+}
+
+/// Every tensor [`Qwen2::load`] reads, with its shape and dtype, named under `prefix` (`""` for a Qwen2
+/// checkpoint, `language_model.` for an InternVL one), so a checkpoint can be checked in full before loading.
+pub fn expected_tensors(c: &Qwen2Config, prefix: &str) -> Vec<TensorSpec> {
+    let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    let float = |name: String, shape: &[usize]| TensorSpec::new(name, shape, DTypeRule::Float);
+    let mut specs = vec![float(
+        format!("{prefix}model.embed_tokens.weight"),
+        &[c.vocab_size, h],
+    )];
+    let linear = |specs: &mut Vec<TensorSpec>, p: String, k: usize, n: usize, bias: bool| {
+        match c.awq {
+            Some(awq) if awq.group_size > 0 => {
+                let i32_ = DTypeRule::Exact(DType::I32);
+                let (g, packed) = (k / awq.group_size, n / PACK_FACTOR);
+                specs.push(TensorSpec::new(format!("{p}qweight"), &[k, packed], i32_));
+                specs.push(TensorSpec::new(format!("{p}qzeros"), &[g, packed], i32_));
+                specs.push(float(format!("{p}scales"), &[g, n]));
+            }
+            _ => specs.push(float(format!("{p}weight"), &[n, k])),
+        }
+        if bias {
+            specs.push(float(format!("{p}bias"), &[n]));
+        }
+    };
+    for i in 0..c.num_hidden_layers {
+        let l = format!("{prefix}model.layers.{i}.");
+        specs.push(float(format!("{l}input_layernorm.weight"), &[h]));
+        linear(&mut specs, format!("{l}self_attn.q_proj."), h, q_out, true);
+        linear(&mut specs, format!("{l}self_attn.k_proj."), h, kv_out, true);
+        linear(&mut specs, format!("{l}self_attn.v_proj."), h, kv_out, true);
+        linear(&mut specs, format!("{l}self_attn.o_proj."), q_out, h, false);
+        specs.push(float(format!("{l}post_attention_layernorm.weight"), &[h]));
+        linear(&mut specs, format!("{l}mlp.gate_proj."), h, inter, false);
+        linear(&mut specs, format!("{l}mlp.up_proj."), h, inter, false);
+        linear(&mut specs, format!("{l}mlp.down_proj."), inter, h, false);
+    }
+    specs.push(float(format!("{prefix}model.norm.weight"), &[h]));
+    // lm_head is never quantized (spec 9.2); a tied checkpoint may leave it out.
+    specs.push(TensorSpec {
+        optional: c.tie_word_embeddings,
+        ..float(format!("{prefix}lm_head.weight"), &[c.vocab_size, h])
+    });
+    specs
 }
 
 impl Qwen2 {

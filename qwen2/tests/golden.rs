@@ -232,3 +232,22 @@ fn two_sequences_in_one_batch_give_the_same_logits_as_alone() {
     assert_close("batched a", &both[..vocab], alone_a.as_slice().unwrap());
     assert_close("batched b", &both[vocab..], alone_b.as_slice().unwrap());
 }
+
+#[test]
+fn the_expected_tensor_list_names_exactly_the_tensors_of_each_checkpoint() {
+    for name in [
+        "qwen2-0.5b-like",
+        "qwen2-72b-like",
+        "qwen2-0.5b-like-awq",
+        "qwen2-72b-like-awq",
+    ] {
+        let dir = fixture_dir(name);
+        let config = Qwen2Config::from_file(&dir.join("config.json")).unwrap();
+        let weights = Weights::from_dir(&dir).unwrap();
+        let specs = qwen2::expected_tensors(&config, "");
+        assert_eq!(weights.check(&specs), vec![], "{name}");
+        let mut expected: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        expected.sort_unstable();
+        assert_eq!(expected, weights.names(), "{name}");
+    }
+}

@@ -106,6 +106,11 @@ impl GpuBuffer {
             DType::I32 => GpuData::I32(s.alloc_zeros(len).map_err(e)?),
             DType::U32 => GpuData::U32(s.alloc_zeros(len).map_err(e)?),
             DType::U8 => GpuData::U8(s.alloc_zeros(len).map_err(e)?),
+            DType::I64 => {
+                return Err(Error::Unsupported(
+                    "i64 tensors stay on the CPU (no GPU op takes them)".into(),
+                ))
+            }
         };
         Ok(GpuBuffer {
             gpu: Arc::clone(gpu),
@@ -134,6 +139,9 @@ impl GpuBuffer {
             DType::I32 => GpuBuffer::from_slice(gpu, t.as_slice::<i32>()?),
             DType::U32 => GpuBuffer::from_slice(gpu, t.as_slice::<u32>()?),
             DType::U8 => GpuBuffer::from_slice(gpu, t.as_slice::<u8>()?),
+            DType::I64 => Err(Error::Unsupported(
+                "i64 tensors stay on the CPU (no GPU op takes them)".into(),
+            )),
         }
     }
 

@@ -537,6 +537,7 @@ pub(crate) mod simd {
     /// Dot products of the `M` rows of x with the `R` weight rows in `w` ([R, k]); result `[i][r]`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // r and i index the register tile acc[i][r] and the rows together.
     unsafe fn rows_avx512<W: FloatElement, const M: usize, const R: usize>(
         x: &[f32],
         k: usize,
