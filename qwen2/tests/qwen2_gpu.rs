@@ -37,12 +37,19 @@ fn load(name: &str) -> (Qwen2, Arc<Weights>) {
 fn ids(reference: &Arc<Weights>, name: &str) -> Vec<u32> {
     let s = reference.scope("");
     let t = s.get(name, &s.shape_of(name).unwrap()).unwrap();
-    t.as_slice::<i32>().unwrap().iter().map(|&v| v as u32).collect()
+    t.as_slice::<i32>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect()
 }
 
 fn floats(reference: &Arc<Weights>, name: &str) -> Vec<f32> {
     let s = reference.scope("");
-    s.get(name, &s.shape_of(name).unwrap()).unwrap().to_f32_vec().unwrap()
+    s.get(name, &s.shape_of(name).unwrap())
+        .unwrap()
+        .to_f32_vec()
+        .unwrap()
 }
 
 fn roundings_tolerance(dtype: Option<DType>) -> f32 {
@@ -59,16 +66,31 @@ fn check_prefill(name: &str) {
     let prompt = ids(&reference, "prompt_ids");
     let mut cache = model.try_new_kv_cache(16, 4).unwrap();
     let mut table = BlockTable::new();
-    let mut seqs = [SeqInput { table: &mut table, len: prompt.len() }];
-    let options = ForwardOptions { all_logits: true, keep_layer_outputs: false };
-    let out = model.forward_ids(&prompt, &mut cache, &mut seqs, options).unwrap();
+    let mut seqs = [SeqInput {
+        table: &mut table,
+        len: prompt.len(),
+    }];
+    let options = ForwardOptions {
+        all_logits: true,
+        keep_layer_outputs: false,
+    };
+    let out = model
+        .forward_ids(&prompt, &mut cache, &mut seqs, options)
+        .unwrap();
     let got = out.logits.to_f32_vec().unwrap();
     let want = floats(&reference, "prompt_logits");
     assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let tol = roundings_tolerance(cpu_model.config().dtype) * scale;
-    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
-    assert!(got.iter().all(|v| v.is_finite()), "{name}: non-finite logits");
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{name}: non-finite logits"
+    );
     eprintln!("{name}: max |gpu - reference| = {worst} (tolerance {tol}, largest logit {scale})");
     assert!(worst <= tol, "{name}: max error {worst} > {tol}");
 }
@@ -83,13 +105,21 @@ fn check_greedy(name: &str) {
     let mut input = prompt.clone();
     let mut got = Vec::new();
     for _ in 0..want.len() {
-        let mut seqs = [SeqInput { table: &mut table, len: input.len() }];
-        let out = model.forward_ids(&input, &mut cache, &mut seqs, ForwardOptions::default()).unwrap();
+        let mut seqs = [SeqInput {
+            table: &mut table,
+            len: input.len(),
+        }];
+        let out = model
+            .forward_ids(&input, &mut cache, &mut seqs, ForwardOptions::default())
+            .unwrap();
         let next = argmax(&out.logits.to_f32_vec().unwrap()) as u32;
         got.push(next);
         input = vec![next];
     }
-    assert_eq!(got, want, "{name}: GPU greedy tokens differ from transformers (and the CPU)");
+    assert_eq!(
+        got, want,
+        "{name}: GPU greedy tokens differ from transformers (and the CPU)"
+    );
 }
 
 #[test]
@@ -104,7 +134,12 @@ fn awq_checkpoints_generate_the_reference_greedy_tokens_on_the_gpu() {
 fn prefill_logits_on_the_gpu_match_the_reference_within_the_dtype_rounding() {
     let Some(_gpu) = gpu_for_tests() else { return };
     poison_outputs(true);
-    for name in ["qwen2-0.5b-like", "qwen2-72b-like", "qwen2-0.5b-like-awq", "qwen2-72b-like-awq"] {
+    for name in [
+        "qwen2-0.5b-like",
+        "qwen2-72b-like",
+        "qwen2-0.5b-like-awq",
+        "qwen2-72b-like-awq",
+    ] {
         check_prefill(name);
     }
 }
