@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod embedded;
 pub mod error;
 pub mod generation;
+pub mod image;
 pub mod tokenizer;
 
 pub use checkpoint::TextModel;
