@@ -609,3 +609,39 @@ fn zero_size_images_are_rejected_with_a_clear_error() {
     assert!(DecodedImage::from_rgb(0, 5, vec![]).is_err());
     assert!(DecodedImage::from_rgb(2, 2, vec![0; 11]).is_err());
 }
+
+#[test]
+fn fixture_files_with_corrupted_bytes_decode_or_fail_cleanly() {
+    let mut g = Garbage(0x9e37_79b9_7f4a_7c15);
+    for file in [
+        "src/photo444.jpg",
+        "src/grey.png",
+        "src/palette.png",
+        "src/lossy.webp",
+        "src/lossless.webp",
+        "src/image.bmp",
+        "src/anim.gif",
+    ] {
+        let bytes = read(file);
+        for _ in 0..150 {
+            let mut b = bytes.clone();
+            for _ in 0..1 + g.next() % 4 {
+                let i = (g.next() as usize) % b.len();
+                b[i] = g.next() as u8;
+            }
+            if let Ok(img) = load_image(&b, &small_limits()) {
+                assert_eq!(
+                    img.rgb().len(),
+                    img.width() as usize * img.height() as usize * 3
+                );
+                // Whatever decoded must also tile without trouble.
+                let opts = TileOptions {
+                    max_tiles: 2,
+                    ..TileOptions::default()
+                };
+                assert!(tile_images(&img, &opts).is_ok(), "{file}");
+            }
+            let _ = gif_frames(&b, &small_limits());
+        }
+    }
+}
