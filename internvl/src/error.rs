@@ -42,6 +42,9 @@ pub enum Error {
     PromptTooLong { prompt: usize, limit: usize },
 
     #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+
+    #[error(transparent)]
     Model(#[from] qwen2::Error),
 
     #[error(transparent)]

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod embedded;
 pub mod error;
 pub mod generation;
+pub mod image;
 pub mod inspect;
 pub mod tokenizer;
 
