@@ -41,6 +41,12 @@ pub enum Error {
     )]
     PromptTooLong { prompt: usize, limit: usize },
 
+    #[error(
+        "the prompt has {placeholders} `<image>` placeholder(s) but {images} image(s) were given; \
+         write one `<image>` per image, or none to have them placed before the question"
+    )]
+    ImageCount { placeholders: usize, images: usize },
+
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod generation;
 pub mod image;
 pub mod inspect;
+pub mod prompt;
 pub mod tokenizer;
 
 pub use checkpoint::TextModel;
