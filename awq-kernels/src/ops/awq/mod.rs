@@ -2,3 +2,5 @@
 //! Layers use it through [`crate::ops::linear::Linear::Awq`].
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

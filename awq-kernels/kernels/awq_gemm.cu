@@ -1,0 +1,451 @@
+// AWQ W4A16 linear on the GPU: y[M, N] = x[M, K] · dequant(W)ᵀ (+ bias[N]), x/y/bias f16 or bf16, f32
+// accumulation. Host side, plan and path choice: src/ops/awq/cuda.rs. Built for compute_80 (runs on sm_80..sm_90).
+//
+// Formula. W[n][k] = (q - z) · s with the 4-bit code q of (k, n), the zero z and scale s of (k / G, n).
+// Every kernel forms the weight exactly as the plain low-precision dequantization does: (q - z) is exact in
+// f16/bf16, and one rounded multiply by s gives round_T((q - z) · s), bit-identical to rounding the CPU
+// reference's f32 value to T. Products and sums are f32 (tensor cores: mma f32 accumulate; or cuBLAS with
+// CUBLAS_COMPUTE_32F), one rounding to T at the end, after the bias is added in f32.
+//
+// int4 -> T without conversion instructions: OR-ing a nibble into the mantissa of MAGIC (f16 0x6400 = 1024,
+// bf16 0x4300 = 128, both with a unit ulp) gives MAGIC + q; fma(that, 1, -(MAGIC + z)) = q - z exactly; then
+// fma(q - z, s, -0) = round((q - z)·s) (ptxas emits HADD2 + HMUL2). Two codes per 32-bit register (bits 0-3 and 16-19), so a packed word
+// yields four T pairs via shifts by 0/4/8/12 and the mask 0x000f000f.
+//
+// Repacked layout (written once at load by the CPU, src/ops/awq/cuda.rs `repack`, tested there against
+// the CPU dequantization). N is padded to NP = 64·NS (padding: code 0, zero 0, scale 0, so it adds 0).
+// A "strip" is 64 output columns = 8 tiles of 8 columns (the n8 of mma.m16n8k16). A "chunk" is 16 values
+// of k (one mma k-step). Lane l = 4·g + t of a warp (g = l / 4, t = l % 4) owns, for every chunk, the
+// columns strip·64 + 8j + g (j = 0..7) and the rows kc·16 + 4t + {0,1,2,3}: mma's B fragment of lane l
+// holds k-rows {2t, 2t+1} and {2t+8, 2t+9} of column g; we relabel the chunk's k so that those logical
+// rows are the physical rows 4t..4t+3 (the sum over k is the same when A uses the same relabeling, so the
+// lane reads its A fragment as one 8-byte load per row: a0|a2 = x[row][k0+4t .. k0+4t+4)).
+//  - qw   u32 [NS][K/16][32 lanes][4 words]: one 16-byte load per lane per chunk. Word w holds tiles
+//         2w and 2w+1; nibble i (bits 4i..4i+3) = tile 2w + ((i%4)/2), k = 4t + 2·((i%4)%2) + i/4, i.e.
+//         nibbles (0,4) = tile 2w rows (4t, 4t+1) = b0; (1,5) = tile 2w rows (4t+2, 4t+3) = b1;
+//         (2,6) and (3,7) the same for tile 2w+1.
+//  - sc   T   [NS][K/G][8 g][8 j]: scale of column strip·64 + 8j + g; one 16-byte load per lane per group.
+//  - zr   u32 [NS][K/G][8 g]: nibble j = zero of column strip·64 + 8j + g.
+// Bytes: N·K/2 + N·K/G·2.5, the same as the AWQ tensors.
+// Constraints (checked on the host): G % 16 == 0, K % G == 0, N % 8 == 0, M ≤ 64 for the streaming
+// kernel, pointers to x/y/bias 8-byte aligned.
+//
+// Kernels.
+//  - awq_stream_<T>_mt<MT>_sw<SW>_cb<CB> (decode and small M, M ≤ 16·MT, MT ∈ {1,2,4}): memory-bound
+//    weight streaming on tensor cores. CB = chunks loaded per batch (the largest of 8/4/2/1 dividing G/16;
+//    at most 2 for MT = 4, whose 128 accumulators leave no registers for more). Block = 8 warps = SW
+//    strips × KW = 8/SW k-lanes; grid = (ceil(NS/SW) column blocks, S2 k-splits). Split s covers groups [s·gpw·KW, (s+1)·gpw·KW); k-lane kl of it takes the
+//    groups s·gpw·KW + kl + KW·i. Per batch a warp issues CB independent 16-byte weight loads
+//    (ld.global.nc.L1::no_allocate: read once) before using them, loads its A fragments through L1 (the
+//    SW warps of a k-lane read the same x; rows ≥ M point at a zero row so no load is predicated),
+//    dequantizes in registers and issues MT·8 mma per chunk. The KW k-lanes are summed through shared memory in a fixed tree; with S2 > 1 each block
+//    writes its f32 partial tile (rows < M) to a scratch buffer, and the last block of a column block to
+//    arrive (an atomic counter per column block, threadfence pattern) sums the S2 partials in split order,
+//    adds the bias, rounds once and writes y, then resets its counter to 0 for the next launch. So y is
+//    written by one launch, and the result is deterministic (fixed summation order).
+//  - awq_dequant_<T>: repacked weights -> dense W [N, K] (T, row-major), the input of a cuBLAS GEMM for
+//    large M (x · Wᵀ, the TN GEMM torch's F.linear runs). Each thread dequantizes one lane-chunk (32
+//    values) and writes eight 8-byte pieces; a warp writes whole 32-byte sectors.
+//  - awq_bias_rows: y[i][j] = bias[j] (16-bit copy), so the GEMM can add the bias with beta = 1.
+//
+// Cost (MT = 1, G = 128, sm_90 SASS): ~94 instructions per warp per chunk (8 HMMA, 16 HADD2 + 16 HMUL2,
+// 12 SHF + 16 LOP3 for the nibbles, 1 LDG.128 + 2 LDG.64, the rest addressing), 127 registers, no spills,
+// 2 blocks (16 warps) per SM. At the H200's ~4.5 TB/s an SM must retire a warp's 4 KB group every ~220
+// cycles; the group costs ~750 instructions = ~190 issue cycles, so the kernel should stay memory-bound but
+// with little slack. ptxas interleaves some of the 8 weight loads with the math under the 128-register cap;
+// a cp.async shared-memory pipeline would keep more bytes in flight if the bench shows a shortfall.
+//
+// Verified by awq-kernels/tests/awq_gpu.rs: awq_dequant output equals the CPU dequantization rounded to T
+// bit for bit (which also pins this layout's nibble order as the kernel reads it), and awq_linear (both
+// paths, forced and dispatched) against the CPU reference awq_linear on random shapes, codes (zeros 0 and
+// 15 included), f16 and bf16, with and without bias, every output poisoned with NaN first.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+struct F16 {
+    typedef __half T;
+    static constexpr u32 MAGIC = 0x6400u;     // 1024.0
+    static constexpr u32 ONE2 = 0x3c003c00u;  // (1.0, 1.0)
+    static __device__ __forceinline__ u32 fma2(u32 a, u32 b, u32 c) {
+        u32 d;
+        asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+        return d;
+    }
+    static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ float to_f32(T v) { return __half2float(v); }
+    // Two floats -> one register of two T, `lo` in bits 0..15 (the lower address).
+    static __device__ __forceinline__ u32 pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<u32*>(&h);
+    }
+};
+
+struct BF16 {
+    typedef __nv_bfloat16 T;
+    static constexpr u32 MAGIC = 0x4300u;     // 128.0
+    static constexpr u32 ONE2 = 0x3f803f80u;  // (1.0, 1.0)
+    static __device__ __forceinline__ u32 fma2(u32 a, u32 b, u32 c) {
+        u32 d;
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+        return d;
+    }
+    static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ float to_f32(T v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ u32 pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<u32*>(&h);
+    }
+};
+
+static constexpr u32 NEG_ZERO2 = 0x80008000u;  // (-0, -0) in both f16 and bf16
+static constexpr u32 LOW_NIBBLES = 0x000f000fu;
+
+// A 16-byte load of data read once (the weights): not kept in L1, so x stays there.
+static __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// The T bits of scale j (0..7) from the 16-byte scale vector of a lane, in both halves of a register.
+static __device__ __forceinline__ u32 splat_scale(const uint4& sv, int j) {
+    u32 w = (j < 2) ? sv.x : (j < 4) ? sv.y : (j < 6) ? sv.z : sv.w;
+    u32 h = (j & 1) ? (w >> 16) : (w & 0xffffu);
+    return h * 0x00010001u;
+}
+
+// -(MAGIC + z_j) in both halves, z_j = nibble j of the lane's zero word.
+template <class D>
+static __device__ __forceinline__ u32 neg_zero(u32 zw, int j) {
+    u32 h = (D::MAGIC | ((zw >> (4 * j)) & 0xfu)) | 0x8000u;
+    return h * 0x00010001u;
+}
+
+// (q - z) · s for the two codes at bits (sh..sh+3) and (16+sh..16+sh+3) of q.
+template <class D>
+static __device__ __forceinline__ u32 dq(u32 q, int sh, u32 nz, u32 s) {
+    u32 p;
+    // p = ((q >> sh) & LOW_NIBBLES) | MAGIC2 in one instruction (lut 0xEA = (a & b) | c).
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(p) : "r"(q >> sh), "n"(LOW_NIBBLES), "n"(D::MAGIC * 0x00010001u));
+    return D::fma2(D::fma2(p, D::ONE2, nz), s, NEG_ZERO2);
+}
+
+template <class D, int MT, int SW, int CB>
+static __device__ __forceinline__ void stream_kernel(
+    const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
+    const u32* __restrict__ zr, const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
+    float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K, int NS, int G, int gpw,
+    int S2) {
+    typedef typename D::T T;
+    constexpr int KW = 8 / SW;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int s = warp % SW;
+    const int kl = warp / SW;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int strip = blockIdx.x * SW + s;
+    const bool strip_ok = strip < NS;
+    const int NG = K / G;
+    const int KC = K / 16;
+    const int cpg = G / 16;
+
+    float acc[MT][8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][j][r] = 0.0f;
+
+    // Row pointers of the A fragments: rows >= M read a zero row (K zeros), so no load is predicated.
+    const T* xr[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = mt * 16 + g + 8 * h;
+            xr[mt][h] = (row < M ? x + (size_t)row * K : zero_row) + 4 * t;
+        }
+
+    if (strip_ok) {
+        const int gbeg = blockIdx.y * gpw * KW;
+        for (int i = 0; i < gpw; ++i) {
+            const int grp = gbeg + kl + KW * i;
+            if (grp >= NG) break;
+            const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
+            const uint4 sv = __ldg(sc + sidx);
+            const u32 zw = __ldg(zr + sidx);
+            u32 s2v[8], nz2v[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                s2v[j] = splat_scale(sv, j);
+                nz2v[j] = neg_zero<D>(zw, j);
+            }
+            // cpg is a multiple of CB (the host picks CB), so every batch is full.
+            for (int cb = 0; cb < cpg; cb += CB) {
+                const int kc = grp * cpg + cb;
+                const uint4* wp = qw + ((size_t)strip * KC + kc) * 32 + lane;
+                uint4 q[CB];
+#pragma unroll
+                for (int c = 0; c < CB; ++c) q[c] = ld_stream(wp + c * 32);
+                const int koff = kc * 16;
+#pragma unroll
+                for (int c = 0; c < CB; ++c) {
+                    u32 a[MT][4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        const uint2 v0 = __ldg(reinterpret_cast<const uint2*>(xr[mt][0] + koff + c * 16));
+                        const uint2 v1 = __ldg(reinterpret_cast<const uint2*>(xr[mt][1] + koff + c * 16));
+                        a[mt][0] = v0.x;
+                        a[mt][1] = v1.x;
+                        a[mt][2] = v0.y;
+                        a[mt][3] = v1.y;
+                    }
+                    const u32 qq[4] = {q[c].x, q[c].y, q[c].z, q[c].w};
+#pragma unroll
+                    for (int w = 0; w < 4; ++w) {
+                        const int j0 = 2 * w, j1 = 2 * w + 1;
+                        const u32 b00 = dq<D>(qq[w], 0, nz2v[j0], s2v[j0]);
+                        const u32 b01 = dq<D>(qq[w], 4, nz2v[j0], s2v[j0]);
+                        const u32 b10 = dq<D>(qq[w], 8, nz2v[j1], s2v[j1]);
+                        const u32 b11 = dq<D>(qq[w], 12, nz2v[j1], s2v[j1]);
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt) {
+                            D::mma(acc[mt][j0], a[mt], b00, b01);
+                            D::mma(acc[mt][j1], a[mt], b10, b11);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Sum the KW k-lanes of each strip into k-lane 0: a fixed tree through shared memory, one m-tile at a
+    // time. Buffer b holds one warp's fragments, element (j·4 + r)·32 + lane (conflict-free).
+    if (KW > 1) {
+        __shared__ float red[4][8 * 4 * 32];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int half = KW / 2; half >= 1; half >>= 1) {
+                if (kl >= half && kl < 2 * half) {
+                    float* b = red[(kl - half) * SW + s];
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+#pragma unroll
+                        for (int r = 0; r < 4; ++r) b[(j * 4 + r) * 32 + lane] = acc[mt][j][r];
+                }
+                __syncthreads();
+                if (kl < half) {
+                    const float* b = red[kl * SW + s];
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+#pragma unroll
+                        for (int r = 0; r < 4; ++r) acc[mt][j][r] += b[(j * 4 + r) * 32 + lane];
+                }
+                __syncthreads();
+            }
+        }
+    }
+
+    if (S2 == 1) {
+        // One block per column block: k-lane 0 writes y straight from its fragments (c0,c1: row g, columns
+        // 2t, 2t+1 of tile j; c2,c3: row g+8).
+        if (kl == 0 && strip_ok) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int col = strip * 64 + 8 * j + 2 * t;
+                if (col < N) {
+                    float b0 = 0.0f, b1 = 0.0f;
+                    if (bias != nullptr) {
+                        b0 = D::to_f32(bias[col]);
+                        b1 = D::to_f32(bias[col + 1]);
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            const int row = mt * 16 + g + 8 * h;
+                            if (row < M)
+                                *reinterpret_cast<u32*>(y + (size_t)row * N + col) =
+                                    D::pack(acc[mt][j][2 * h] + b0, acc[mt][j][2 * h + 1] + b1);
+                        }
+                }
+            }
+        }
+        return;
+    }
+
+    // Split-K: partial tile [M][SW·64] f32 of this (column block, split).
+    constexpr int WIDTH = SW * 64;
+    float* part = partials + ((size_t)blockIdx.x * S2 + blockIdx.y) * (size_t)M * WIDTH;
+    if (kl == 0) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = mt * 16 + g + 8 * h;
+                    if (row < M)
+                        *reinterpret_cast<float2*>(part + (size_t)row * WIDTH + s * 64 + 8 * j + 2 * t) =
+                            make_float2(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
+                }
+    }
+    __shared__ u32 s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = (atomicAdd(counters + blockIdx.x, 1u) == (u32)(S2 - 1)) ? 1u : 0u;
+    __syncthreads();
+    if (s_last == 0u) return;
+    __threadfence();
+
+    // The last block of this column block: y = Σ_split partial (in split order) + bias.
+    const float* base = partials + (size_t)blockIdx.x * S2 * (size_t)M * WIDTH;
+    const int q4 = WIDTH / 4;
+    const int total4 = M * q4;
+    for (int e = threadIdx.x; e < total4; e += blockDim.x) {
+        const int row = e / q4;
+        const int c4 = (e % q4) * 4;
+        const int col = blockIdx.x * WIDTH + c4;
+        if (col >= N) continue;  // N % 8 == 0 and c4 % 4 == 0: col < N means col + 3 < N
+        float4 v[16];
+#pragma unroll
+        for (int sp = 0; sp < 16; ++sp)
+            if (sp < S2) v[sp] = __ldcg(reinterpret_cast<const float4*>(base + ((size_t)sp * M + row) * WIDTH + c4));
+        float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int sp = 0; sp < 16; ++sp)
+            if (sp < S2) {
+                sum.x += v[sp].x;
+                sum.y += v[sp].y;
+                sum.z += v[sp].z;
+                sum.w += v[sp].w;
+            }
+        for (int sp = 16; sp < S2; ++sp) {  // not used by the host plan (S2 ≤ 16); kept for safety
+            const float4 u = __ldcg(reinterpret_cast<const float4*>(base + ((size_t)sp * M + row) * WIDTH + c4));
+            sum.x += u.x;
+            sum.y += u.y;
+            sum.z += u.z;
+            sum.w += u.w;
+        }
+        if (bias != nullptr) {
+            sum.x += D::to_f32(bias[col]);
+            sum.y += D::to_f32(bias[col + 1]);
+            sum.z += D::to_f32(bias[col + 2]);
+            sum.w += D::to_f32(bias[col + 3]);
+        }
+        *reinterpret_cast<uint2*>(y + (size_t)row * N + col) = make_uint2(D::pack(sum.x, sum.y), D::pack(sum.z, sum.w));
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
+}
+
+#define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, MINB) awq_stream_##NAME##_mt##MT##_sw##SW##_cb##CB(     \
+        const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
+        const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
+        D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
+        int NS, int G, int gpw, int S2) {                                                                      \
+        stream_kernel<D, MT, SW, CB>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K, NS, G, gpw, \
+                                     S2);                                                                      \
+    }
+
+// MT = 1 keeps 2 blocks (16 warps) per SM within 128 registers; MT = 2 and 4 need more registers than that
+// and run one block per SM.
+#define AWQ_STREAM_CB(D, NAME, MT, SW, MINB) \
+    AWQ_STREAM(D, NAME, MT, SW, 8, MINB)     \
+    AWQ_STREAM(D, NAME, MT, SW, 4, MINB)     \
+    AWQ_STREAM(D, NAME, MT, SW, 2, MINB)     \
+    AWQ_STREAM(D, NAME, MT, SW, 1, MINB)
+// MT = 4 holds 128 accumulators; batches of more than 2 chunks would spill, so it has only CB = 1, 2.
+#define AWQ_STREAM_ALL(D, NAME)           \
+    AWQ_STREAM_CB(D, NAME, 1, 1, 2)       \
+    AWQ_STREAM_CB(D, NAME, 1, 2, 2)       \
+    AWQ_STREAM_CB(D, NAME, 2, 1, 1)       \
+    AWQ_STREAM_CB(D, NAME, 2, 2, 1)       \
+    AWQ_STREAM(D, NAME, 4, 1, 2, 1)       \
+    AWQ_STREAM(D, NAME, 4, 1, 1, 1)       \
+    AWQ_STREAM(D, NAME, 4, 2, 2, 1)       \
+    AWQ_STREAM(D, NAME, 4, 2, 1, 1)
+
+AWQ_STREAM_ALL(F16, f16)
+AWQ_STREAM_ALL(BF16, bf16)
+
+// Dense W [N, K] from the repacked weights: thread i handles lane-chunk i (lane = i % 32, chunk = i / 32,
+// strip = chunk / (K/16), kc = chunk % (K/16)).
+template <class D>
+static __device__ __forceinline__ void dequant_kernel(const uint4* __restrict__ qw, const uint4* __restrict__ sc,
+                                                      const u32* __restrict__ zr, typename D::T* __restrict__ out,
+                                                      int N, int K, int NS, int G) {
+    const int KC = K / 16;
+    const int NG = K / G;
+    const size_t total = (size_t)NS * KC * 32;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int lane = (int)(i & 31);
+        const size_t chunk = i >> 5;
+        const int strip = (int)(chunk / KC);
+        const int kc = (int)(chunk % KC);
+        const int g = lane >> 2;
+        const int t = lane & 3;
+        const int grp = kc * 16 / G;
+        const uint4 q = ld_stream(qw + i);
+        const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
+        const uint4 sv = __ldg(sc + sidx);
+        const u32 zw = __ldg(zr + sidx);
+        const u32 qq[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int tt = 0; tt < 2; ++tt) {
+                const int j = 2 * w + tt;
+                const int n = strip * 64 + 8 * j + g;
+                if (n < N) {
+                    const u32 s2 = splat_scale(sv, j);
+                    const u32 nz = neg_zero<D>(zw, j);
+                    const u32 lo = dq<D>(qq[w], 8 * tt, nz, s2);      // k = 4t, 4t+1
+                    const u32 hi = dq<D>(qq[w], 8 * tt + 4, nz, s2);  // k = 4t+2, 4t+3
+                    *reinterpret_cast<uint2*>(out + (size_t)n * K + (size_t)kc * 16 + 4 * t) = make_uint2(lo, hi);
+                }
+            }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) awq_dequant_f16(const uint4* __restrict__ qw,
+                                                                   const uint4* __restrict__ sc,
+                                                                   const u32* __restrict__ zr, __half* __restrict__ out,
+                                                                   int N, int K, int NS, int G) {
+    dequant_kernel<F16>(qw, sc, zr, out, N, K, NS, G);
+}
+
+extern "C" __global__ void __launch_bounds__(256) awq_dequant_bf16(const uint4* __restrict__ qw,
+                                                                    const uint4* __restrict__ sc,
+                                                                    const u32* __restrict__ zr,
+                                                                    __nv_bfloat16* __restrict__ out, int N, int K,
+                                                                    int NS, int G) {
+    dequant_kernel<BF16>(qw, sc, zr, out, N, K, NS, G);
+}
+
+// y[i][j] = bias[j] for i < M, j < N (2-byte elements, copied as raw bits).
+extern "C" __global__ void __launch_bounds__(256) awq_bias_rows(const unsigned short* __restrict__ bias,
+                                                                 unsigned short* __restrict__ y, int M, int N) {
+    const size_t total = (size_t)M * N;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = bias[i % N];
+}

@@ -1,0 +1,914 @@
+//! The AWQ W4A16 linear on the GPU (feature `cuda`): y[m, n] = x[m, k] · dequant(W)ᵀ (+ bias), x/y/bias f16 or
+//! bf16, f32 accumulation. Kernels, layout and formula: `kernels/awq_gemm.cu` (its header comment).
+//!
+//! - Load: [`AwqGpuWeights::upload`] repacks the AutoAWQ tensors once on the CPU ([`repack`], which reads the
+//!   nibble order only through [`crate::awq_format`]) into the layout the kernels read with 16-byte loads,
+//!   and copies it to the device. Same bytes as the AWQ tensors (N·K/2 + N·K/G·2.5, N padded to 64).
+//! - Call: [`awq_linear`] picks a path from the shapes ([`choose_path`]): the weight-streaming tensor-core
+//!   kernel for small m, or dequantize-into-a-workspace + cuBLAS GEMM for large m.
+//!
+//! Per-GPU scratch (split-K partials and counters, the dense-weight workspace, loaded kernels) lives in a
+//! process-wide table keyed by the GPU's stream, grow-only, so repeated calls allocate nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::awq_format::{unpack_column, PACK_FACTOR};
+use crate::cuda::{cuda_error, Gpu};
+use crate::{DType, Error, FloatElement, Result};
+
+const OP: &str = "awq_linear (cuda)";
+const MODULE: &str = "awq_gemm";
+
+/// Output columns per strip (8 mma tiles of 8 columns); n is padded to a multiple of this.
+pub const STRIP: usize = 64;
+/// Values of k per chunk (one mma k-step).
+pub const CHUNK_K: usize = 16;
+/// u32 words of one chunk of one strip: 32 lanes × 4 words.
+const CHUNK_WORDS: usize = 32 * 4;
+/// Threads per block of every kernel here.
+const THREADS: u32 = 256;
+/// The streaming kernel handles up to 16·MT rows, MT ∈ {1, 2, 4}.
+pub const STREAM_MAX_M: usize = 64;
+/// Upper bound on the split-K factor (the kernel sums up to 16 partials with all loads in flight).
+const MAX_SPLITS: usize = 16;
+
+/// Where nibble `i` (bits 4i..4i+3) of a repacked word goes: `(tile, kk)` = the word's tile pair member
+/// (0: tile 2w, 1: tile 2w+1) and the row 4t + kk of the lane's four k rows in the chunk. The kernels read
+/// nibbles (0,4) and (1,5) as the B fragment (b0, b1) of tile 2w, (2,6) and (3,7) as that of tile 2w+1.
+pub const fn nibble_place(i: usize) -> (usize, usize) {
+    let s = i % 4;
+    (s / 2, 2 * (s % 2) + i / 4)
+}
+
+/// Float types the GPU AWQ path runs in.
+pub trait AwqFloat: FloatElement + DeviceRepr + ValidAsZeroBits {
+    /// Kernel name suffix.
+    const NAME: &'static str;
+}
+
+impl AwqFloat for f16 {
+    const NAME: &'static str = "f16";
+}
+
+impl AwqFloat for bf16 {
+    const NAME: &'static str = "bf16";
+}
+
+/// The bits of `v` rounded to `dtype` (F16 or BF16).
+fn to_bits(v: f32, dtype: DType) -> u16 {
+    match dtype {
+        DType::BF16 => bf16::from_f32(v).to_bits(),
+        _ => f16::from_f32(v).to_bits(),
+    }
+}
+
+fn from_bits(b: u16, dtype: DType) -> f32 {
+    match dtype {
+        DType::BF16 => bf16::from_bits(b).to_f32(),
+        _ => f16::from_bits(b).to_f32(),
+    }
+}
+
+/// Repacked AWQ weights on the host (the layout of `kernels/awq_gemm.cu`).
+#[derive(Clone, Debug)]
+pub struct Repacked {
+    /// u32 [NS][K/16][32][4].
+    pub qw: Vec<u32>,
+    /// Bits of `dtype` [NS][K/G][8][8].
+    pub scales: Vec<u16>,
+    /// u32 [NS][K/G][8] (nibble j = zero of column strip·64 + 8j + g).
+    pub zeros: Vec<u32>,
+    pub k: usize,
+    pub n: usize,
+    pub group: usize,
+    pub dtype: DType,
+}
+
+impl Repacked {
+    /// Number of 64-column strips.
+    pub fn strips(&self) -> usize {
+        self.n.div_ceil(STRIP)
+    }
+}
+
+/// Checks an AWQ shape against what the GPU path supports.
+fn check_shape(k: usize, n: usize, group: usize) -> Result<()> {
+    if k == 0 || n == 0 {
+        return Err(Error::shape(OP, format!("empty weight (k = {k}, n = {n})")));
+    }
+    if group == 0 || !k.is_multiple_of(group) {
+        return Err(Error::shape(
+            OP,
+            format!("group size {group} must divide k = {k}"),
+        ));
+    }
+    if !group.is_multiple_of(CHUNK_K) {
+        return Err(Error::Unsupported(format!(
+            "{OP}: group size {group} is not a multiple of {CHUNK_K} (AWQ checkpoints use 32, 64 or 128)"
+        )));
+    }
+    if !n.is_multiple_of(PACK_FACTOR) {
+        return Err(Error::shape(OP, format!("n = {n} must be a multiple of 8")));
+    }
+    if k > i32::MAX as usize / 2 || n > i32::MAX as usize / 2 {
+        return Err(Error::shape(OP, format!("k = {k} or n = {n} too large")));
+    }
+    Ok(())
+}
+
+/// Repacks AutoAWQ GEMM-layout tensors (`qweight` [k, n/8], `qzeros` [k/group, n/8], `scales` [k/group, n])
+/// into the kernels' layout; scales are rounded to `dtype` (exact when they already are of that type).
+pub fn repack<S: FloatElement>(
+    qweight: &[u32],
+    qzeros: &[u32],
+    scales: &[S],
+    k: usize,
+    n: usize,
+    group: usize,
+    dtype: DType,
+) -> Result<Repacked> {
+    check_shape(k, n, group)?;
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return Err(Error::Unsupported(format!(
+            "{OP}: activations must be f16 or bf16, not {dtype}"
+        )));
+    }
+    let nw = n / PACK_FACTOR;
+    let ng = k / group;
+    for (what, len, want) in [
+        ("qweight [k, n/8]", qweight.len(), k * nw),
+        ("qzeros [k/group, n/8]", qzeros.len(), ng * nw),
+        ("scales [k/group, n]", scales.len(), ng * n),
+    ] {
+        if len != want {
+            return Err(Error::shape(
+                OP,
+                format!("{what} has {len} elements, expected {want}"),
+            ));
+        }
+    }
+    let ns = n.div_ceil(STRIP);
+    let kc = k / CHUNK_K;
+    let mut qw = vec![0u32; ns * kc * CHUNK_WORDS];
+    qw.par_chunks_mut(kc * CHUNK_WORDS)
+        .enumerate()
+        .for_each(|(strip, out)| {
+            for c in 0..kc {
+                for lane in 0..32 {
+                    let (g, t) = (lane / 4, lane % 4);
+                    for w in 0..4 {
+                        let mut word = 0u32;
+                        for i in 0..8 {
+                            let (tile, kk) = nibble_place(i);
+                            let col = strip * STRIP + 8 * (2 * w + tile) + g;
+                            if col < n {
+                                let row = c * CHUNK_K + 4 * t + kk;
+                                word |= unpack_column(&qweight[row * nw..(row + 1) * nw], col)
+                                    << (4 * i);
+                            }
+                        }
+                        out[(c * 32 + lane) * 4 + w] = word;
+                    }
+                }
+            }
+        });
+    let mut sc = vec![0u16; ns * ng * 64];
+    let mut zr = vec![0u32; ns * ng * 8];
+    for strip in 0..ns {
+        for grp in 0..ng {
+            let zrow = &qzeros[grp * nw..(grp + 1) * nw];
+            for g in 0..8 {
+                let mut zword = 0u32;
+                for j in 0..8 {
+                    let col = strip * STRIP + 8 * j + g;
+                    if col < n {
+                        sc[((strip * ng + grp) * 8 + g) * 8 + j] =
+                            to_bits(scales[grp * n + col].to_f32(), dtype);
+                        zword |= unpack_column(zrow, col) << (4 * j);
+                    }
+                }
+                zr[(strip * ng + grp) * 8 + g] = zword;
+            }
+        }
+    }
+    Ok(Repacked {
+        qw,
+        scales: sc,
+        zeros: zr,
+        k,
+        n,
+        group,
+        dtype,
+    })
+}
+
+/// The dense W [n, k] (f32) that the repacked buffers describe, read back through the layout independently
+/// of [`repack`] (inverse nibble lookup); each value is (q - z)·s with s in `dtype`. For tests.
+pub fn unpack_dequantize(r: &Repacked) -> Vec<f32> {
+    let (k, n, group) = (r.k, r.n, r.group);
+    let (kc, ng) = (k / CHUNK_K, k / group);
+    // Inverse of nibble_place: nibble index for (tile, kk).
+    let mut nib = [[0usize; 4]; 2];
+    for i in 0..8 {
+        let (tile, kk) = nibble_place(i);
+        nib[tile][kk] = i;
+    }
+    let mut out = vec![0.0f32; n * k];
+    for col in 0..n {
+        let (strip, j, g) = (col / STRIP, (col % STRIP) / 8, col % 8);
+        for row in 0..k {
+            let (c, t, kk) = (row / CHUNK_K, (row % CHUNK_K) / 4, row % 4);
+            let word = r.qw[((strip * kc + c) * 32 + 4 * g + t) * 4 + j / 2];
+            let q = (word >> (4 * nib[j % 2][kk])) & 0xF;
+            let grp = row / group;
+            let z = (r.zeros[(strip * ng + grp) * 8 + g] >> (4 * j)) & 0xF;
+            let s = from_bits(r.scales[((strip * ng + grp) * 8 + g) * 8 + j], r.dtype);
+            out[col * k + row] = (q as f32 - z as f32) * s;
+        }
+    }
+    out
+}
+
+/// Repacked AWQ weights on the device, ready for [`awq_linear`].
+pub struct AwqGpuWeights {
+    qw: CudaSlice<u32>,
+    scales: CudaSlice<u16>,
+    zeros: CudaSlice<u32>,
+    k: usize,
+    n: usize,
+    group: usize,
+    dtype: DType,
+}
+
+impl AwqGpuWeights {
+    /// Repacks AutoAWQ GEMM-layout tensors (see [`repack`]) and copies them to `gpu`. `dtype` is the type of
+    /// the activations the layer will run with (F16 or BF16); scales are stored in it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload<S: FloatElement>(
+        gpu: &Gpu,
+        qweight: &[u32],
+        qzeros: &[u32],
+        scales: &[S],
+        k: usize,
+        n: usize,
+        group: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let r = repack(qweight, qzeros, scales, k, n, group, dtype)?;
+        Self::from_repacked(gpu, &r)
+    }
+
+    /// Copies already repacked weights to `gpu`.
+    pub fn from_repacked(gpu: &Gpu, r: &Repacked) -> Result<Self> {
+        check_shape(r.k, r.n, r.group)?;
+        let (ns, kc, ng) = (r.strips(), r.k / CHUNK_K, r.k / r.group);
+        if r.qw.len() != ns * kc * CHUNK_WORDS
+            || r.scales.len() != ns * ng * 64
+            || r.zeros.len() != ns * ng * 8
+        {
+            return Err(Error::shape(
+                OP,
+                "repacked buffers do not match their shape",
+            ));
+        }
+        let s = gpu.stream();
+        Ok(Self {
+            qw: s
+                .clone_htod(&r.qw)
+                .map_err(|e| cuda_error("uploading AWQ weights", e))?,
+            scales: s
+                .clone_htod(&r.scales)
+                .map_err(|e| cuda_error("uploading AWQ scales", e))?,
+            zeros: s
+                .clone_htod(&r.zeros)
+                .map_err(|e| cuda_error("uploading AWQ zeros", e))?,
+            k: r.k,
+            n: r.n,
+            group: r.group,
+            dtype: r.dtype,
+        })
+    }
+
+    /// A device-side copy (benches rotate several copies so that timings are not L2 hits).
+    pub fn try_clone(&self, gpu: &Gpu) -> Result<Self> {
+        let s = gpu.stream();
+        let e = |e| cuda_error("copying AWQ weights", e);
+        Ok(Self {
+            qw: s.clone_dtod(&self.qw).map_err(e)?,
+            scales: s.clone_dtod(&self.scales).map_err(e)?,
+            zeros: s.clone_dtod(&self.zeros).map_err(e)?,
+            k: self.k,
+            n: self.n,
+            group: self.group,
+            dtype: self.dtype,
+        })
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of the weights on the device (what a decode call must read).
+    pub fn device_bytes(&self) -> usize {
+        self.qw.num_bytes() + self.scales.num_bytes() + self.zeros.num_bytes()
+    }
+
+    fn strips(&self) -> usize {
+        self.n.div_ceil(STRIP)
+    }
+
+    /// Reads the repacked buffers back (tests).
+    pub fn download(&self, gpu: &Gpu) -> Result<Repacked> {
+        let s = gpu.stream();
+        let e = |e| cuda_error("downloading AWQ weights", e);
+        Ok(Repacked {
+            qw: s.clone_dtoh(&self.qw).map_err(e)?,
+            scales: s.clone_dtoh(&self.scales).map_err(e)?,
+            zeros: s.clone_dtoh(&self.zeros).map_err(e)?,
+            k: self.k,
+            n: self.n,
+            group: self.group,
+            dtype: self.dtype,
+        })
+    }
+}
+
+/// Which kernels compute the linear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwqPath {
+    /// [`choose_path`] decides.
+    Auto,
+    /// The weight-streaming tensor-core kernel (m ≤ [`STREAM_MAX_M`]).
+    Stream,
+    /// Dequantize W into a dense workspace, then a cuBLAS GEMM (any m).
+    DequantGemm,
+}
+
+/// The path for `m` rows. The streaming kernel reads the int4 weights once and is bound by memory up to about
+/// m = 16 (4x fewer bytes than fp16 cuBLAS) and then by its mma.sync issue rate, still well ahead of
+/// dequantize + GEMM at m = 64 (which pays a dense-weight write and read, N·K·(0.5 + 2 + 2) bytes, before a
+/// GEMM as long as cuBLAS fp16's). Above 64 rows the GEMM's tensor-core efficiency wins, and at m ≥ 1024 the
+/// dequantization is ≤ 20% of the GEMM. The bench prints both paths at m = 64 and 256 to check this threshold.
+pub fn choose_path(m: usize, _k: usize, _n: usize) -> AwqPath {
+    if m <= STREAM_MAX_M {
+        AwqPath::Stream
+    } else {
+        AwqPath::DequantGemm
+    }
+}
+
+/// Launch geometry of the streaming kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// m-tiles of 16 rows (1, 2 or 4).
+    pub mt: usize,
+    /// Strips per block (1 or 2); the block's 8 warps are `sw` strips × `8 / sw` k-lanes.
+    pub sw: usize,
+    /// Column blocks (grid x) = ceil(strips / sw).
+    pub cols: usize,
+    /// k-splits (grid y).
+    pub splits: usize,
+    /// Groups per warp.
+    pub gpw: usize,
+    /// Chunks (16 values of k) per load batch: the largest of 8, 4, 2, 1 that divides group / 16 (at most 2
+    /// for `mt` = 4).
+    pub cb: usize,
+}
+
+/// Plans the streaming kernel for `m` rows, `strips` strips, `groups` groups along k on a GPU with `sms`
+/// multiprocessors. Aim: about 4 blocks per SM (2 resident at a time at ≤ 128 registers, so the grid fills
+/// the GPU about twice; a memory-bound kernel keeps the bandwidth with half its warps waiting, so an uneven
+/// last wave costs little) with as few k-splits as that allows, because each split adds an f32 partial tile
+/// that the last block of a column has to sum. Two strips per block (the warps of a k-lane share the x rows
+/// through L1, halving the x traffic from L2, which at m = 16 equals the weight traffic for one strip) unless
+/// n is small, where one strip per block keeps the number of splits, and so the final sum, small.
+pub fn stream_plan(m: usize, strips: usize, groups: usize, group: usize, sms: usize) -> StreamPlan {
+    let mt = m.div_ceil(16).next_power_of_two().clamp(1, 4);
+    let cpg = group / CHUNK_K;
+    let cb = [8, 4, 2, 1]
+        .into_iter()
+        .find(|&c| cpg.is_multiple_of(c) && (mt < 4 || c <= 2))
+        .unwrap_or(1);
+    let sw = if strips >= 64 { 2 } else { 1 };
+    let kw = 8 / sw;
+    let cols = strips.div_ceil(sw);
+    let target = 4 * sms.max(1);
+    let max_splits = (if sw == 2 { 8 } else { MAX_SPLITS })
+        .min(groups.div_ceil(kw))
+        .max(1);
+    let splits = target.div_ceil(cols).clamp(1, max_splits);
+    let gpw = groups.div_ceil(splits * kw);
+    let splits = groups.div_ceil(gpw * kw);
+    StreamPlan {
+        mt,
+        sw,
+        cols,
+        splits,
+        gpw,
+        cb,
+    }
+}
+
+/// Per-GPU scratch, grow-only.
+struct Workspace {
+    stream: Arc<CudaStream>,
+    sms: usize,
+    /// Split-K partial tiles (f32); contents are always written before they are read.
+    partials: Option<CudaSlice<f32>>,
+    /// One arrival counter per column block; zero between launches (the last block resets its own).
+    counters: Option<CudaSlice<u32>>,
+    /// Dense W [n, k] for the GEMM path, as raw 16-bit values of the call's type.
+    dense: Option<CudaSlice<u16>>,
+    /// At least k zeros (16-bit): the A rows past m of the streaming kernel.
+    zero_row: Option<CudaSlice<u16>>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+impl Workspace {
+    fn function(&mut self, gpu: &Gpu, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.get(name) {
+            return Ok(f.clone());
+        }
+        let f = gpu.function(MODULE, name)?;
+        self.functions.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+}
+
+static WORKSPACES: Mutex<Vec<Workspace>> = Mutex::new(Vec::new());
+
+fn with_workspace<R>(gpu: &Gpu, f: impl FnOnce(&mut Workspace) -> Result<R>) -> Result<R> {
+    let mut all = WORKSPACES
+        .lock()
+        .map_err(|_| Error::Cuda("AWQ workspace lock poisoned".into()))?;
+    let idx = match all
+        .iter()
+        .position(|w| Arc::ptr_eq(&w.stream, gpu.stream()))
+    {
+        Some(i) => i,
+        None => {
+            let sms = gpu
+                .context()
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(|e| cuda_error("reading the multiprocessor count", e))?;
+            all.push(Workspace {
+                stream: Arc::clone(gpu.stream()),
+                sms: sms.max(1) as usize,
+                partials: None,
+                counters: None,
+                dense: None,
+                zero_row: None,
+                functions: HashMap::new(),
+            });
+            all.len() - 1
+        }
+    };
+    f(&mut all[idx])
+}
+
+/// Makes `slot` hold at least `len` elements (a fresh zeroed allocation when it must grow).
+fn ensure<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &mut Option<CudaSlice<T>>,
+    len: usize,
+    what: &str,
+) -> Result<()> {
+    if slot.as_ref().is_none_or(|s| s.len() < len) {
+        *slot = None; // free the old buffer first (stream-ordered)
+        *slot =
+            Some(stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+                cuda_error(&format!("allocating the AWQ {what} ({len} elements)"), e)
+            })?);
+    }
+    Ok(())
+}
+
+fn check_aligned(what: &str, ptr: u64) -> Result<()> {
+    if !ptr.is_multiple_of(8) {
+        return Err(Error::Unsupported(format!(
+            "{OP}: {what} must be 8-byte aligned on the device"
+        )));
+    }
+    Ok(())
+}
+
+fn launch_error(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| cuda_error(&format!("launching {name}"), e)
+}
+
+/// y[m, n] = x[m, k] · dequant(W)ᵀ (+ bias[n]) on the GPU's stream (asynchronous). `x` holds exactly m·k
+/// elements, `y` m·n, `bias` n; `T` must be the dtype the weights were uploaded for.
+pub fn awq_linear<T: AwqFloat>(
+    gpu: &Gpu,
+    x: &CudaView<T>,
+    m: usize,
+    w: &AwqGpuWeights,
+    bias: Option<&CudaView<T>>,
+    y: &mut CudaViewMut<T>,
+) -> Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
+    awq_linear_with(gpu, x, m, w, bias, y, AwqPath::Auto)
+}
+
+/// [`awq_linear`] with the path forced (tests and benches compare the paths).
+pub fn awq_linear_with<T: AwqFloat>(
+    gpu: &Gpu,
+    x: &CudaView<T>,
+    m: usize,
+    w: &AwqGpuWeights,
+    bias: Option<&CudaView<T>>,
+    y: &mut CudaViewMut<T>,
+    path: AwqPath,
+) -> Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
+    let (k, n) = (w.k, w.n);
+    if T::DTYPE != w.dtype {
+        return Err(Error::DType {
+            op: OP,
+            expected: w.dtype,
+            got: T::DTYPE,
+        });
+    }
+    if m > i32::MAX as usize || m.checked_mul(k).is_none_or(|v| v != x.len()) {
+        return Err(Error::shape(
+            OP,
+            format!("x has {} elements, expected m·k = {m}·{k}", x.len()),
+        ));
+    }
+    if m.checked_mul(n).is_none_or(|v| v != y.len()) {
+        return Err(Error::shape(
+            OP,
+            format!("y has {} elements, expected m·n = {m}·{n}", y.len()),
+        ));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(Error::shape(
+                OP,
+                format!("bias has {} elements, expected n = {n}", b.len()),
+            ));
+        }
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    let path = match path {
+        AwqPath::Auto => choose_path(m, k, n),
+        p => p,
+    };
+    if path == AwqPath::Stream && m > STREAM_MAX_M {
+        return Err(Error::shape(
+            OP,
+            format!("the streaming kernel takes at most {STREAM_MAX_M} rows, got {m}"),
+        ));
+    }
+    with_workspace(gpu, |ws| match path {
+        AwqPath::Stream => launch_stream(gpu, ws, x, m, w, bias, y),
+        _ => launch_dequant_gemm(gpu, ws, x, m, w, bias, y),
+    })
+}
+
+fn launch_stream<T: AwqFloat>(
+    gpu: &Gpu,
+    ws: &mut Workspace,
+    x: &CudaView<T>,
+    m: usize,
+    w: &AwqGpuWeights,
+    bias: Option<&CudaView<T>>,
+    y: &mut CudaViewMut<T>,
+) -> Result<()> {
+    let stream = Arc::clone(gpu.stream());
+    let plan = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms);
+    let name = format!(
+        "awq_stream_{}_mt{}_sw{}_cb{}",
+        T::NAME,
+        plan.mt,
+        plan.sw,
+        plan.cb
+    );
+    let func = ws.function(gpu, &name)?;
+    // Rows m..16·mt of the A fragments read this row of zeros (k 16-bit values).
+    ensure(&stream, &mut ws.zero_row, w.k, "zero row")?;
+    if plan.splits > 1 {
+        ensure(
+            &stream,
+            &mut ws.partials,
+            plan.cols * plan.splits * m * plan.sw * STRIP,
+            "split-K partials",
+        )?;
+        ensure(&stream, &mut ws.counters, plan.cols, "split-K counters")?;
+    }
+    let (xp, _gx) = x.device_ptr(&stream);
+    let (yp, _gy) = y.device_ptr_mut(&stream);
+    let (zrow, _gzr) = match ws.zero_row.as_ref() {
+        Some(z) => z.device_ptr(&stream),
+        None => return Err(Error::Cuda("AWQ zero row missing".into())),
+    };
+    let (bp, _gb) = match bias {
+        Some(b) => {
+            let (p, g) = b.device_ptr(&stream);
+            (p, Some(g))
+        }
+        None => (0u64, None),
+    };
+    check_aligned("x", xp)?;
+    check_aligned("y", yp)?;
+    check_aligned("bias", bp)?;
+    let (qp, _gq) = w.qw.device_ptr(&stream);
+    let (sp, _gs) = w.scales.device_ptr(&stream);
+    let (zp, _gz) = w.zeros.device_ptr(&stream);
+    let (pp, _gp) = match (plan.splits > 1, ws.partials.as_mut()) {
+        (true, Some(p)) => {
+            let (ptr, g) = p.device_ptr_mut(&stream);
+            (ptr, Some(g))
+        }
+        _ => (0u64, None),
+    };
+    let (cp, _gc) = match (plan.splits > 1, ws.counters.as_mut()) {
+        (true, Some(c)) => {
+            let (ptr, g) = c.device_ptr_mut(&stream);
+            (ptr, Some(g))
+        }
+        _ => (0u64, None),
+    };
+    let ints: [i32; 7] = [
+        m as i32,
+        w.n as i32,
+        w.k as i32,
+        w.strips() as i32,
+        w.group as i32,
+        plan.gpw as i32,
+        plan.splits as i32,
+    ];
+    let cfg = LaunchConfig {
+        grid_dim: (plan.cols as u32, plan.splits as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = stream.launch_builder(&func);
+    b.arg(&xp)
+        .arg(&zrow)
+        .arg(&qp)
+        .arg(&sp)
+        .arg(&zp)
+        .arg(&bp)
+        .arg(&yp)
+        .arg(&pp)
+        .arg(&cp);
+    for v in &ints {
+        b.arg(v);
+    }
+    // SAFETY: the argument list matches `awq_stream_*` in kernels/awq_gemm.cu (9 pointers, 7 ints); x holds
+    // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
+    // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes
+    // `from_repacked` checked for (k, n, group), pointers are 8-byte aligned (checked above; the weight
+    // buffers are fresh allocations), and with splits > 1 the partials hold cols·splits·m·sw·64 floats and
+    // the counters `cols` zeros (`ensure` above; the kernel leaves them zero).
+    unsafe { b.launch(cfg) }.map_err(launch_error(&name))?;
+    Ok(())
+}
+
+/// Launches `awq_dequant_<T>` writing the dense W [n, k] of `w` to device address `out`.
+fn launch_dequant(
+    stream: &Arc<CudaStream>,
+    func: &CudaFunction,
+    name: &str,
+    w: &AwqGpuWeights,
+    out: u64,
+) -> Result<()> {
+    let (k, n) = (w.k, w.n);
+    check_aligned("the dense weight", out)?;
+    let total = w.strips() * (k / CHUNK_K) * 32;
+    let blocks = total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
+    let (qp, _gq) = w.qw.device_ptr(stream);
+    let (sp, _gs) = w.scales.device_ptr(stream);
+    let (zp, _gz) = w.zeros.device_ptr(stream);
+    let ints: [i32; 4] = [n as i32, k as i32, w.strips() as i32, w.group as i32];
+    let mut b = stream.launch_builder(func);
+    b.arg(&qp).arg(&sp).arg(&zp).arg(&out);
+    for v in &ints {
+        b.arg(v);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matches `awq_dequant_*` (4 pointers, 4 ints); the weight buffers have the sizes checked in
+    // `from_repacked`, the caller guarantees `out` holds n·k 16-bit values; the grid-stride loop covers every
+    // lane-chunk and writes only columns < n.
+    unsafe { b.launch(cfg) }.map_err(launch_error(name))?;
+    Ok(())
+}
+
+/// Writes the dense dequantized weight W [n, k] (row-major, each value round_T((q - z)·s)) into `out`
+/// (exactly n·k elements). The first step of the large-m path; public for tests and debugging.
+pub fn dequantize<T: AwqFloat>(
+    gpu: &Gpu,
+    w: &AwqGpuWeights,
+    out: &mut CudaViewMut<T>,
+) -> Result<()> {
+    if T::DTYPE != w.dtype {
+        return Err(Error::DType {
+            op: OP,
+            expected: w.dtype,
+            got: T::DTYPE,
+        });
+    }
+    if out.len() != w.n * w.k {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "out has {} elements, expected n·k = {}·{}",
+                out.len(),
+                w.n,
+                w.k
+            ),
+        ));
+    }
+    let stream = Arc::clone(gpu.stream());
+    let name = format!("awq_dequant_{}", T::NAME);
+    let func = with_workspace(gpu, |ws| ws.function(gpu, &name))?;
+    let (op, _go) = out.device_ptr_mut(&stream);
+    launch_dequant(&stream, &func, &name, w, op)
+}
+
+fn launch_dequant_gemm<T: AwqFloat>(
+    gpu: &Gpu,
+    ws: &mut Workspace,
+    x: &CudaView<T>,
+    m: usize,
+    w: &AwqGpuWeights,
+    bias: Option<&CudaView<T>>,
+    y: &mut CudaViewMut<T>,
+) -> Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
+    let stream = Arc::clone(gpu.stream());
+    let (k, n) = (w.k, w.n);
+    if m > i32::MAX as usize {
+        return Err(Error::shape(OP, format!("m = {m} too large for cuBLAS")));
+    }
+    let dq_name = format!("awq_dequant_{}", T::NAME);
+    let dq = ws.function(gpu, &dq_name)?;
+    let bias_fn = ws.function(gpu, "awq_bias_rows")?;
+    ensure(&stream, &mut ws.dense, n * k, "dense-weight workspace")?;
+    let dense = ws
+        .dense
+        .as_mut()
+        .ok_or_else(|| Error::Cuda("AWQ workspace missing".into()))?;
+
+    // 1. W [n, k] in T.
+    {
+        let (dp, _gd) = dense.device_ptr_mut(&stream);
+        launch_dequant(&stream, &dq, &dq_name, w, dp)?;
+    }
+
+    // 2. y = bias rows (then beta = 1), or beta = 0 (y is not read).
+    let beta = if let Some(bv) = bias {
+        let (bp, _gb) = bv.device_ptr(&stream);
+        let (yp, _gy) = y.device_ptr_mut(&stream);
+        let ints: [i32; 2] = [m as i32, n as i32];
+        let mut b = stream.launch_builder(&bias_fn);
+        b.arg(&bp).arg(&yp);
+        for v in &ints {
+            b.arg(v);
+        }
+        let blocks = (m * n).div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches `awq_bias_rows` (2 pointers, 2 ints); bias holds n and y m·n 16-bit values.
+        unsafe { b.launch(cfg) }.map_err(launch_error("awq_bias_rows"))?;
+        T::from_f32(1.0)
+    } else {
+        T::from_f32(0.0)
+    };
+
+    // 3. Row-major y[m, n] = x[m, k] · W[n, k]ᵀ is column-major yᵀ[n, m] = op_T(W as k×n) · (x as k×m).
+    // SAFETY: the workspace holds at least n·k values and is viewed as T (same size and alignment as u16;
+    // every value was just written by the dequantization kernel as a T).
+    let wv: CudaView<T> = unsafe { dense.transmute::<T>(n * k) }
+        .ok_or_else(|| Error::Cuda("AWQ dense workspace too small".into()))?;
+    let blas = gpu.blas()?;
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: T::from_f32(1.0),
+        lda: k as i32,
+        ldb: k as i32,
+        beta,
+        ldc: n as i32,
+    };
+    // SAFETY: A = W [n, k] row-major (k×n column-major, lda = k, n·k values), B = x [m, k] row-major (k×m,
+    // ldb = k, m·k values), C = y [m, n] row-major (n×m, ldc = n, m·n values): all in bounds.
+    unsafe { blas.gemm(cfg, &wv, x, y) }.map_err(|e| cuda_error("cuBLAS GEMM (AWQ prefill)", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nibble_places_cover_each_tile_and_row_once() {
+        let mut seen = [[false; 4]; 2];
+        for i in 0..8 {
+            let (tile, kk) = nibble_place(i);
+            assert!(!seen[tile][kk]);
+            seen[tile][kk] = true;
+        }
+        // The kernel's reading: shift 0 -> nibbles (0, 4) = tile 0 rows (0, 1); shift 4 -> (1, 5) = rows
+        // (2, 3); shift 8 -> (2, 6) = tile 1 rows (0, 1); shift 12 -> (3, 7) = tile 1 rows (2, 3).
+        assert_eq!(
+            [0, 4, 1, 5, 2, 6, 3, 7].map(nibble_place),
+            [
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (1, 0),
+                (1, 1),
+                (1, 2),
+                (1, 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_load_batch_divides_the_chunks_of_a_group() {
+        for (group, m, cb) in [
+            (32, 1, 2),
+            (64, 16, 4),
+            (128, 1, 8),
+            (256, 20, 8),
+            (48, 1, 1),
+            (96, 1, 2),
+            (128, 64, 2),
+            (16, 1, 1),
+        ] {
+            assert_eq!(
+                stream_plan(m, 10, 4, group, 132).cb,
+                cb,
+                "group {group}, m {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn plans_fill_the_gpu_and_cover_every_group() {
+        for (m, strips, groups) in [
+            (1, 160, 64),
+            (16, 128, 64),
+            (16, 924, 64),
+            (16, 128, 231),
+            (64, 16, 64),
+            (3, 1, 1),
+            (40, 2, 3),
+        ] {
+            let p = stream_plan(m, strips, groups, 128, 132);
+            assert_eq!(p.cb, if p.mt == 4 { 2 } else { 8 });
+            let kw = 8 / p.sw;
+            assert!(p.splits * p.gpw * kw >= groups, "{p:?}");
+            assert!(
+                (p.splits - 1) * p.gpw * kw < groups,
+                "{p:?}: an empty split"
+            );
+            assert!(p.splits <= MAX_SPLITS && p.mt * 16 >= m.min(64));
+            assert_eq!(p.cols, strips.div_ceil(p.sw));
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The GPU AWQ linear (`ops::awq::cuda`) against the CPU reference (`ops::awq::cpu`) on the same inputs.
+//!
+//! - The repacking (CPU, runs everywhere with feature `cuda`): reading the repacked buffers back gives exactly
+//!   the CPU dequantization (scales rounded to the activation type).
+//! - The dequantization kernel: bit-identical to round_T(CPU dequantization); this pins the layout as the
+//!   kernels read it (nibble order, strips, scales, zeros).
+//! - `awq_linear`, both paths (the streaming tensor-core kernel and dequantize + cuBLAS) and the dispatched
+//!   one, on random shapes (proptest) and on fixed shapes that reach every kernel variant: m-tiles 1/2/4,
+//!   one or two strips per block, split-K with 1 to 8 splits, partial last strips, groups 32..256, large m.
+//!   Outputs are poisoned with NaN first; every element must be written and finite.
+//!
+//! Tolerance (the FA3 rule: at most about twice the error of the same computation done naively in the low
+//! precision). The oracle `ref` is the CPU reference in f32 on the same T-rounded inputs (its own error is
+//! ~1e-6·S, S = Σ_k |x_k·w_k| + |bias|). The naive low-precision computation is `naive` = round_T(Σ_k x_k ·
+//! round_T(w_k) + bias) in f64: the weight rounded to T as any f16/bf16 GEMM on dequantized weights has it,
+//! exact products, one final rounding. We accept |gpu − ref| ≤ 2·|naive − ref| + 2·u·|ref| + 1e-5·S, where
+//! u is T's unit roundoff: the 2·u·|ref| term allows the final rounding to land on the other neighbour of a
+//! value that the naive one rounds the other way (f32 accumulation order), 1e-5·S covers f32 accumulation
+//! over k ≤ 4096 and the oracle's own error. A wrong nibble, scale or zero anywhere shifts a result by about
+//! |x|·s, far above this bound for f16 and, summed over a row, for bf16.
+//!
+//! Without a GPU the device tests print a note and pass; `REQUIRE_GPU=1` makes that a failure.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use awq_kernels::awq_format::pack_word;
+use awq_kernels::cuda::{gpu_for_tests, Gpu};
+use awq_kernels::ops::awq::cpu::{self, AwqWeights};
+use awq_kernels::ops::awq::cuda::{
+    awq_linear, awq_linear_with, dequantize, repack, unpack_dequantize, AwqFloat, AwqGpuWeights,
+    AwqPath,
+};
+use awq_kernels::{DType, FloatElement};
+use cudarc::cublas::{CudaBlas, Gemm};
+use half::{bf16, f16};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// AutoAWQ tensors of a random layer: codes uniform in 0..16, zero points with 0 and 15 in every group,
+/// positive scales like AWQ's (2e-3 .. 3e-2).
+struct Layer<S> {
+    qweight: Vec<u32>,
+    qzeros: Vec<u32>,
+    scales: Vec<S>,
+    k: usize,
+    n: usize,
+    group: usize,
+}
+
+impl<S: FloatElement> Layer<S> {
+    fn random(k: usize, n: usize, group: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ng = k / group;
+        let pack = |codes: &[u32]| -> Vec<u32> {
+            codes
+                .chunks_exact(8)
+                .map(|c| pack_word([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()
+        };
+        let q: Vec<u32> = (0..k * n).map(|_| rng.gen_range(0..16)).collect();
+        let z: Vec<u32> = (0..ng * n)
+            .map(|i| match i % 7 {
+                0 => 0,
+                1 => 15,
+                _ => rng.gen_range(0..16),
+            })
+            .collect();
+        let scales = (0..ng * n)
+            .map(|_| S::from_f32(rng.gen_range(0.002f32..0.03)))
+            .collect();
+        Layer {
+            qweight: pack(&q),
+            qzeros: pack(&z),
+            scales,
+            k,
+            n,
+            group,
+        }
+    }
+
+    fn weights(&self) -> AwqWeights<'_, S> {
+        AwqWeights {
+            qweight: &self.qweight,
+            qzeros: &self.qzeros,
+            scales: &self.scales,
+            k: self.k,
+            n: self.n,
+            group: self.group,
+        }
+    }
+}
+
+fn unit_roundoff(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 2f64.powi(-8),
+        _ => 2f64.powi(-11),
+    }
+}
+
+fn round_to<T: FloatElement>(v: f64) -> f64 {
+    T::from_f32(v as f32).to_f32() as f64
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    m: usize,
+    k: usize,
+    n: usize,
+    group: usize,
+    bias: bool,
+    seed: u64,
+}
+
+/// Runs `case` on the GPU through `path` and checks it against the CPU reference.
+fn check<T: AwqFloat>(gpu: &Arc<Gpu>, case: Case, path: AwqPath) -> Result<(), String>
+where
+    CudaBlas: Gemm<T>,
+{
+    let Case {
+        m,
+        k,
+        n,
+        group,
+        bias,
+        seed,
+    } = case;
+    let layer = Layer::<T>::random(k, n, group, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let x: Vec<T> = (0..m * k)
+        .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
+        .collect();
+    let b: Option<Vec<T>> = bias.then(|| {
+        (0..n)
+            .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
+            .collect()
+    });
+
+    // CPU oracle on the same (T-rounded) inputs, in f32.
+    let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let bf: Option<Vec<f32>> = b.as_ref().map(|b| b.iter().map(|v| v.to_f32()).collect());
+    let mut want = vec![f32::NAN; m * n];
+    cpu::awq_linear(&xf, m, layer.weights(), bf.as_deref(), &mut want);
+    let wd = cpu::dequantize(layer.weights()); // [n, k], exact (q - z)·s
+
+    // GPU.
+    let w = AwqGpuWeights::upload(
+        gpu,
+        &layer.qweight,
+        &layer.qzeros,
+        &layer.scales,
+        k,
+        n,
+        group,
+        T::DTYPE,
+    )
+    .map_err(|e| e.to_string())?;
+    let stream = gpu.stream();
+    let xd = stream.clone_htod(&x).map_err(|e| format!("{e:?}"))?;
+    let bd = match &b {
+        Some(b) => Some(stream.clone_htod(b).map_err(|e| format!("{e:?}"))?),
+        None => None,
+    };
+    let mut yd = stream
+        .clone_htod(&vec![T::from_f32(f32::NAN); m * n])
+        .map_err(|e| format!("{e:?}"))?;
+    let bv = bd.as_ref().map(|b| b.as_view());
+    awq_linear_with(
+        gpu,
+        &xd.as_view(),
+        m,
+        &w,
+        bv.as_ref(),
+        &mut yd.as_view_mut(),
+        path,
+    )
+    .map_err(|e| e.to_string())?;
+    gpu.synchronize().map_err(|e| e.to_string())?;
+    let got: Vec<T> = stream.clone_dtoh(&yd).map_err(|e| format!("{e:?}"))?;
+
+    let u = unit_roundoff(T::DTYPE);
+    for i in 0..m {
+        for col in 0..n {
+            let g = got[i * n + col].to_f32() as f64;
+            let r = want[i * n + col] as f64;
+            let (mut naive, mut s) = (0.0f64, 0.0f64);
+            for row in 0..k {
+                let xv = xf[i * k + row] as f64;
+                let wv = wd[col * k + row] as f64;
+                naive += xv * round_to::<T>(wv);
+                s += (xv * wv).abs();
+            }
+            if let Some(bf) = &bf {
+                naive += bf[col] as f64;
+                s += (bf[col] as f64).abs();
+            }
+            let naive = round_to::<T>(naive);
+            let tol = 2.0 * (naive - r).abs() + 2.0 * u * r.abs() + 1e-5 * s + 1e-30;
+            if !g.is_finite() || (g - r).abs() > tol {
+                return Err(format!(
+                    "{case:?} {} {path:?}: y[{i}][{col}] = {g}, reference {r}, naive {naive}, tolerance {tol}",
+                    T::NAME
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_both_dtypes(gpu: &Arc<Gpu>, case: Case, path: AwqPath) {
+    check::<f16>(gpu, case, path).unwrap();
+    check::<bf16>(gpu, case, path).unwrap();
+}
+
+#[test]
+fn repacking_reads_back_as_the_cpu_dequantization() {
+    for (k, n, group, seed) in [
+        (128, 8, 128, 1),
+        (256, 72, 64, 2),
+        (96, 136, 32, 3),
+        (512, 64, 256, 4),
+    ] {
+        let layer = Layer::<f32>::random(k, n, group, seed);
+        let wd = cpu::dequantize(layer.weights());
+        for dtype in [DType::F16, DType::BF16] {
+            let r = repack(
+                &layer.qweight,
+                &layer.qzeros,
+                &layer.scales,
+                k,
+                n,
+                group,
+                dtype,
+            )
+            .unwrap();
+            assert_eq!(r.qw.len(), n.div_ceil(64) * (k / 16) * 128);
+            let back = unpack_dequantize(&r);
+            for col in 0..n {
+                for row in 0..k {
+                    let g = row / group;
+                    // The reference with the scale rounded to the activation type, as the GPU stores it.
+                    let s = match dtype {
+                        DType::BF16 => bf16::from_f32(layer.scales[g * n + col]).to_f32(),
+                        _ => f16::from_f32(layer.scales[g * n + col]).to_f32(),
+                    };
+                    let orig_s = layer.scales[g * n + col];
+                    let q_minus_z = (wd[col * k + row] / orig_s).round(); // exact: wd = (q - z)·s in f32
+                    let want = q_minus_z * s;
+                    assert_eq!(
+                        back[col * k + row],
+                        want,
+                        "k={k} n={n} group={group} {dtype} at ({col},{row})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_shapes_are_rejected_before_any_device_work() {
+    let layer = Layer::<f16>::random(48, 8, 8, 5);
+    let err = repack(
+        &layer.qweight,
+        &layer.qzeros,
+        &layer.scales,
+        48,
+        8,
+        8,
+        DType::F16,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("multiple of 16"), "{err}");
+    let layer = Layer::<f16>::random(128, 16, 128, 6);
+    assert!(repack(
+        &layer.qweight,
+        &layer.qzeros,
+        &layer.scales[1..],
+        128,
+        16,
+        128,
+        DType::F16
+    )
+    .is_err());
+    assert!(repack(
+        &layer.qweight,
+        &layer.qzeros,
+        &layer.scales,
+        128,
+        16,
+        128,
+        DType::F32
+    )
+    .is_err());
+}
+
+fn dequant_exact<T: AwqFloat>(gpu: &Arc<Gpu>, k: usize, n: usize, group: usize, seed: u64) {
+    let layer = Layer::<T>::random(k, n, group, seed);
+    let wd = cpu::dequantize(layer.weights());
+    let w = AwqGpuWeights::upload(
+        gpu,
+        &layer.qweight,
+        &layer.qzeros,
+        &layer.scales,
+        k,
+        n,
+        group,
+        T::DTYPE,
+    )
+    .unwrap();
+    // The repacked buffers survive the round trip.
+    let r = w.download(gpu).unwrap();
+    let back = unpack_dequantize(&r);
+    assert_eq!(back, wd, "repacked buffers read back from the GPU");
+    let stream = gpu.stream();
+    let mut out = stream
+        .clone_htod(&vec![T::from_f32(f32::NAN); n * k])
+        .unwrap();
+    dequantize(gpu, &w, &mut out.as_view_mut()).unwrap();
+    gpu.synchronize().unwrap();
+    let got: Vec<T> = stream.clone_dtoh(&out).unwrap();
+    for col in 0..n {
+        for row in 0..k {
+            let want = T::from_f32(wd[col * k + row]);
+            let g = got[col * k + row];
+            assert!(
+                bytemuck::bytes_of(&g) == bytemuck::bytes_of(&want),
+                "{} k={k} n={n} group={group}: W[{col}][{row}] = {}, want {}",
+                T::NAME,
+                g.to_f32(),
+                want.to_f32()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_dequantization_kernel_is_bit_exact() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    for (k, n, group, seed) in [
+        (128, 8, 128, 11),
+        (256, 200, 64, 12),
+        (96, 64, 32, 13),
+        (512, 72, 256, 14),
+    ] {
+        dequant_exact::<f16>(&gpu, k, n, group, seed);
+        dequant_exact::<bf16>(&gpu, k, n, group, seed + 100);
+    }
+}
+
+#[test]
+fn random_shapes_match_the_cpu_reference_on_both_paths() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    let strategy = (
+        1usize..=40,
+        1usize..=4,
+        prop_oneof![Just(32usize), Just(64), Just(128)],
+        1usize..=40,
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |(m, ng, group, n8, bias, use_bf16, seed)| {
+            let case = Case {
+                m,
+                k: ng * group,
+                n: 8 * n8,
+                group,
+                bias,
+                seed,
+            };
+            for path in [AwqPath::Auto, AwqPath::DequantGemm] {
+                let r = if use_bf16 {
+                    check::<bf16>(&gpu, case, path)
+                } else {
+                    check::<f16>(&gpu, case, path)
+                };
+                r.map_err(TestCaseError::fail)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn split_k_and_every_m_tile_match() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    // 64 groups along k on few strips: the plan splits k (up to 8 ways) and the last block sums partials.
+    for (m, k, n, group, bias) in [
+        (1, 4096, 72, 64, true),
+        (16, 4096, 72, 64, false),
+        (37, 4096, 72, 64, true),
+        (64, 2048, 136, 32, true),
+        (5, 512, 64, 256, false),
+        (23, 8192, 8, 128, true),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias,
+            seed: (m * 31 + k) as u64,
+        };
+        check_both_dtypes(&gpu, case, AwqPath::Stream);
+    }
+}
+
+#[test]
+fn wide_layers_use_two_strips_per_block_and_match() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    // n ≥ 64 strips selects two strips per block; 4104 columns = 64 full strips and a partial one, so the
+    // last column block holds one strip that is partly padding and one that does not exist.
+    for (m, k, n, bias) in [
+        (1, 512, 4104, true),
+        (16, 256, 4104, false),
+        (20, 256, 4160, true),
+        (64, 128, 4104, true),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group: 128,
+            bias,
+            seed: (m + n) as u64,
+        };
+        check_both_dtypes(&gpu, case, AwqPath::Stream);
+    }
+}
+
+#[test]
+fn large_m_goes_through_the_gemm_path_and_matches() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    for (m, k, n, group, bias) in [
+        (300, 256, 136, 128, true),
+        (1100, 128, 64, 64, false),
+        (65, 384, 24, 128, true),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias,
+            seed: m as u64,
+        };
+        check_both_dtypes(&gpu, case, AwqPath::Auto);
+    }
+}
+
+#[test]
+fn bad_calls_are_errors() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    let layer = Layer::<f16>::random(128, 16, 128, 21);
+    let w = AwqGpuWeights::upload(
+        &gpu,
+        &layer.qweight,
+        &layer.qzeros,
+        &layer.scales,
+        128,
+        16,
+        128,
+        DType::F16,
+    )
+    .unwrap();
+    let stream = gpu.stream();
+    let x = stream.alloc_zeros::<f16>(2 * 128).unwrap();
+    let mut y = stream.alloc_zeros::<f16>(2 * 16).unwrap();
+    // Wrong m for x, wrong y length, a bias of the wrong length, bf16 activations for f16 weights.
+    assert!(awq_linear(&gpu, &x.as_view(), 3, &w, None, &mut y.as_view_mut()).is_err());
+    assert!(awq_linear(&gpu, &x.as_view(), 2, &w, None, &mut y.slice_mut(0..30)).is_err());
+    let bias = stream.alloc_zeros::<f16>(15).unwrap();
+    assert!(awq_linear(
+        &gpu,
+        &x.as_view(),
+        2,
+        &w,
+        Some(&bias.as_view()),
+        &mut y.as_view_mut()
+    )
+    .is_err());
+    let xb = stream.alloc_zeros::<bf16>(2 * 128).unwrap();
+    let mut yb = stream.alloc_zeros::<bf16>(2 * 16).unwrap();
+    assert!(awq_linear(&gpu, &xb.as_view(), 2, &w, None, &mut yb.as_view_mut()).is_err());
+    // The streaming kernel refuses more than 64 rows; m = 0 is a no-op.
+    let x70 = stream.alloc_zeros::<f16>(70 * 128).unwrap();
+    let mut y70 = stream.alloc_zeros::<f16>(70 * 16).unwrap();
+    assert!(awq_linear_with(
+        &gpu,
+        &x70.as_view(),
+        70,
+        &w,
+        None,
+        &mut y70.as_view_mut(),
+        AwqPath::Stream
+    )
+    .is_err());
+    let x0 = stream.alloc_zeros::<f16>(0).unwrap();
+    let mut y0 = stream.alloc_zeros::<f16>(0).unwrap();
+    awq_linear(&gpu, &x0.as_view(), 0, &w, None, &mut y0.as_view_mut()).unwrap();
+    // Zero inputs give exactly zero (and the kernels leave their split-K counters consistent).
+    awq_linear(&gpu, &x.as_view(), 2, &w, None, &mut y.as_view_mut()).unwrap();
+    gpu.synchronize().unwrap();
+    let got: Vec<f16> = stream.clone_dtoh(&y).unwrap();
+    assert!(got.iter().all(|v| v.to_f32() == 0.0));
+}
