@@ -15,6 +15,7 @@ impl Device {
     pub fn parse(name: &str) -> crate::Result<Device> {
         match name {
             "cpu" => Ok(Device::Cpu),
+            "cuda" if cfg!(feature = "cuda") => Ok(Device::Cuda(0)),
             "cuda" => Err(crate::Error::Unsupported(
                 "this build has no CUDA support; build with `--features cuda`, or use --device cpu"
                     .into(),

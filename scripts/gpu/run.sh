@@ -8,9 +8,21 @@ OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 QUICK=""
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
-# cuBLAS and the driver come from the machine's CUDA install (loaded at run time by the binaries).
+# cuBLAS and the driver come from the machine's CUDA install (loaded at run time by the binaries, which
+# look for `libcublas.so` / `libcublasLt.so`; link the versioned files under those names if needed).
+mkdir -p libs
 for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+for lib in libcublas libcublasLt; do
+    found=$(ls /usr/local/cuda*/targets/x86_64-linux/lib/$lib.so* /usr/local/cuda*/lib64/$lib.so* 2>/dev/null | head -1)
+    [ -n "$found" ] && ln -sf "$found" "libs/$lib.so"
+done
+export LD_LIBRARY_PATH="$PWD/libs:$LD_LIBRARY_PATH"
+
+# The executables travel gzipped (xtask shrink); unpack them once.
+for f in bin/*.gz internvl.gz; do
+    [ -f "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"
 done
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv \
@@ -23,7 +35,7 @@ export INTERNVL_FIXTURES="$PWD/../../fixtures"
 : > "$OUT/tests.log"
 for t in $(grep -v '^bench_' bin/LIST); do
     echo "== test $t" | tee -a "$OUT/tests.log"
-    REQUIRE_GPU=1 timeout 300 "./bin/$t" --test-threads=1 --nocapture >> "$OUT/tests.log" 2>&1
+    REQUIRE_GPU=1 timeout 240 "./bin/$t" --test-threads=1 --nocapture >> "$OUT/tests.log" 2>&1
     rc=$?
     grep -E "^test result|panicked|FAILED" "$OUT/tests.log" | tail -3
     [ $rc -ne 0 ] && { echo "test $t FAILED (rc=$rc)"; failed=1; }
@@ -37,10 +49,10 @@ tail -2 "$OUT/tests.log"
 : > "$OUT/bench.log"
 for b in $(grep '^bench_' bin/LIST); do
     echo "== bench $b"
-    timeout 300 "./bin/$b" $QUICK >> "$OUT/bench.log" 2>&1 || { echo "bench $b failed"; failed=1; }
+    timeout 240 "./bin/$b" $QUICK >> "$OUT/bench.log" 2>&1 || { echo "bench $b failed"; failed=1; }
 done
 echo "== torch peer"
-PYTHONUNBUFFERED=1 timeout 300 python3 torch_peer.py $QUICK > "$OUT/peer.log" 2>&1 || { echo "peer failed"; tail -5 "$OUT/peer.log"; failed=1; }
+PYTHONUNBUFFERED=1 timeout 240 python3 torch_peer.py $QUICK > "$OUT/peer.log" 2>&1 || { echo "peer failed"; tail -5 "$OUT/peer.log"; failed=1; }
 
 python3 summarize.py "$OUT/gpu.txt" "$OUT/bench.log" "$OUT/peer.log" > "$OUT/table.md" 2>&1
 cat "$OUT/table.md"

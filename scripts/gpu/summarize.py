@@ -37,9 +37,10 @@ def main():
     peer = {(r["k"], r["n"], r["m"]): r["us"] for r in rows if r.get("impl") == "cublas_f16"}
     print(f"Card: {card}")
     print(f"Copy bandwidth (read + written): {copy_tbs:.2f} TB/s\n")
-    print("| K x N | M | dtype | AWQ us | weight TB/s | % of copy | TFLOP/s | cuBLAS fp16 us | cuBLAS TFLOP/s | speedup |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted((r for r in rows if r.get("impl") == "awq"), key=lambda r: (r["k"], r["n"], r["dtype"], r["m"])):
+    print("| K x N | M | dtype | path | AWQ us | weight TB/s | % of copy | TFLOP/s | cuBLAS fp16 us | cuBLAS TFLOP/s | speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ours = (r for r in rows if str(r.get("impl", "")).startswith("awq"))
+    for r in sorted(ours, key=lambda r: (r["k"], r["n"], r["dtype"], r["m"], r["impl"])):
         k, n, m, us = r["k"], r["n"], r["m"], r["us"]
         wbytes = n * k / 2 + n * k / GROUP / 2 + n * k / GROUP * 2
         tbs = wbytes / us / 1e6
@@ -47,7 +48,8 @@ def main():
         p = peer.get((k, n, m))
         ptf = 2 * m * n * k / p / 1e6 if p else float("nan")
         speed = p / us if p else float("nan")
-        print(f"| {k} x {n} | {m} | {r['dtype']} | {us:.1f} | {tbs:.2f} | {100 * tbs / copy_tbs:.0f}% | {tflops:.0f} | "
+        path = {"awq": "auto", "awq_stream": "stream", "awq_dequant_gemm": "dequant+cuBLAS"}.get(r["impl"], r["impl"])
+        print(f"| {k} x {n} | {m} | {r['dtype']} | {path} | {us:.1f} | {tbs:.2f} | {100 * tbs / copy_tbs:.0f}% | {tflops:.0f} | "
               f"{p if p else float('nan'):.1f} | {ptf:.0f} | {speed:.2f}x |")
 
 

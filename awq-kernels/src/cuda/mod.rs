@@ -38,7 +38,12 @@ pub struct Gpu {
 impl Gpu {
     /// Opens GPU `ordinal`. Fails with a clear error when there is no driver or no such GPU.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
-        // cudarc panics when it cannot find the driver library; turn that into an error.
+        if !driver_library_present() {
+            return Err(Error::Cuda(
+                "no CUDA driver found (libcuda.so.1); is this a GPU machine?".into(),
+            ));
+        }
+        // cudarc panics when it cannot load a library; turn any such panic into an error too.
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| {
                 Error::Cuda("no CUDA driver found (libcuda.so); is this a GPU machine?".into())
@@ -67,7 +72,12 @@ impl Gpu {
             )));
         }
         SHARED
-            .get_or_init(|| Gpu::new(0).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                Gpu::new(0).map_err(|e| match e {
+                    Error::Cuda(message) => message,
+                    other => other.to_string(),
+                })
+            })
             .clone()
             .map_err(Error::Cuda)
     }
@@ -129,6 +139,16 @@ impl Gpu {
             .synchronize()
             .map_err(|e| cuda_error("synchronizing the stream", e))
     }
+}
+
+/// Whether the CUDA driver library can be loaded (checked first, so a machine without a GPU gets an error
+/// instead of cudarc's panic message).
+fn driver_library_present() -> bool {
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        // SAFETY: loading the driver library runs its initializers, which have no preconditions; the
+        // handle is dropped at once (cudarc loads it again for itself).
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
 }
 
 /// Whether a GPU can be used here; with `REQUIRE_GPU=1` a missing GPU is an error instead of `false`
