@@ -77,14 +77,15 @@ __device__ void add_bias(T* __restrict__ y, const T* __restrict__ bias, long lon
 }
 
 // Rotate-half RoPE in place on x [t, heads, d]; grid = (t, heads), block = d/2 threads.
-// Angles as transformers computes them in f32: inv_freq = 1 / theta^(2i/d), angle = pos * inv_freq.
+// inv_freq [d/2] comes from the host (computed once as transformers does, 1 / theta^(2i/d) in f32), so the
+// angle pos * inv_freq is the same f32 product on both sides even at positions of tens of thousands.
 template <typename T>
-__device__ void rope(T* __restrict__ x, const int* __restrict__ positions, int heads, int d, float theta) {
+__device__ void rope(T* __restrict__ x, const int* __restrict__ positions, const float* __restrict__ inv_freq,
+                     int heads, int d) {
     int i = threadIdx.x, half_d = d / 2;
     if (i >= half_d) return;
     T* head = x + ((size_t)blockIdx.x * heads + blockIdx.y) * d;
-    float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)d);
-    float angle = (float)positions[blockIdx.x] * inv_freq;
+    float angle = (float)positions[blockIdx.x] * inv_freq[i];
     float c = cosf(angle), s = sinf(angle);
     float a = to_f32(head[i]), b = to_f32(head[i + half_d]);
     head[i] = from_f32<T>(a * c - b * s);
@@ -160,8 +161,9 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
     extern "C" __global__ void add_bias_##name(T* y, const T* bias, long long total, int n) {                \
         add_bias<T>(y, bias, total, n);                                                                      \
     }                                                                                                        \
-    extern "C" __global__ void rope_##name(T* x, const int* positions, int heads, int d, float theta) {      \
-        rope<T>(x, positions, heads, d, theta);                                                              \
+    extern "C" __global__ void rope_##name(T* x, const int* positions, const float* inv_freq, int heads,     \
+                                           int d) {                                                          \
+        rope<T>(x, positions, inv_freq, heads, d);                                                           \
     }                                                                                                        \
     extern "C" __global__ void kv_write_##name(const T* k, const T* v, T* kc, T* vc, const int* slots,      \
                                                int width) {                                                  \

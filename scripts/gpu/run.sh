@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle made by `cargo xtask gpu-bundle`: every GPU test (REQUIRE_GPU=1),
 # then every GPU bench next to its torch peer on the same card, and prints a short table last.
-# Full logs go to $OUT (at most 8 files). `bash run.sh --quick` times fewer batch sizes.
+# Full logs go to $OUT (at most 8 files). `bash run.sh --quick` times fewer batch sizes; `--tests-only`
+# skips the benches.
 set -uo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 QUICK=""
+TESTS_ONLY=0
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
+[ "${1:-}" = "--tests-only" ] && TESTS_ONLY=1
 # cuBLAS and the driver come from the machine's CUDA install (loaded at run time by the binaries, which
 # look for `libcublas.so` / `libcublasLt.so`; link the versioned files under those names if needed).
 mkdir -p libs
@@ -45,6 +48,11 @@ echo "== internvl generate --device cuda (embedded checkpoint)" | tee -a "$OUT/t
 timeout 120 ./internvl generate --device cuda --max-new-tokens 16 --ignore-eos "Hello" >> "$OUT/tests.log" 2>&1 \
     || { echo "internvl on the GPU FAILED"; failed=1; }
 tail -2 "$OUT/tests.log"
+
+if [ $TESTS_ONLY -eq 1 ]; then
+    [ $failed -ne 0 ] && echo "SOME CHECKS FAILED"
+    exit $failed
+fi
 
 : > "$OUT/bench.log"
 for b in $(grep '^bench_' bin/LIST); do

@@ -130,6 +130,20 @@ impl Gpu {
             std::panic::catch_unwind(|| cudarc::cublas::CudaBlas::new(Arc::clone(&self.stream)))
                 .map_err(|_| Error::Cuda("cuBLAS library not found (libcublas.so)".into()))?
                 .map_err(|e| cuda_error("creating the cuBLAS handle", e))?;
+        // cuBLAS may by default reduce split-K partial sums of f16/bf16 GEMMs in f16/bf16; we accumulate in
+        // f32 everywhere, so forbid that (a few ulps of error otherwise, seen on an H200).
+        // SAFETY: the handle is valid (just created) and the mode is a valid enum value.
+        let status = unsafe {
+            cudarc::cublas::sys::cublasSetMathMode(
+                *blas.handle(),
+                cudarc::cublas::sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+            )
+        };
+        if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(Error::Cuda(format!(
+                "setting the cuBLAS math mode: {status:?}"
+            )));
+        }
         Ok(Arc::clone(self.blas.get_or_init(|| Arc::new(blas))))
     }
 

@@ -175,12 +175,13 @@ pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
     })
 }
 
-/// Rotary embedding in place on `x` `[t, heads, d]`.
-pub fn rope_inplace(x: &mut Tensor, positions: &[usize], theta: f32) -> Result<()> {
+/// Rotary embedding in place on `x` `[t, heads, d]`, with `inv_freq` `[d/2]` from the CPU's table.
+pub fn rope_inplace(x: &mut Tensor, positions: &[usize], inv_freq: &[f32]) -> Result<()> {
     let gpu = gpu_of(x)?;
     let (t, heads, d) = (x.dim(0), x.dim(1), x.dim(2));
     let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
     let pos_gpu = upload_i32(&gpu, &pos)?;
+    let freq_gpu = GpuBuffer::from_slice(&gpu, inv_freq)?;
     let dtype = x.dtype();
     let xb = x.gpu_buffer_mut()?;
     float_dispatch!(dtype, "rope", |T, sfx| {
@@ -190,15 +191,16 @@ pub fn rope_inplace(x: &mut Tensor, positions: &[usize], theta: f32) -> Result<(
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(xb.slice_mut::<T>()?)
             .arg(pos_gpu.slice::<i32>()?)
+            .arg(freq_gpu.slice::<f32>()?)
             .arg(&h)
-            .arg(&dd)
-            .arg(&theta);
+            .arg(&dd);
         let cfg = LaunchConfig {
             grid_dim: (t as u32, heads as u32, 1),
             block_dim: ((d / 2) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: x is [t, heads, d] with d even and d/2 <= 1024 threads; positions has t entries.
+        // SAFETY: x is [t, heads, d] with d even and d/2 <= 1024 threads; positions has t entries and
+        // inv_freq d/2.
         unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })

@@ -217,6 +217,45 @@ impl Linear {
             Linear::DenseGpu { weight, bias } => {
                 crate::cuda::ops::dense_linear(x, weight, bias.as_ref(), m, k, n)?.reshape(&shape)
             }
+            Linear::AwqGpu { weights, bias, .. } => {
+                let xb = x.gpu_buffer()?;
+                let gpu = std::sync::Arc::clone(&xb.gpu);
+                let mut y = crate::cuda::buffer::GpuBuffer::output(&gpu, x.dtype(), m * n)?;
+                match x.dtype() {
+                    DType::F16 => {
+                        let b = bias.as_ref().map(|b| b.gpu_buffer()).transpose()?;
+                        let bv = b.map(|b| b.view::<f16>()).transpose()?;
+                        super::awq::cuda::awq_linear::<f16>(
+                            &gpu,
+                            &xb.view::<f16>()?,
+                            m,
+                            weights,
+                            bv.as_ref(),
+                            &mut y.view_mut::<f16>()?,
+                        )?
+                    }
+                    DType::BF16 => {
+                        let b = bias.as_ref().map(|b| b.gpu_buffer()).transpose()?;
+                        let bv = b.map(|b| b.view::<bf16>()).transpose()?;
+                        super::awq::cuda::awq_linear::<bf16>(
+                            &gpu,
+                            &xb.view::<bf16>()?,
+                            m,
+                            weights,
+                            bv.as_ref(),
+                            &mut y.view_mut::<bf16>()?,
+                        )?
+                    }
+                    other => {
+                        return Err(Error::DType {
+                            op: "AWQ linear (GPU)",
+                            expected: DType::F16,
+                            got: other,
+                        })
+                    }
+                }
+                Tensor::from_gpu_buffer(y, &shape)
+            }
             _ => Err(Error::Unsupported(
                 "a CPU layer was given a GPU input; move the model with to_device".into(),
             )),

@@ -17,6 +17,11 @@ impl RopeTable {
     pub fn half_dim(&self) -> usize {
         self.inv_freq.len()
     }
+
+    /// `inv_freq[i]` for `i < d/2` (the GPU kernel takes this table so both sides rotate by the same angles).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
 }
 
 /// Rotates `x` `[t, heads, d]`: for `i < d/2`, `(x_i, x_{i+d/2})` turn by `pos * inv_freq_i`.

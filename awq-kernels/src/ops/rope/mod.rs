@@ -21,11 +21,11 @@ pub fn rope_inplace(x: &mut Tensor, positions: &[usize], theta: f32) -> Result<(
             ),
         ));
     }
+    let table = cpu::RopeTable::new(d, theta);
     #[cfg(feature = "cuda")]
     if x.device() != crate::Device::Cpu {
-        return crate::cuda::ops::rope_inplace(x, positions, theta);
+        return crate::cuda::ops::rope_inplace(x, positions, table.inv_freq());
     }
-    let table = cpu::RopeTable::new(d, theta);
     cpu::rope(x.as_mut_slice::<f32>()?, heads, positions, &table);
     Ok(())
 }
