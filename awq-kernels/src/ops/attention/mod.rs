@@ -1,4 +1,5 @@
-//! Causal attention with grouped-query heads over the paged KV cache, for prefill and decode alike.
+//! Causal attention with grouped-query heads over the paged KV cache, for prefill and decode alike, and
+//! full (bidirectional) attention over a batch of sequences held in memory (the vision encoder).
 
 pub mod cpu;
 
@@ -88,4 +89,26 @@ pub fn paged_attention(
     let mut out = vec![0.0f32; t * heads * d];
     cpu::paged_attention(q_data, heads, cache, layer, seqs, scale, &mut out);
     Tensor::from_vec(out, &[t, heads, d])
+}
+
+/// `softmax(q·kᵀ·scale)·v` without a mask, independently for each of `b` sequences and `h` heads, for `q`, `k`,
+/// `v` `[b, s, h, d]` (f32). Returns `[b, s, h, d]` (InternViT: every patch sees every patch of its tile).
+pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let op = "bidirectional_attention";
+    let &[b, s, h, d] = q.shape() else {
+        return Err(Error::shape(
+            op,
+            format!("q must be [b, s, h, d], got {:?}", q.shape()),
+        ));
+    };
+    super::expect_shape(op, "k", k, q.shape())?;
+    super::expect_shape(op, "v", v, q.shape())?;
+    let (qs, ks, vs) = (
+        super::f32_slice(op, q)?,
+        super::f32_slice(op, k)?,
+        super::f32_slice(op, v)?,
+    );
+    let mut out = vec![0.0f32; b * s * h * d];
+    cpu::bidirectional_attention(qs, ks, vs, [b, s, h, d], scale, &mut out);
+    Tensor::from_vec(out, &[b, s, h, d])
 }
