@@ -19,7 +19,7 @@ pub struct TextModel {
     pub origin: String,
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -44,7 +44,7 @@ fn llm_config_and_prefix(root: &Value) -> (&Value, &'static str) {
 }
 
 /// Stop ids from `generation_config.json` (`eos_token_id`, a number or a list), else the chat end tokens.
-fn stop_ids(generation_config: Option<&Value>, tokenizer: &TextTokenizer) -> Vec<u32> {
+pub(crate) fn stop_ids(generation_config: Option<&Value>, tokenizer: &TextTokenizer) -> Vec<u32> {
     let from_file: Vec<u32> = match generation_config.and_then(|g| g.get("eos_token_id")) {
         Some(Value::Number(n)) => n.as_u64().map(|v| v as u32).into_iter().collect(),
         Some(Value::Array(items)) => items
@@ -63,6 +63,16 @@ fn stop_ids(generation_config: Option<&Value>, tokenizer: &TextTokenizer) -> Vec
         .collect()
 }
 
+/// `generation_config.json` of a checkpoint directory, if it has one.
+pub(crate) fn generation_config(dir: &Path) -> Result<Option<Value>> {
+    let path = dir.join("generation_config.json");
+    if path.exists() {
+        Ok(Some(read_json(&path)?))
+    } else {
+        Ok(None)
+    }
+}
+
 impl TextModel {
     /// Moves the language model to `device` (a GPU computes in the checkpoint's f16/bf16).
     pub fn to_device(mut self, device: awq_kernels::Device) -> Result<TextModel> {
@@ -79,13 +89,7 @@ impl TextModel {
         let weights = Arc::new(Weights::from_dir(dir)?);
         let llm = Qwen2::load(&config, &weights.scope(prefix))?;
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let gen_path = dir.join("generation_config.json");
-        let gen = if gen_path.exists() {
-            Some(read_json(&gen_path)?)
-        } else {
-            None
-        };
-        let stop_ids = stop_ids(gen.as_ref(), &tokenizer);
+        let stop_ids = stop_ids(generation_config(dir)?.as_ref(), &tokenizer);
         Ok(TextModel {
             llm,
             tokenizer,
