@@ -38,6 +38,9 @@ pub enum Error {
         per_tile: usize,
     },
 
+    #[error("the prompt has {placeholders} <image> placeholders for {images} images")]
+    ImagePlaceholderMismatch { placeholders: usize, images: usize },
+
     #[error("select_layer {select_layer} does not name a hidden state of a {layers}-layer vision encoder")]
     SelectLayer { select_layer: i64, layers: usize },
 

@@ -123,6 +123,8 @@ pub struct ImageTokens {
     pub context: u32,
 }
 
+/// What a prompt holds where an image goes, before [`InternVlModel::expand_image_placeholders`].
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
 pub const IMG_START: &str = "<img>";
 pub const IMG_END: &str = "</img>";
 pub const IMG_CONTEXT: &str = "<IMG_CONTEXT>";
@@ -195,6 +197,32 @@ impl InternVlModel {
     /// LLM rows (and `<IMG_CONTEXT>` tokens) per tile: 256 for 448-pixel tiles.
     pub fn tokens_per_tile(&self) -> usize {
         self.projector.tokens_per_tile(self.config.vision.grid())
+    }
+
+    /// Expands each `<image>` of a templated prompt, in order, into `<img>`, 256 `<IMG_CONTEXT>` per tile of
+    /// that image and `</img>` (spec 6.2 step 3). The count of `<image>` must equal the number of images.
+    pub fn expand_image_placeholders(
+        &self,
+        text: &str,
+        tiles_per_image: &[usize],
+    ) -> Result<String> {
+        let placeholders = text.matches(IMAGE_PLACEHOLDER).count();
+        if placeholders != tiles_per_image.len() {
+            return Err(Error::ImagePlaceholderMismatch {
+                placeholders,
+                images: tiles_per_image.len(),
+            });
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut pieces = text.split(IMAGE_PLACEHOLDER);
+        out.push_str(pieces.next().unwrap_or_default());
+        for (piece, &tiles) in pieces.zip(tiles_per_image) {
+            out.push_str(IMG_START);
+            out.push_str(&IMG_CONTEXT.repeat(tiles * self.tokens_per_tile()));
+            out.push_str(IMG_END);
+            out.push_str(piece);
+        }
+        Ok(out)
     }
 
     /// The ViT hidden state that `select_layer` picks, for tiles `pixels` `[n, 3, 448, 448]`:

@@ -208,6 +208,52 @@ fn greedy_generation_with_images_equals_transformers_for_both_flavours_and_three
 }
 
 #[test]
+fn expanding_the_image_placeholders_of_each_templated_prompt_gives_the_reference_ids() {
+    for variant in VARIANTS {
+        let model = load(variant);
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join(variant).join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        let reference = Reference::new(variant);
+        for (prompt, _) in PROMPTS {
+            let p = &meta["prompts"][prompt];
+            let tiles: Vec<usize> = p["num_patches_list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let text = model
+                .expand_image_placeholders(
+                    p["templated_before_expansion"].as_str().unwrap(),
+                    &tiles,
+                )
+                .unwrap();
+            let ids = model.text.tokenizer.encode(&text).unwrap();
+            assert_eq!(
+                ids,
+                reference.ids(&format!("{prompt}.prompt_ids")),
+                "{variant} {prompt}"
+            );
+        }
+        let err = model
+            .expand_image_placeholders("Image-1: <image>\nImage-2: <image>\nHi", &[1])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ImagePlaceholderMismatch {
+                    placeholders: 2,
+                    images: 1
+                }
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn image_token_ids_come_from_the_tokenizer_and_the_config_is_read() {
     let model = load("internvl-6b-like");
     let t = model.image_tokens;
