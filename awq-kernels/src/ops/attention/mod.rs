@@ -112,3 +112,38 @@ pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -
     cpu::bidirectional_attention(qs, ks, vs, [b, s, h, d], scale, &mut out);
     Tensor::from_vec(out, &[b, s, h, d])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    #[test]
+    fn bidirectional_attention_refuses_mismatched_or_non_4d_inputs() {
+        let q = Tensor::zeros(DType::F32, &[1, 5, 2, 4]);
+        let k = Tensor::zeros(DType::F32, &[1, 6, 2, 4]);
+        let err = bidirectional_attention(&q, &k, &q, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[1, 6, 2, 4]") && err.contains("[1, 5, 2, 4]"),
+            "{err}"
+        );
+        let flat = Tensor::zeros(DType::F32, &[5, 8]);
+        assert!(bidirectional_attention(&flat, &flat, &flat, 1.0).is_err());
+        let half = Tensor::zeros(DType::BF16, &[1, 5, 2, 4]);
+        assert!(bidirectional_attention(&half, &half, &half, 1.0).is_err());
+    }
+
+    #[test]
+    fn identical_keys_average_the_values_of_every_position() {
+        // With equal scores every query gets the mean of the values, whatever the scale.
+        let q = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[1, 3, 1, 1]).unwrap();
+        let k = Tensor::from_vec(vec![0.0f32; 3], &[1, 3, 1, 1]).unwrap();
+        let v = Tensor::from_vec(vec![3.0f32, 6.0, 9.0], &[1, 3, 1, 1]).unwrap();
+        let o = bidirectional_attention(&q, &k, &v, 0.7).unwrap();
+        for x in o.as_slice::<f32>().unwrap() {
+            assert!((x - 6.0).abs() < 1e-6, "{x}");
+        }
+    }
+}
