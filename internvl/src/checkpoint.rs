@@ -63,6 +63,16 @@ pub(crate) fn stop_ids(generation_config: Option<&Value>, tokenizer: &TextTokeni
         .collect()
 }
 
+/// `generation_config.json` of a checkpoint directory, if it has one.
+pub(crate) fn generation_config(dir: &Path) -> Result<Option<Value>> {
+    let path = dir.join("generation_config.json");
+    if path.exists() {
+        Ok(Some(read_json(&path)?))
+    } else {
+        Ok(None)
+    }
+}
+
 impl TextModel {
     /// Moves the language model to `device` (a GPU computes in the checkpoint's f16/bf16).
     pub fn to_device(mut self, device: awq_kernels::Device) -> Result<TextModel> {
@@ -81,13 +91,7 @@ impl TextModel {
         weights.verify(&qwen2::expected_tensors(&config, prefix))?;
         let llm = Qwen2::load(&config, &weights.scope(prefix))?;
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let gen_path = dir.join("generation_config.json");
-        let gen = if gen_path.exists() {
-            Some(read_json(&gen_path)?)
-        } else {
-            None
-        };
-        let stop_ids = stop_ids(gen.as_ref(), &tokenizer);
+        let stop_ids = stop_ids(generation_config(dir)?.as_ref(), &tokenizer);
         Ok(TextModel {
             llm,
             tokenizer,

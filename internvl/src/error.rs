@@ -50,8 +50,30 @@ pub enum Error {
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
 
+    #[error("{origin} has no `{token}` token; an InternVL tokenizer must have `<img>`, `</img>` and `<IMG_CONTEXT>`")]
+    MissingSpecialToken { token: String, origin: String },
+
+    #[error(
+        "the prompt has {positions} <IMG_CONTEXT> positions but the images give {rows} rows ({per_tile} per \
+         tile); each image must appear as <img> followed by {per_tile} <IMG_CONTEXT> per tile and </img>"
+    )]
+    ImageTokenMismatch {
+        positions: usize,
+        rows: usize,
+        per_tile: usize,
+    },
+
+    #[error("select_layer {select_layer} does not name a hidden state of a {layers}-layer vision encoder")]
+    SelectLayer { select_layer: i64, layers: usize },
+
     #[error(transparent)]
     Model(#[from] qwen2::Error),
+
+    #[error(transparent)]
+    Vision(#[from] vit::Error),
+
+    #[error(transparent)]
+    Projector(#[from] projector::Error),
 
     #[error(transparent)]
     Kernel(#[from] awq_kernels::Error),

@@ -2,9 +2,10 @@
 
 use awq_kernels::kv_cache::BlockTable;
 use awq_kernels::sampling::{Sampler, SamplingParams};
+use awq_kernels::Tensor;
 use qwen2::{ForwardOptions, SeqInput};
 
-use crate::{Error, IncrementalDecoder, Result, TextModel};
+use crate::{Error, IncrementalDecoder, InternVlModel, Result, TextModel};
 
 /// KV cache block size, in tokens.
 const BLOCK_SIZE: usize = 16;
@@ -49,6 +50,35 @@ pub fn generate(
     model: &TextModel,
     prompt_ids: &[u32],
     config: &GenerationConfig,
+    on_text: impl FnMut(&str),
+) -> Result<GenerationOutput> {
+    generate_from(model, prompt_ids, None, config, on_text)
+}
+
+/// Generates from `prompt_ids` whose `<IMG_CONTEXT>` positions receive the encoded tiles `pixels`
+/// `[n, 3, 448, 448]` (all tiles of all images in prompt order; the prompt must hold 256 positions per
+/// tile). Without pixels the prompt must hold no `<IMG_CONTEXT>`.
+pub fn generate_with_images(
+    model: &InternVlModel,
+    prompt_ids: &[u32],
+    pixels: Option<&Tensor>,
+    config: &GenerationConfig,
+    on_text: impl FnMut(&str),
+) -> Result<GenerationOutput> {
+    if prompt_ids.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    let embeddings = model.prompt_embeddings(prompt_ids, pixels)?;
+    generate_from(&model.text, prompt_ids, Some(embeddings), config, on_text)
+}
+
+/// The generation loop. The prefill runs over `prompt_embeddings` `[prompt, H]` when given (the
+/// embeddings of `prompt_ids` with image rows written in), over `prompt_ids` otherwise.
+fn generate_from(
+    model: &TextModel,
+    prompt_ids: &[u32],
+    mut prompt_embeddings: Option<Tensor>,
+    config: &GenerationConfig,
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerationOutput> {
     if prompt_ids.is_empty() {
@@ -81,10 +111,15 @@ pub fn generate(
             table: &mut table,
             len: input.len(),
         }];
-        let out =
-            model
+        let options = ForwardOptions::default();
+        let out = match prompt_embeddings.take() {
+            Some(x) => model
                 .llm
-                .forward_ids(&input, &mut cache, &mut seqs, ForwardOptions::default())?;
+                .forward_embeds(x, &mut cache, &mut seqs, options)?,
+            None => model
+                .llm
+                .forward_ids(&input, &mut cache, &mut seqs, options)?,
+        };
         let next = sampler.sample(&out.logits.to_f32_vec()?, &history);
         tokens.push(next);
         history.push(next);

@@ -1,6 +1,6 @@
 //! InternVL 2.5 on top of the model crates: checkpoint discovery, tokenizer, generation, and the `internvl`
-//! program. (The model that runs is the text path: a Qwen2 checkpoint, or the LLM of an InternVL one; `inspect`
-//! and `convert` understand the whole InternVL layout.)
+//! program. A Qwen2 checkpoint (or the LLM of an InternVL one) loads as a [`TextModel`]; a whole InternVL
+//! checkpoint as an [`InternVlModel`] (InternViT, projector, LLM), which generates from prompt ids and tiles.
 
 pub mod checkpoint;
 pub mod convert;
@@ -9,10 +9,14 @@ pub mod error;
 pub mod generation;
 pub mod image;
 pub mod inspect;
+pub mod model;
 pub mod prompt;
 pub mod tokenizer;
 
 pub use checkpoint::TextModel;
 pub use error::{Error, Result};
-pub use generation::{generate, FinishReason, GenerationConfig, GenerationOutput};
+pub use generation::{
+    generate, generate_with_images, FinishReason, GenerationConfig, GenerationOutput,
+};
+pub use model::{ImageTokens, InternVlConfig, InternVlModel};
 pub use tokenizer::{IncrementalDecoder, TextTokenizer};

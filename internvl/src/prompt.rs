@@ -12,8 +12,6 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 pub const IMG_START: &str = "<img>";
 pub const IMG_END: &str = "</img>";
 pub const IMG_CONTEXT: &str = "<IMG_CONTEXT>";
-/// Visual tokens per 448x448 tile: (448/14)^2 * 0.5^2.
-pub const TOKENS_PER_TILE: usize = 256;
 
 const USER: &str = "<|im_start|>user\n";
 const ASSISTANT: &str = "<|im_start|>assistant\n";
@@ -76,9 +74,14 @@ pub fn with_placeholders(question: &str, count: usize, layout: ImageLayout) -> S
     format!("{prefix}{question}")
 }
 
-/// Replaces the `<image>` placeholders, in order, with `<img>` + 256 x tiles `<IMG_CONTEXT>` + `</img>` for
-/// each image's tile count. The number of placeholders must equal the number of images.
-pub fn expand_images(prompt: &str, tiles_per_image: &[usize]) -> Result<String> {
+/// Replaces the `<image>` placeholders, in order, with `<img>` + `tokens_per_tile` x tiles `<IMG_CONTEXT>` +
+/// `</img>` for each image's tile count (256 tokens per 448-pixel tile). The number of placeholders must equal
+/// the number of images.
+pub fn expand_images(
+    prompt: &str,
+    tiles_per_image: &[usize],
+    tokens_per_tile: usize,
+) -> Result<String> {
     let found = prompt.matches(IMAGE_PLACEHOLDER).count();
     if found != tiles_per_image.len() {
         return Err(Error::ImageCount {
@@ -92,7 +95,7 @@ pub fn expand_images(prompt: &str, tiles_per_image: &[usize]) -> Result<String> 
         let at = rest.find(IMAGE_PLACEHOLDER).expect("counted above");
         out.push_str(&rest[..at]);
         out.push_str(IMG_START);
-        out.push_str(&IMG_CONTEXT.repeat(TOKENS_PER_TILE * tiles));
+        out.push_str(&IMG_CONTEXT.repeat(tokens_per_tile * tiles));
         out.push_str(IMG_END);
         rest = &rest[at + IMAGE_PLACEHOLDER.len()..];
     }
@@ -148,17 +151,17 @@ mod tests {
 
     #[test]
     fn each_placeholder_expands_to_its_images_tiles() {
-        let got = expand_images("a<image>b<image>c", &[1, 2]).unwrap();
+        let got = expand_images("a<image>b<image>c", &[1, 2], 256).unwrap();
         let block = |t: usize| format!("<img>{}</img>", "<IMG_CONTEXT>".repeat(256 * t));
         assert_eq!(got, format!("a{}b{}c", block(1), block(2)));
     }
 
     #[test]
     fn a_placeholder_count_that_differs_from_the_images_is_an_error() {
-        let err = expand_images("<image><image>", &[1])
+        let err = expand_images("<image><image>", &[1], 256)
             .unwrap_err()
             .to_string();
         assert!(err.contains("2") && err.contains("1"), "{err}");
-        assert!(expand_images("no image", &[3]).is_err());
+        assert!(expand_images("no image", &[3], 256).is_err());
     }
 }

@@ -7,7 +7,10 @@ pub mod awq;
 pub mod embedding;
 pub mod linear;
 pub mod norm;
+pub mod patch;
 pub mod rope;
+
+use rayon::prelude::*;
 
 use crate::{DType, Error, Result, Tensor};
 
@@ -91,6 +94,94 @@ pub fn gather_rows(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(out, &[rows.len(), c])
 }
 
+/// Overwrites row `rows[i]` of `x` `[r, c]` with row `i` of `src` `[rows.len(), c]` (f32; InternVL's image
+/// rows written into the `<IMG_CONTEXT>` positions of the token embeddings).
+pub fn scatter_rows(x: &mut Tensor, rows: &[usize], src: &Tensor) -> Result<()> {
+    let op = "scatter_rows";
+    let &[r, c] = x.shape() else {
+        return Err(Error::shape(
+            op,
+            format!("expected [r, c], got {:?}", x.shape()),
+        ));
+    };
+    expect_shape(op, "source", src, &[rows.len(), c])?;
+    if let Some(&bad) = rows.iter().find(|&&i| i >= r) {
+        return Err(Error::shape(op, format!("row {bad} of {r}")));
+    }
+    let src = f32_slice(op, src)?;
+    if x.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            expected: DType::F32,
+            got: x.dtype(),
+        });
+    }
+    let data = x.as_mut_slice::<f32>()?;
+    for (i, &row) in rows.iter().enumerate() {
+        data[row * c..(row + 1) * c].copy_from_slice(&src[i * c..(i + 1) * c]);
+    }
+    Ok(())
+}
+
+/// Splits the last dimension of `x` `[.., c]` into consecutive pieces of `widths` (which must sum to `c`),
+/// each `[.., widths[i]]` (f32, copied): e.g. a fused `qkv` projection into q, k and v.
+pub fn split_last(x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+    let op = "split_last";
+    let (rows, c) = rows_and_width(op, x)?;
+    if widths.iter().sum::<usize>() != c {
+        return Err(Error::shape(
+            op,
+            format!(
+                "widths {widths:?} do not add up to the last dimension of {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    let data = f32_slice(op, x)?;
+    let mut start = 0;
+    let mut out = Vec::with_capacity(widths.len());
+    for &w in widths {
+        let mut piece = Vec::with_capacity(rows * w);
+        for row in data.chunks_exact(c.max(1)).take(rows) {
+            piece.extend_from_slice(&row[start..start + w]);
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("checked by rows_and_width") = w;
+        out.push(Tensor::from_vec(piece, &shape)?);
+        start += w;
+    }
+    Ok(out)
+}
+
+/// `x += y ⊙ scale`, with `y` f32 of the shape of `x` (f32 `[.., c]`) and `scale` `[c]` of any float dtype,
+/// broadcast over the rows (InternViT's layer scales `ls1`, `ls2` on the residual branch).
+pub fn add_scaled_inplace(x: &mut Tensor, y: &Tensor, scale: &Tensor) -> Result<()> {
+    let op = "add_scaled_inplace";
+    expect_shape(op, "rhs", y, x.shape())?;
+    let (_, c) = rows_and_width(op, x)?;
+    let s = param_f32(op, scale, c)?;
+    let y = f32_slice(op, y)?;
+    if x.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            expected: DType::F32,
+            got: x.dtype(),
+        });
+    }
+    let x = x.as_mut_slice::<f32>()?;
+    if c == 0 {
+        return Ok(());
+    }
+    x.par_chunks_mut(c)
+        .zip(y.par_chunks(c))
+        .for_each(|(xr, yr)| {
+            for ((a, b), s) in xr.iter_mut().zip(yr).zip(&s) {
+                *a += b * s;
+            }
+        });
+    Ok(())
+}
+
 /// Softmax over the last dimension, in place (f32).
 pub fn softmax_last_inplace(x: &mut Tensor) -> Result<()> {
     let (_, width) = rows_and_width("softmax", x)?;
@@ -127,6 +218,47 @@ mod tests {
         softmax_last_inplace(&mut big).unwrap();
         let b = big.as_slice::<f32>().unwrap();
         assert!((b[0] - 1.0 / 3.0).abs() < 1e-5, "{b:?}");
+    }
+
+    #[test]
+    fn scatter_rows_overwrites_exactly_the_named_rows() {
+        let mut x = Tensor::from_vec((0..8).map(|v| v as f32).collect(), &[4, 2]).unwrap();
+        let src = Tensor::from_vec(vec![-1.0f32, -2.0, -3.0, -4.0], &[2, 2]).unwrap();
+        scatter_rows(&mut x, &[3, 1], &src).unwrap();
+        assert_eq!(
+            x.as_slice::<f32>().unwrap(),
+            &[0.0, 1.0, -3.0, -4.0, 4.0, 5.0, -1.0, -2.0]
+        );
+        assert!(scatter_rows(&mut x, &[4, 0], &src).is_err());
+        assert!(scatter_rows(&mut x, &[0], &src).is_err());
+    }
+
+    #[test]
+    fn split_last_cuts_each_row_into_consecutive_pieces() {
+        let x = Tensor::from_vec((0..12).map(|v| v as f32).collect(), &[2, 6]).unwrap();
+        let parts = split_last(&x, &[1, 2, 3]).unwrap();
+        assert_eq!(parts[0].shape(), &[2, 1]);
+        assert_eq!(parts[0].as_slice::<f32>().unwrap(), &[0.0, 6.0]);
+        assert_eq!(parts[1].as_slice::<f32>().unwrap(), &[1.0, 2.0, 7.0, 8.0]);
+        assert_eq!(
+            parts[2].as_slice::<f32>().unwrap(),
+            &[3.0, 4.0, 5.0, 9.0, 10.0, 11.0]
+        );
+        assert!(split_last(&x, &[2, 2]).is_err());
+    }
+
+    #[test]
+    fn add_scaled_inplace_scales_each_channel_of_every_row() {
+        let mut x = Tensor::from_vec(vec![1.0f32, 1.0, 1.0, 1.0], &[2, 2]).unwrap();
+        let y = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+        let s = Tensor::from_vec(
+            vec![half::bf16::from_f32(0.5), half::bf16::from_f32(-2.0)],
+            &[2],
+        )
+        .unwrap();
+        add_scaled_inplace(&mut x, &y, &s).unwrap();
+        assert_eq!(x.as_slice::<f32>().unwrap(), &[1.5, -3.0, 2.5, -7.0]);
+        assert!(add_scaled_inplace(&mut x, &s.to_f32().unwrap(), &s).is_err());
     }
 
     #[test]

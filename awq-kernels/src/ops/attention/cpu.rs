@@ -1,9 +1,11 @@
-//! CPU attention: one rayon task per (query row, head); scores, softmax and the weighted sum in f32.
+//! CPU attention, f32 throughout. Paged (causal): one rayon task per (query row, head). Bidirectional: one
+//! task per (sequence, head, block of queries), whose two products run on the dense linear kernels.
 
 use rayon::prelude::*;
 
 use super::AttnSeq;
 use crate::kv_cache::PagedKvCache;
+use crate::ops::linear::cpu::linear;
 use crate::ops::softmax_row;
 
 /// See [`super::paged_attention`]; shapes were validated there. `out` is `[t, h, d]`.
@@ -53,4 +55,132 @@ pub fn paged_attention(
             o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
         }
     });
+}
+
+/// Query rows per task of [`bidirectional_attention`]: its score block (`QUERY_BLOCK × s`) stays in L2.
+const QUERY_BLOCK: usize = 128;
+
+/// See [`super::bidirectional_attention`]; shapes were validated there. `q`, `k`, `v`, `out` are
+/// `[b, s, h, d]`.
+pub fn bidirectional_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    [b, s, h, d]: [usize; 4],
+    scale: f32,
+    out: &mut [f32],
+) {
+    if b * s * h * d == 0 {
+        return;
+    }
+    // Rows `rows` of head `head` of sequence `seq` of a `[b, s, h, d]` tensor, as a contiguous `[len, d]`.
+    let head_rows = |x: &[f32], seq: usize, head: usize, rows: std::ops::Range<usize>| {
+        let mut m = Vec::with_capacity(rows.len() * d);
+        for t in rows {
+            let off = ((seq * s + t) * h + head) * d;
+            m.extend_from_slice(&x[off..off + d]);
+        }
+        m
+    };
+    let blocks = s.div_ceil(QUERY_BLOCK);
+    let results: Vec<Vec<f32>> = (0..b * h * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (seq, head, blk) = (task / (h * blocks), (task / blocks) % h, task % blocks);
+            let rows = blk * QUERY_BLOCK..((blk + 1) * QUERY_BLOCK).min(s);
+            let m = rows.len();
+            let qh = head_rows(q, seq, head, rows);
+            let kh = head_rows(k, seq, head, 0..s);
+            // vᵀ [d, s], so that `scores · v` is a linear with weight vᵀ.
+            let mut vt = vec![0.0f32; d * s];
+            for t in 0..s {
+                let off = ((seq * s + t) * h + head) * d;
+                for (j, &x) in v[off..off + d].iter().enumerate() {
+                    vt[j * s + t] = x;
+                }
+            }
+            let mut scores = vec![0.0f32; m * s];
+            linear(&qh, m, d, &kh, s, None, &mut scores);
+            for row in scores.chunks_exact_mut(s) {
+                row.iter_mut().for_each(|x| *x *= scale);
+                softmax_row(row);
+            }
+            let mut o = vec![0.0f32; m * d];
+            linear(&scores, m, s, &vt, d, None, &mut o);
+            o
+        })
+        .collect();
+    for (task, o) in results.iter().enumerate() {
+        let (seq, head, blk) = (task / (h * blocks), (task / blocks) % h, task % blocks);
+        for (i, row) in o.chunks_exact(d).enumerate() {
+            let t = blk * QUERY_BLOCK + i;
+            let off = ((seq * s + t) * h + head) * d;
+            out[off..off + d].copy_from_slice(row);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward per-(sequence, head, query) attention, f64, for comparison.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], [b, s, h, d]: [usize; 4], scale: f32) -> Vec<f32> {
+        let at = |x: &[f32], seq: usize, t: usize, head: usize, j: usize| {
+            x[((seq * s + t) * h + head) * d + j] as f64
+        };
+        let mut out = vec![0.0f32; b * s * h * d];
+        for seq in 0..b {
+            for head in 0..h {
+                for i in 0..s {
+                    let scores: Vec<f64> = (0..s)
+                        .map(|t| {
+                            (0..d)
+                                .map(|j| at(q, seq, i, head, j) * at(k, seq, t, head, j))
+                                .sum::<f64>()
+                                * scale as f64
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for j in 0..d {
+                        let o: f64 = (0..s).map(|t| e[t] / sum * at(v, seq, t, head, j)).sum();
+                        out[((seq * s + i) * h + head) * d + j] = o as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bidirectional_attention_matches_a_naive_f64_computation_across_query_blocks() {
+        // s = 130 spans two query blocks (128 + 2); 2 sequences, 3 heads, d = 5.
+        let dims = [2, 130, 3, 5];
+        let n: usize = dims.iter().product();
+        let gen = |seed: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| {
+                    ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 250.0
+                        - 2.0
+                })
+                .collect()
+        };
+        let (q, k, v) = (gen(1), gen(2), gen(3));
+        let mut out = vec![0.0f32; n];
+        bidirectional_attention(&q, &k, &v, dims, 0.4, &mut out);
+        let want = naive(&q, &k, &v, dims, 0.4);
+        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "element {i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn a_single_key_is_returned_as_is_whatever_the_query() {
+        let (q, k, v) = ([3.0f32, -1.0], [0.5f32, 2.0], [7.0f32, -8.0]);
+        let mut out = [0.0f32; 2];
+        bidirectional_attention(&q, &k, &v, [1, 1, 1, 2], 1.0, &mut out);
+        assert_eq!(out, [7.0, -8.0]);
+    }
 }
