@@ -1,8 +1,8 @@
-//! The small checkpoint built into the program, so it runs on a fresh machine with nothing downloaded.
-//! It is a tiny Qwen2 with RANDOM weights (made by `scripts/fixtures/make_qwen2.py`): it exercises every part
-//! of the engine, and its text is gibberish by construction.
+//! The small checkpoints built into the program, so it runs on a fresh machine with nothing downloaded.
+//! They have RANDOM weights (made by `scripts/fixtures/make_qwen2.py` and `make_internvl.py` with
+//! transformers): they exercise every part of the engine, and their text is gibberish by construction.
 
-use crate::{Result, TextModel};
+use crate::{InternVlModel, Result, TextModel};
 
 macro_rules! fixture {
     ($file:literal) => {
@@ -26,5 +26,31 @@ pub fn text_model() -> Result<TextModel> {
         include_bytes!(fixture!("model.safetensors")),
         include_bytes!(fixture!("tokenizer.json")),
         Some(include_str!(fixture!("generation_config.json"))),
+    )
+}
+
+/// What the embedded InternVL checkpoint is, for messages.
+pub const INTERNVL_DESCRIPTION: &str =
+    "embedded tiny InternVL 2.5 (InternViT-300M layout, 2-layer Qwen2, \
+     RANDOM weights: its answers are gibberish; pass --model for a real checkpoint)";
+
+macro_rules! internvl_fixture {
+    ($file:literal) => {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/internvl-300m-like/",
+            $file
+        )
+    };
+}
+
+/// Loads the embedded InternVL checkpoint (the `internvl-300m-like` fixture).
+pub fn internvl_model() -> Result<InternVlModel> {
+    InternVlModel::from_memory(
+        INTERNVL_DESCRIPTION,
+        include_str!(internvl_fixture!("config.json")),
+        include_bytes!(internvl_fixture!("model.safetensors")),
+        include_bytes!(internvl_fixture!("tokenizer.json")),
+        Some(include_str!(internvl_fixture!("generation_config.json"))),
     )
 }

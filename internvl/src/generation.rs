@@ -93,10 +93,14 @@ fn generate_from(
         });
     }
     let max_new = config.max_new_tokens.min(limit - prompt_ids.len());
-    let mut cache = model.llm.new_kv_cache(
+    let mut cache = model.llm.try_new_kv_cache(
         BLOCK_SIZE,
         (prompt_ids.len() + max_new).div_ceil(BLOCK_SIZE),
-    );
+    )?;
+    // Embeddings made on the CPU (the image rows) move to the model's device and dtype.
+    if let Some(x) = prompt_embeddings.take() {
+        prompt_embeddings = Some(model.llm.to_model_input(x)?);
+    }
     let mut table = BlockTable::new();
     let mut sampler = Sampler::new(config.sampling);
     let mut history = prompt_ids.to_vec();

@@ -2,6 +2,7 @@
 //! program. A Qwen2 checkpoint (or the LLM of an InternVL one) loads as a [`TextModel`]; a whole InternVL
 //! checkpoint as an [`InternVlModel`] (InternViT, projector, LLM), which generates from prompt ids and tiles.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod convert;
 pub mod embedded;

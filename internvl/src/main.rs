@@ -11,6 +11,8 @@ use internvl::convert::{convert, parse_size, ConvertOptions, Progress};
 use internvl::inspect::{human_bytes, inspect};
 use internvl::{embedded, generate, FinishReason, GenerationConfig, TextModel};
 
+mod chat_cli;
+
 #[derive(Parser)]
 #[command(name = "internvl", version, about = "InternVL 2.5 / Qwen2.5 inference")]
 struct Cli {
@@ -27,6 +29,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Rewrite a checkpoint (PyTorch .bin or safetensors) as sharded safetensors, verified after writing.
     Convert(ConvertArgs),
+    /// Chat with InternVL 2.5 about images and video: one question, an interactive conversation, or a batch.
+    Chat(chat_cli::ChatArgs),
 }
 
 #[derive(Args)]
@@ -61,9 +65,21 @@ struct GenerateArgs {
     /// Wrap the prompt in the Qwen2.5 chat template (system + user turn, assistant reply).
     #[arg(long)]
     chat: bool,
-    #[arg(long, default_value_t = 64)]
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// cpu (cuda comes with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The prompt.
+    prompt: String,
+}
+
+/// Decoding options shared by `generate` and `chat`.
+#[derive(Args)]
+struct SamplingArgs {
+    #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
-    /// 0 means greedy decoding.
+    /// 0 means greedy decoding (the model card's setting).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     /// Keep only the k most likely tokens (0: all).
@@ -78,11 +94,22 @@ struct GenerateArgs {
     /// Do not stop at the end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
-    /// cpu (cuda comes with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The prompt.
-    prompt: String,
+}
+
+impl SamplingArgs {
+    fn config(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+            },
+            ignore_eos: self.ignore_eos,
+        }
+    }
 }
 
 const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
@@ -98,6 +125,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Convert(args) => run_convert(args),
+        Command::Chat(args) => chat_cli::run(args),
     }
 }
 
@@ -187,17 +215,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         args.prompt.clone()
     };
     let ids = model.tokenizer.encode(&prompt)?;
-    let config = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            repetition_penalty: args.repetition_penalty,
-            seed: args.seed,
-        },
-        ignore_eos: args.ignore_eos,
-    };
+    let config = args.sampling.config();
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
     if !args.chat {

@@ -158,11 +158,53 @@ impl InternVlModel {
     /// `llm_config`, safetensors in bf16/f16/f32, tokenizer.json, optional generation_config.json).
     pub fn load(dir: &Path) -> Result<InternVlModel> {
         let config_path = dir.join("config.json");
-        let origin = config_path.display().to_string();
         let root = read_json(&config_path)?;
-        let config = InternVlConfig::from_json(&root, &origin)?;
-        config.checked_vit_layers()?;
         let weights = Arc::new(Weights::from_dir(dir)?);
+        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let gen = generation_config(dir)?;
+        Self::from_parts(
+            &dir.display().to_string(),
+            &config_path.display().to_string(),
+            &root,
+            &weights,
+            tokenizer,
+            gen.as_ref(),
+        )
+    }
+
+    /// Loads a checkpoint held in memory (the embedded default): `config.json` text, safetensors bytes,
+    /// `tokenizer.json` bytes and an optional `generation_config.json` text.
+    pub fn from_memory(
+        origin: &str,
+        config_json: &str,
+        weights: &'static [u8],
+        tokenizer_json: &[u8],
+        generation_config_json: Option<&str>,
+    ) -> Result<InternVlModel> {
+        let bad = |e: serde_json::Error| Error::BadFile {
+            path: origin.to_string(),
+            reason: format!("invalid JSON: {e}"),
+        };
+        let root: Value = serde_json::from_str(config_json).map_err(bad)?;
+        let gen: Option<Value> = generation_config_json
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(bad)?;
+        let weights = Arc::new(Weights::from_bytes(origin, Arc::new(weights))?);
+        let tokenizer = TextTokenizer::from_bytes(tokenizer_json)?;
+        Self::from_parts(origin, origin, &root, &weights, tokenizer, gen.as_ref())
+    }
+
+    fn from_parts(
+        origin: &str,
+        config_origin: &str,
+        root: &Value,
+        weights: &Arc<Weights>,
+        tokenizer: TextTokenizer,
+        generation_config: Option<&Value>,
+    ) -> Result<InternVlModel> {
+        let config = InternVlConfig::from_json(root, config_origin)?;
+        config.checked_vit_layers()?;
         let vit = InternVit::load(&config.vision, &weights.scope("vision_model."))?;
         let projector = Projector::load(
             &weights.scope("mlp1."),
@@ -173,21 +215,27 @@ impl InternVlModel {
             config.ps_version,
         )?;
         let llm = Qwen2::load(&config.llm, &weights.scope("language_model."))?;
-        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let image_tokens = ImageTokens::from_tokenizer(&tokenizer, &dir.display().to_string())?;
-        let stop_ids = stop_ids(generation_config(dir)?.as_ref(), &tokenizer);
+        let image_tokens = ImageTokens::from_tokenizer(&tokenizer, origin)?;
+        let stop_ids = stop_ids(generation_config, &tokenizer);
         Ok(InternVlModel {
             text: TextModel {
                 llm,
                 tokenizer,
                 stop_ids,
-                origin: dir.display().to_string(),
+                origin: origin.to_string(),
             },
             vit,
             projector,
             config,
             image_tokens,
         })
+    }
+
+    /// Runs the language model on `device` (the vision encoder stays on the CPU for now; its image rows
+    /// are moved to the device with the prompt's embeddings).
+    pub fn to_device(mut self, device: awq_kernels::Device) -> Result<InternVlModel> {
+        self.text = self.text.to_device(device)?;
+        Ok(self)
     }
 
     /// LLM rows (and `<IMG_CONTEXT>` tokens) per tile: 256 for 448-pixel tiles.

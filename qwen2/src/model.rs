@@ -193,6 +193,20 @@ impl Qwen2 {
         self.device
     }
 
+    /// Input embeddings made elsewhere (on the CPU, in f32) as this model takes them: on its device, in
+    /// its activation dtype.
+    pub fn to_model_input(&self, x: Tensor) -> Result<Tensor> {
+        if x.device() == self.device && x.dtype() == self.dtype {
+            return Ok(x);
+        }
+        let x = if x.device() == Device::Cpu {
+            x
+        } else {
+            x.to_device(Device::Cpu)?
+        };
+        Ok(x.to_dtype(self.dtype)?.to_device(self.device)?)
+    }
+
     /// The model on `device`. On a GPU it computes in the checkpoint's float dtype (f16 or bf16; f16 when
     /// the config does not say), with f32 accumulation inside the kernels.
     pub fn to_device(&self, device: Device) -> Result<Qwen2> {
