@@ -3,7 +3,10 @@
 //!
 //! `cargo bench -p awq-kernels --features cuda --bench awq_gpu [-- --quick]`. Random weights (the kernels'
 //! speed does not depend on the values), three weight copies rotated so that no timing is an L2 hit, CUDA
-//! events around each call, median of 25 after 3 warm-up calls. One line per cell:
+//! events around each call, median of 25 after 3 warm-up calls. As in `triton.testing.do_bench` (the torch
+//! peer), a 256 MB memset runs before each timed call: it flushes L2 and keeps the GPU busy while the host
+//! enqueues the call, so the start event fires when the GPU reaches the call, not while it waits for the host
+//! (with an idle GPU the host's launch latency, several microseconds, would be timed too). One line per cell:
 //! `RESULT {"impl":"awq","k":8192,"n":10240,"m":1,"dtype":"f16","us":12.34,...}`; at m = 64 and 256 both
 //! paths are also printed (`awq_stream`, `awq_dequant_gemm`) to check the threshold of `choose_path`.
 //! `--quick` runs m ∈ {1, 16, 1024} only.
@@ -78,6 +81,7 @@ where
         .collect();
     let xd = stream.clone_htod(&x).map_err(err)?;
     let mut yd = stream.alloc_zeros::<T>(m * n).map_err(err)?;
+    let mut flush = stream.alloc_zeros::<u8>(256 << 20).map_err(err)?;
     let ctx = gpu.context();
     let start = ctx
         .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
@@ -88,6 +92,7 @@ where
     let mut times = Vec::with_capacity(TIMED);
     for i in 0..WARMUP + TIMED {
         let w = &ws[i % ws.len()];
+        stream.memset_zeros(&mut flush).map_err(err)?;
         start.record(stream).map_err(err)?;
         awq_linear_with(gpu, &xd.as_view(), m, w, None, &mut yd.as_view_mut(), path)?;
         end.record(stream).map_err(err)?;
