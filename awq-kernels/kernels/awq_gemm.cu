@@ -32,14 +32,11 @@
 //
 // Kernels.
 //  - awq_stream_<T>_mt<MT>_sw<SW>_cb<CB> (decode and small M, M ≤ 16·MT, MT ∈ {1,2,4}): memory-bound
-//    weight streaming on tensor cores. CB = chunks per load batch (the largest of 4/2/1 dividing G/16; 1 for
-//    MT = 4, whose 128 accumulators leave no registers for more). Block = 8 warps = SW
+//    weight streaming on tensor cores. CB = chunks loaded per batch (the largest of 8/4/2/1 dividing G/16;
+//    at most 2 for MT = 4, whose 128 accumulators leave no registers for more). Block = 8 warps = SW
 //    strips × KW = 8/SW k-lanes; grid = (ceil(NS/SW) column blocks, S2 k-splits). Split s covers groups [s·gpw·KW, (s+1)·gpw·KW); k-lane kl of it takes the
-//    groups s·gpw·KW + kl + KW·i. A warp walks its groups as a sequence of batches with two batches in
-//    registers (software pipelining): while one batch is used, the other's CB 16-byte weight loads
-//    (ld.global.nc.L1::no_allocate: read once) are in flight, and a used buffer is refilled two batches
-//    ahead at once; the first batch of a group brings the group's scales and zeros along, so their latency
-//    is hidden too. A fragments are read through L1 (the
+//    groups s·gpw·KW + kl + KW·i. Per batch a warp issues CB independent 16-byte weight loads
+//    (ld.global.nc.L1::no_allocate: read once) before using them, loads its A fragments through L1 (the
 //    SW warps of a k-lane read the same x; rows ≥ M point at a zero row so no load is predicated),
 //    dequantizes in registers and issues MT·8 mma per chunk. The KW k-lanes are summed through shared memory in a fixed tree; with S2 > 1 each block
 //    writes its f32 partial tile (rows < M) to a scratch buffer, and the last block of a column block to
@@ -47,17 +44,16 @@
 //    adds the bias, rounds once and writes y, then resets its counter to 0 for the next launch. So y is
 //    written by one launch, and the result is deterministic (fixed summation order).
 //  - awq_dequant_<T>: repacked weights -> dense W [N, K] (T, row-major), the input of a cuBLAS GEMM for
-//    large M (x · Wᵀ, the TN GEMM torch's F.linear runs). A warp dequantizes two consecutive chunks of a
-//    strip (both loads in flight first), each lane 2 × 32 values written as 8-byte pieces (a warp writes whole
-//    32-byte sectors, a block 512 contiguous bytes per row); units strided over a grid of a few blocks per SM.
+//    large M (x · Wᵀ, the TN GEMM torch's F.linear runs). Each thread dequantizes one lane-chunk (32
+//    values) and writes eight 8-byte pieces; a warp writes whole 32-byte sectors.
 //  - awq_bias_rows: y[i][j] = bias[j] (16-bit copy), so the GEMM can add the bias with beta = 1.
 //
 // Cost (MT = 1, G = 128, sm_90 SASS): ~94 instructions per warp per chunk (8 HMMA, 16 HADD2 + 16 HMUL2,
-// 12 SHF + 16 LOP3 for the nibbles, 1 LDG.128 + 2 LDG.64, the rest addressing), 128 registers, no spills
-// (ptxas -arch=sm_90a), 2 blocks (16 warps) per SM. At the H200's ~4.5 TB/s an SM must retire a warp's 4 KB
-// group every ~220 cycles; the group costs ~750 instructions = ~190 issue cycles, so the kernel has little
-// slack between its memory and its issue rate (see PERF-NOTES.md). The earlier version loaded a group's scales, then its 8
-// weight chunks, then waited for them with nothing else in flight: two exposed latencies per group.
+// 12 SHF + 16 LOP3 for the nibbles, 1 LDG.128 + 2 LDG.64, the rest addressing), 127 registers, no spills,
+// 2 blocks (16 warps) per SM. At the H200's ~4.5 TB/s an SM must retire a warp's 4 KB group every ~220
+// cycles; the group costs ~750 instructions = ~190 issue cycles, so the kernel should stay memory-bound but
+// with little slack. ptxas interleaves some of the 8 weight loads with the math under the 128-register cap;
+// a cp.async shared-memory pipeline would keep more bytes in flight if the bench shows a shortfall.
 //
 // Verified by awq-kernels/tests/awq_gpu.rs: awq_dequant output equals the CPU dequantization rounded to T
 // bit for bit (which also pins this layout's nibble order as the kernel reads it), and awq_linear (both
@@ -150,72 +146,6 @@ static __device__ __forceinline__ u32 dq(u32 q, int sh, u32 nz, u32 s) {
     return D::fma2(D::fma2(p, D::ONE2, nz), s, NEG_ZERO2);
 }
 
-// Issues the loads of one batch: CB chunks of the lane's weights from chunk `c` of group `grp` of its strip
-// (`qs`, `ss`, `zs`: the strip's weights, scales and zeros, offset to the lane), and with the first batch of
-// a group (c == 0) the group's scales and zeros.
-template <int CB>
-static __device__ __forceinline__ void load_batch(const uint4* qs, const uint4* ss, const u32* zs, int grp, int c,
-                                                  int cpg, uint4 (&q)[CB], uint4& sv, u32& zw) {
-    const uint4* wp = qs + (size_t)(grp * cpg + c) * 32;
-#pragma unroll
-    for (int i = 0; i < CB; ++i) q[i] = ld_stream(wp + i * 32);
-    if (c == 0) {
-        sv = __ldg(ss + (size_t)grp * 8);
-        zw = __ldg(zs + (size_t)grp * 8);
-    }
-}
-
-// Next batch position: CB chunks further in the group, or the first chunk of the warp's next group.
-static __device__ __forceinline__ void advance(int& grp, int& c, int cb, int cpg, int kw) {
-    c += cb;
-    if (c == cpg) {
-        c = 0;
-        grp += kw;
-    }
-}
-
-// Dequantizes one batch (CB chunks starting at k = koff) and accumulates x · W for it. With `first` (the
-// batch starts a group) the splatted scales and negated zeros are first rebuilt from the group's sv / zw.
-template <class D, int MT, int CB>
-static __device__ __forceinline__ void compute_batch(const uint4 (&q)[CB], const uint4& sv, u32 zw, bool first,
-                                                     int koff, const typename D::T* (&xr)[MT][2],
-                                                     u32 (&s2v)[8], u32 (&nz2v)[8], float (&acc)[MT][8][4]) {
-    if (first) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            s2v[j] = splat_scale(sv, j);
-            nz2v[j] = neg_zero<D>(zw, j);
-        }
-    }
-#pragma unroll
-    for (int c = 0; c < CB; ++c) {
-        u32 a[MT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            const uint2 v0 = __ldg(reinterpret_cast<const uint2*>(xr[mt][0] + koff + c * 16));
-            const uint2 v1 = __ldg(reinterpret_cast<const uint2*>(xr[mt][1] + koff + c * 16));
-            a[mt][0] = v0.x;
-            a[mt][1] = v1.x;
-            a[mt][2] = v0.y;
-            a[mt][3] = v1.y;
-        }
-        const u32 qq[4] = {q[c].x, q[c].y, q[c].z, q[c].w};
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            const int j0 = 2 * w, j1 = 2 * w + 1;
-            const u32 b00 = dq<D>(qq[w], 0, nz2v[j0], s2v[j0]);
-            const u32 b01 = dq<D>(qq[w], 4, nz2v[j0], s2v[j0]);
-            const u32 b10 = dq<D>(qq[w], 8, nz2v[j1], s2v[j1]);
-            const u32 b11 = dq<D>(qq[w], 12, nz2v[j1], s2v[j1]);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                D::mma(acc[mt][j0], a[mt], b00, b01);
-                D::mma(acc[mt][j1], a[mt], b10, b11);
-            }
-        }
-    }
-}
-
 template <class D, int MT, int SW, int CB>
 static __device__ __forceinline__ void stream_kernel(
     const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
@@ -255,47 +185,53 @@ static __device__ __forceinline__ void stream_kernel(
         }
 
     if (strip_ok) {
-        // The warp's groups are gbeg + kl + KW·i (i < gpw, below NG), each cpg / CB batches of CB chunks, in
-        // that order (the order of the sums, so results do not depend on the pipelining). Two batches are
-        // kept in registers (A and B): while one is dequantized and multiplied, the other's loads are in
-        // flight, and a batch's buffer is refilled (two batches ahead) as soon as it has been used. A batch
-        // that starts a group also loads that group's scales and zeros with it.
         const int gbeg = blockIdx.y * gpw * KW;
-        const int ngw = min(gpw, (NG - gbeg - kl + KW - 1) / KW);  // groups of this warp (≤ 0: none)
-        const int bpg = cpg / CB;
-        const int nb = ngw > 0 ? ngw * bpg : 0;
-        const uint4* const qs = qw + (size_t)strip * KC * 32 + lane;
-        const uint4* const ss = sc + (size_t)strip * NG * 8 + g;
-        const u32* const zs = zr + (size_t)strip * NG * 8 + g;
-        // Loader position (group of this warp, first chunk in the group) and compute position.
-        int lg = gbeg + kl, lc = 0;
-        int cg = gbeg + kl, cc = 0;
-        uint4 qa[CB], qb[CB], sva, svb;
-        u32 zwa, zwb;
-        u32 s2v[8], nz2v[8];
-        sva = svb = make_uint4(0u, 0u, 0u, 0u);
-        zwa = zwb = 0u;
-        if (nb > 0) {
-            load_batch<CB>(qs, ss, zs, lg, lc, cpg, qa, sva, zwa);
-            advance(lg, lc, CB, cpg, KW);
-        }
-        if (nb > 1) {
-            load_batch<CB>(qs, ss, zs, lg, lc, cpg, qb, svb, zwb);
-            advance(lg, lc, CB, cpg, KW);
-        }
-        for (int b = 0; b < nb; b += 2) {
-            compute_batch<D, MT, CB>(qa, sva, zwa, cc == 0, (cg * cpg + cc) * 16, xr, s2v, nz2v, acc);
-            advance(cg, cc, CB, cpg, KW);
-            if (b + 2 < nb) {
-                load_batch<CB>(qs, ss, zs, lg, lc, cpg, qa, sva, zwa);
-                advance(lg, lc, CB, cpg, KW);
+        for (int i = 0; i < gpw; ++i) {
+            const int grp = gbeg + kl + KW * i;
+            if (grp >= NG) break;
+            const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
+            const uint4 sv = __ldg(sc + sidx);
+            const u32 zw = __ldg(zr + sidx);
+            u32 s2v[8], nz2v[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                s2v[j] = splat_scale(sv, j);
+                nz2v[j] = neg_zero<D>(zw, j);
             }
-            if (b + 1 < nb) {
-                compute_batch<D, MT, CB>(qb, svb, zwb, cc == 0, (cg * cpg + cc) * 16, xr, s2v, nz2v, acc);
-                advance(cg, cc, CB, cpg, KW);
-                if (b + 3 < nb) {
-                    load_batch<CB>(qs, ss, zs, lg, lc, cpg, qb, svb, zwb);
-                    advance(lg, lc, CB, cpg, KW);
+            // cpg is a multiple of CB (the host picks CB), so every batch is full.
+            for (int cb = 0; cb < cpg; cb += CB) {
+                const int kc = grp * cpg + cb;
+                const uint4* wp = qw + ((size_t)strip * KC + kc) * 32 + lane;
+                uint4 q[CB];
+#pragma unroll
+                for (int c = 0; c < CB; ++c) q[c] = ld_stream(wp + c * 32);
+                const int koff = kc * 16;
+#pragma unroll
+                for (int c = 0; c < CB; ++c) {
+                    u32 a[MT][4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        const uint2 v0 = __ldg(reinterpret_cast<const uint2*>(xr[mt][0] + koff + c * 16));
+                        const uint2 v1 = __ldg(reinterpret_cast<const uint2*>(xr[mt][1] + koff + c * 16));
+                        a[mt][0] = v0.x;
+                        a[mt][1] = v1.x;
+                        a[mt][2] = v0.y;
+                        a[mt][3] = v1.y;
+                    }
+                    const u32 qq[4] = {q[c].x, q[c].y, q[c].z, q[c].w};
+#pragma unroll
+                    for (int w = 0; w < 4; ++w) {
+                        const int j0 = 2 * w, j1 = 2 * w + 1;
+                        const u32 b00 = dq<D>(qq[w], 0, nz2v[j0], s2v[j0]);
+                        const u32 b01 = dq<D>(qq[w], 4, nz2v[j0], s2v[j0]);
+                        const u32 b10 = dq<D>(qq[w], 8, nz2v[j1], s2v[j1]);
+                        const u32 b11 = dq<D>(qq[w], 12, nz2v[j1], s2v[j1]);
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt) {
+                            D::mma(acc[mt][j0], a[mt], b00, b01);
+                            D::mma(acc[mt][j1], a[mt], b10, b11);
+                        }
+                    }
                 }
             }
         }
@@ -434,85 +370,60 @@ static __device__ __forceinline__ void stream_kernel(
 // MT = 1 keeps 2 blocks (16 warps) per SM within 128 registers; MT = 2 and 4 need more registers than that
 // and run one block per SM.
 #define AWQ_STREAM_CB(D, NAME, MT, SW, MINB) \
+    AWQ_STREAM(D, NAME, MT, SW, 8, MINB)     \
     AWQ_STREAM(D, NAME, MT, SW, 4, MINB)     \
     AWQ_STREAM(D, NAME, MT, SW, 2, MINB)     \
     AWQ_STREAM(D, NAME, MT, SW, 1, MINB)
-// Two batches of CB chunks are in registers at a time. MT = 4 holds 128 accumulators; two batches of 2 chunks
-// already spill (ptxas, sm_90), so it has only CB = 1.
+// MT = 4 holds 128 accumulators; batches of more than 2 chunks would spill, so it has only CB = 1, 2.
 #define AWQ_STREAM_ALL(D, NAME)           \
     AWQ_STREAM_CB(D, NAME, 1, 1, 2)       \
     AWQ_STREAM_CB(D, NAME, 1, 2, 2)       \
     AWQ_STREAM_CB(D, NAME, 2, 1, 1)       \
     AWQ_STREAM_CB(D, NAME, 2, 2, 1)       \
+    AWQ_STREAM(D, NAME, 4, 1, 2, 1)       \
     AWQ_STREAM(D, NAME, 4, 1, 1, 1)       \
+    AWQ_STREAM(D, NAME, 4, 2, 2, 1)       \
     AWQ_STREAM(D, NAME, 4, 2, 1, 1)
 
 AWQ_STREAM_ALL(F16, f16)
 AWQ_STREAM_ALL(BF16, bf16)
 
-// One lane-chunk (the lane's 32 values of chunk kc: columns strip·64 + 8j + g, rows kc·16 + 4t..4t+3) of the
-// dense W [N, K]: eight 8-byte stores, one per column.
-template <class D>
-static __device__ __forceinline__ void dequant_chunk(const uint4& q, const uint4& sv, u32 zw, typename D::T* out,
-                                                     int N, int K, int strip, int kc, int g, int t) {
-    const u32 qq[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int w = 0; w < 4; ++w)
-#pragma unroll
-        for (int tt = 0; tt < 2; ++tt) {
-            const int j = 2 * w + tt;
-            const int n = strip * 64 + 8 * j + g;
-            if (n < N) {
-                const u32 s2 = splat_scale(sv, j);
-                const u32 nz = neg_zero<D>(zw, j);
-                const u32 lo = dq<D>(qq[w], 8 * tt, nz, s2);      // k = 4t, 4t+1
-                const u32 hi = dq<D>(qq[w], 8 * tt + 4, nz, s2);  // k = 4t+2, 4t+3
-                *reinterpret_cast<uint2*>(out + (size_t)n * K + (size_t)kc * 16 + 4 * t) = make_uint2(lo, hi);
-            }
-        }
-}
-
-// Dense W [N, K] from the repacked weights. A warp handles one unit = two consecutive chunks (2p, 2p + 1; the
-// last unit of a strip has one chunk when K/16 is odd) of one strip: both 16-byte weight loads are issued
-// before either is used, and the 8 warps of a block take consecutive units, so a block writes 512 contiguous
-// bytes of each of its 64 rows. Units are strided over the grid (the host launches a few blocks per SM); the
-// host checks that the unit count fits in 31 bits, so the index math is 32-bit.
+// Dense W [N, K] from the repacked weights: thread i handles lane-chunk i (lane = i % 32, chunk = i / 32,
+// strip = chunk / (K/16), kc = chunk % (K/16)).
 template <class D>
 static __device__ __forceinline__ void dequant_kernel(const uint4* __restrict__ qw, const uint4* __restrict__ sc,
                                                       const u32* __restrict__ zr, typename D::T* __restrict__ out,
                                                       int N, int K, int NS, int G) {
     const int KC = K / 16;
     const int NG = K / G;
-    const int KCP = (KC + 1) / 2;
-    const int units = NS * KCP;
-    const int lane = threadIdx.x & 31;
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int wpb = blockDim.x >> 5;
-    for (int u = blockIdx.x * wpb + (int)(threadIdx.x >> 5); u < units; u += gridDim.x * wpb) {
-        const int strip = u / KCP;
-        const int kc = 2 * (u - strip * KCP);
-        const bool two = kc + 1 < KC;
-        const uint4* wp = qw + ((size_t)strip * KC + kc) * 32 + lane;
-        const uint4 q0 = ld_stream(wp);
-        uint4 q1 = make_uint4(0u, 0u, 0u, 0u);
-        if (two) q1 = ld_stream(wp + 32);
-        const int grp0 = kc * 16 / G;
-        const size_t s0 = ((size_t)strip * NG + grp0) * 8 + g;
-        const uint4 sv0 = __ldg(sc + s0);
-        const u32 zw0 = __ldg(zr + s0);
-        dequant_chunk<D>(q0, sv0, zw0, out, N, K, strip, kc, g, t);
-        if (two) {
-            const int grp1 = (kc + 1) * 16 / G;
-            uint4 sv1 = sv0;
-            u32 zw1 = zw0;
-            if (grp1 != grp0) {
-                const size_t s1 = ((size_t)strip * NG + grp1) * 8 + g;
-                sv1 = __ldg(sc + s1);
-                zw1 = __ldg(zr + s1);
+    const size_t total = (size_t)NS * KC * 32;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int lane = (int)(i & 31);
+        const size_t chunk = i >> 5;
+        const int strip = (int)(chunk / KC);
+        const int kc = (int)(chunk % KC);
+        const int g = lane >> 2;
+        const int t = lane & 3;
+        const int grp = kc * 16 / G;
+        const uint4 q = ld_stream(qw + i);
+        const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
+        const uint4 sv = __ldg(sc + sidx);
+        const u32 zw = __ldg(zr + sidx);
+        const u32 qq[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int tt = 0; tt < 2; ++tt) {
+                const int j = 2 * w + tt;
+                const int n = strip * 64 + 8 * j + g;
+                if (n < N) {
+                    const u32 s2 = splat_scale(sv, j);
+                    const u32 nz = neg_zero<D>(zw, j);
+                    const u32 lo = dq<D>(qq[w], 8 * tt, nz, s2);      // k = 4t, 4t+1
+                    const u32 hi = dq<D>(qq[w], 8 * tt + 4, nz, s2);  // k = 4t+2, 4t+3
+                    *reinterpret_cast<uint2*>(out + (size_t)n * K + (size_t)kc * 16 + 4 * t) = make_uint2(lo, hi);
+                }
             }
-            dequant_chunk<D>(q1, sv1, zw1, out, N, K, strip, kc + 1, g, t);
-        }
     }
 }
 

@@ -393,8 +393,8 @@ pub struct StreamPlan {
     pub splits: usize,
     /// Groups per warp.
     pub gpw: usize,
-    /// Chunks (16 values of k) per load batch: the largest of 4, 2, 1 that divides group / 16 (1 for `mt` = 4,
-    /// whose 128 accumulators leave no registers for two larger batches). The kernel keeps two batches in registers, one in flight while the other is used.
+    /// Chunks (16 values of k) per load batch: the largest of 8, 4, 2, 1 that divides group / 16 (at most 2
+    /// for `mt` = 4).
     pub cb: usize,
 }
 
@@ -408,9 +408,9 @@ pub struct StreamPlan {
 pub fn stream_plan(m: usize, strips: usize, groups: usize, group: usize, sms: usize) -> StreamPlan {
     let mt = m.div_ceil(16).next_power_of_two().clamp(1, 4);
     let cpg = group / CHUNK_K;
-    let cb = [4, 2, 1]
+    let cb = [8, 4, 2, 1]
         .into_iter()
-        .find(|&c| cpg.is_multiple_of(c) && (mt < 4 || c == 1))
+        .find(|&c| cpg.is_multiple_of(c) && (mt < 4 || c <= 2))
         .unwrap_or(1);
     let sw = if strips >= 64 { 2 } else { 1 };
     let kw = 8 / sw;
@@ -702,20 +702,11 @@ fn launch_dequant(
     name: &str,
     w: &AwqGpuWeights,
     out: u64,
-    sms: usize,
 ) -> Result<()> {
     let (k, n) = (w.k, w.n);
     check_aligned("the dense weight", out)?;
-    // A warp per unit of two chunks of a strip; the kernel's index math is 32-bit.
-    let units = w.strips() * (k / CHUNK_K).div_ceil(2);
-    if units > i32::MAX as usize / 2 {
-        return Err(Error::shape(
-            OP,
-            format!("k = {k}, n = {n}: too large to dequantize in one launch"),
-        ));
-    }
-    let warps = THREADS as usize / 32;
-    let blocks = units.div_ceil(warps).clamp(1, 8 * sms.max(1)) as u32;
+    let total = w.strips() * (k / CHUNK_K) * 32;
+    let blocks = total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
     let (qp, _gq) = w.qw.device_ptr(stream);
     let (sp, _gs) = w.scales.device_ptr(stream);
     let (zp, _gz) = w.zeros.device_ptr(stream);
@@ -732,7 +723,7 @@ fn launch_dequant(
     };
     // SAFETY: matches `awq_dequant_*` (4 pointers, 4 ints); the weight buffers have the sizes checked in
     // `from_repacked`, the caller guarantees `out` holds n·k 16-bit values; the grid-stride loop covers every
-    // unit (strips · ceil(k/32) < 2^30, checked above) and writes only columns < n.
+    // lane-chunk and writes only columns < n.
     unsafe { b.launch(cfg) }.map_err(launch_error(name))?;
     Ok(())
 }
@@ -764,9 +755,9 @@ pub fn dequantize<T: AwqFloat>(
     }
     let stream = Arc::clone(gpu.stream());
     let name = format!("awq_dequant_{}", T::NAME);
-    let (func, sms) = with_workspace(gpu, |ws| Ok((ws.function(gpu, &name)?, ws.sms)))?;
+    let func = with_workspace(gpu, |ws| ws.function(gpu, &name))?;
     let (op, _go) = out.device_ptr_mut(&stream);
-    launch_dequant(&stream, &func, &name, w, op, sms)
+    launch_dequant(&stream, &func, &name, w, op)
 }
 
 fn launch_dequant_gemm<T: AwqFloat>(
@@ -798,7 +789,7 @@ where
     // 1. W [n, k] in T.
     {
         let (dp, _gd) = dense.device_ptr_mut(&stream);
-        launch_dequant(&stream, &dq, &dq_name, w, dp, ws.sms)?;
+        launch_dequant(&stream, &dq, &dq_name, w, dp)?;
     }
 
     // 2. y = bias rows (then beta = 1), or beta = 0 (y is not read).
@@ -882,11 +873,11 @@ mod tests {
         for (group, m, cb) in [
             (32, 1, 2),
             (64, 16, 4),
-            (128, 1, 4),
-            (256, 20, 4),
+            (128, 1, 8),
+            (256, 20, 8),
             (48, 1, 1),
             (96, 1, 2),
-            (128, 64, 1),
+            (128, 64, 2),
             (16, 1, 1),
         ] {
             assert_eq!(
@@ -909,7 +900,7 @@ mod tests {
             (40, 2, 3),
         ] {
             let p = stream_plan(m, strips, groups, 128, 132);
-            assert_eq!(p.cb, if p.mt == 4 { 1 } else { 4 });
+            assert_eq!(p.cb, if p.mt == 4 { 2 } else { 8 });
             let kw = 8 / p.sw;
             assert!(p.splits * p.gpw * kw >= groups, "{p:?}");
             assert!(
