@@ -54,7 +54,8 @@ fn load(args: &ChatArgs) -> Result<InternVlModel> {
     let model = match &args.model {
         Some(dir) => {
             eprintln!("loading {} ...", dir.display());
-            InternVlModel::load(dir)
+            let mut printer = internvl::progress::ProgressPrinter::stderr();
+            InternVlModel::load_with_progress(dir, &mut |p| printer.report(p))
                 .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
         }
         None => {

@@ -7,6 +7,7 @@ use awq_kernels::Weights;
 use qwen2::{Qwen2, Qwen2Config};
 use serde_json::Value;
 
+use crate::progress::LoadProgress;
 use crate::{Error, Result, TextTokenizer};
 
 /// A language model ready to generate: the Qwen2 decoder, its tokenizer and its stop tokens.
@@ -80,8 +81,22 @@ impl TextModel {
         Ok(self)
     }
 
-    /// Loads a Qwen2 checkpoint directory, or the language model of an InternVL one.
+    /// Loads a Qwen2 checkpoint directory, or the language model of an InternVL one. The tokenizer is
+    /// `tokenizer.json`, else built from `vocab.json` and `merges.txt` ([`TextTokenizer::from_dir`]).
     pub fn load(dir: &Path) -> Result<TextModel> {
+        Self::load_inner(dir, None)
+    }
+
+    /// [`Self::load`] that also reads the weight files through once, reporting the bytes read to
+    /// `progress` (see [`crate::progress`]).
+    pub fn load_with_progress(
+        dir: &Path,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<TextModel> {
+        Self::load_inner(dir, Some(progress))
+    }
+
+    fn load_inner(dir: &Path, progress: Option<&mut dyn FnMut(LoadProgress)>) -> Result<TextModel> {
         let config_path = dir.join("config.json");
         let root = read_json(&config_path)?;
         let (llm_json, prefix) = llm_config_and_prefix(&root);
@@ -90,8 +105,13 @@ impl TextModel {
         // Every needed tensor, checked before anything is loaded; all problems are reported at once.
         weights.verify(&qwen2::expected_tensors(&config, prefix))?;
         let llm = Qwen2::load(&config, &weights.scope(prefix))?;
-        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer = TextTokenizer::from_dir(dir)?;
+        // Building maps the tensors without reading them, and checks every one: a bad checkpoint fails
+        // before its weights are read.
         let stop_ids = stop_ids(generation_config(dir)?.as_ref(), &tokenizer);
+        if let Some(progress) = progress {
+            crate::progress::read_weight_files(dir, progress)?;
+        }
         Ok(TextModel {
             llm,
             tokenizer,

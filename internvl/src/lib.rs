@@ -11,6 +11,7 @@ pub mod generation;
 pub mod image;
 pub mod inspect;
 pub mod model;
+pub mod progress;
 pub mod prompt;
 pub mod tokenizer;
 

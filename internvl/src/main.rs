@@ -58,7 +58,7 @@ struct ConvertArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Checkpoint directory (config.json, *.safetensors or pytorch_model*.bin, tokenizer.json). Without it, the embedded tiny
+    /// Checkpoint directory (config.json, *.safetensors or pytorch_model*.bin, tokenizer.json or vocab.json + merges.txt). Without it, the embedded tiny
     /// checkpoint with random weights is used.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -190,7 +190,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let model = match &args.model {
         Some(dir) => {
             eprintln!("loading {} ...", dir.display());
-            TextModel::load(dir)
+            let mut printer = internvl::progress::ProgressPrinter::stderr();
+            TextModel::load_with_progress(dir, &mut |p| printer.report(p))
                 .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
         }
         None => {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use vit::{InternVit, VisionConfig};
 
 use crate::checkpoint::{generation_config, read_json, stop_ids};
+use crate::progress::LoadProgress;
 use crate::{Error, Result, TextModel, TextTokenizer};
 
 /// The top-level keys of an InternVL `config.json` (class `InternVLChatConfig`, spec 1.2). Keys a file
@@ -155,21 +156,44 @@ pub struct InternVlModel {
 
 impl InternVlModel {
     /// Loads an original-layout InternVL checkpoint directory (config.json with `vision_config` and
-    /// `llm_config`, safetensors in bf16/f16/f32, tokenizer.json, optional generation_config.json).
+    /// `llm_config`, safetensors in bf16/f16/f32, tokenizer.json or vocab.json + merges.txt
+    /// ([`TextTokenizer::from_dir`]), optional generation_config.json).
     pub fn load(dir: &Path) -> Result<InternVlModel> {
+        Self::load_inner(dir, None)
+    }
+
+    /// [`Self::load`] that also reads the weight files through once, reporting the bytes read to
+    /// `progress` (see [`crate::progress`]).
+    pub fn load_with_progress(
+        dir: &Path,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<InternVlModel> {
+        Self::load_inner(dir, Some(progress))
+    }
+
+    fn load_inner(
+        dir: &Path,
+        progress: Option<&mut dyn FnMut(LoadProgress)>,
+    ) -> Result<InternVlModel> {
         let config_path = dir.join("config.json");
         let root = read_json(&config_path)?;
         let weights = Arc::new(Weights::from_dir(dir)?);
-        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer = TextTokenizer::from_dir(dir)?;
         let gen = generation_config(dir)?;
-        Self::from_parts(
+        let model = Self::from_parts(
             &dir.display().to_string(),
             &config_path.display().to_string(),
             &root,
             &weights,
             tokenizer,
             gen.as_ref(),
-        )
+        )?;
+        // Building maps the tensors without reading them, and checks every one: a bad checkpoint fails
+        // before its weights are read.
+        if let Some(progress) = progress {
+            crate::progress::read_weight_files(dir, progress)?;
+        }
+        Ok(model)
     }
 
     /// Loads a checkpoint held in memory (the embedded default): `config.json` text, safetensors bytes,
