@@ -153,7 +153,7 @@ fn a_pickle_that_calls_a_global_is_refused_without_running_it() {
 fn a_truncated_shard_is_refused_naming_the_file() {
     let dir = temp_dir("truncated");
     copy_dir(&fixture("internvl-tiny-bf16/bin"), &dir);
-    let shard = dir.join("pytorch_model-00002-of-00004.bin");
+    let shard = dir.join("pytorch_model-00002-of-00005.bin");
     let bytes = std::fs::read(&shard).unwrap();
     for keep in [bytes.len() - 10, bytes.len() / 2, 100] {
         std::fs::write(&shard, &bytes[..keep]).unwrap();
@@ -162,7 +162,7 @@ fn a_truncated_shard_is_refused_naming_the_file() {
             .expect("truncated")
             .to_string();
         assert!(
-            err.contains("pytorch_model-00002-of-00004.bin") && err.contains("truncated"),
+            err.contains("pytorch_model-00002-of-00005.bin") && err.contains("truncated"),
             "{err}"
         );
     }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use awq_kernels::Device;
 use clap::Args;
 use internvl::chat::{chat, ChatRequest, VideoSource};
+use internvl::image::ImageOptions;
 use internvl::{embedded, FinishReason, GenerationConfig, GenerationOutput, InternVlModel};
 use serde::Deserialize;
 
@@ -33,6 +34,10 @@ pub struct ChatArgs {
     /// Replace the template's system message.
     #[arg(long)]
     system: Option<String>,
+    /// Turn images upright by their EXIF orientation first. Off by default: the reference preprocessing
+    /// (Pillow `Image.open` + `convert('RGB')`) does not, and the model was trained that way.
+    #[arg(long)]
+    exif_orientation: bool,
     /// Keep asking: read questions from standard input, one per line, keeping the conversation.
     #[arg(long)]
     interactive: bool,
@@ -73,6 +78,13 @@ fn load(args: &ChatArgs) -> Result<InternVlModel> {
     model
         .to_device(device)
         .with_context(|| format!("moving the model to {device}"))
+}
+
+fn image_options(args: &ChatArgs) -> ImageOptions {
+    ImageOptions {
+        apply_exif_orientation: args.exif_orientation,
+        ..ImageOptions::default()
+    }
 }
 
 fn video_source(paths: &[PathBuf]) -> Option<VideoSource> {
@@ -127,6 +139,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     }
     let mut request = ChatRequest {
         system: args.system.clone(),
+        image_options: image_options(&args),
         images: args.images.clone(),
         video: video_source(&args.video),
         num_segments: args.num_segments,
@@ -205,6 +218,7 @@ fn run_batch(
             .and_then(|req| {
                 let request = ChatRequest {
                     system: req.system.or_else(|| args.system.clone()),
+                    image_options: image_options(args),
                     question: req.question,
                     images: req.images,
                     video: video_source(&req.video),

@@ -132,11 +132,11 @@ fn inspect_describes_the_awq_bin_checkpoint() {
     let r = inspect(&fixture("internvl-tiny-awq/bin"), 4096).unwrap();
     assert_eq!(r.architecture, "InternVLChatModel");
     assert_eq!(r.format, WeightFormat::TorchBin);
-    assert_eq!(r.files.len(), 5);
+    assert_eq!(r.files.len(), 7);
     let v = r.vision.as_ref().unwrap();
     assert_eq!(
         (v.hidden_size, v.num_hidden_layers, v.image_size),
-        (32, 1, 56)
+        (32, 1, 448)
     );
     assert_eq!((r.llm.hidden_size, r.llm.num_hidden_layers), (128, 2));
     assert_eq!(r.llm.awq.map(|a| a.group_size), Some(128));
@@ -230,7 +230,7 @@ fn convert_writes_verified_safetensors_shards_that_generate_the_same_text() {
     };
     let summary = convert(&src, &out, options, |p| events.push(p)).unwrap();
     assert_eq!(summary.tensors, 79);
-    assert_eq!(summary.shards.len(), 3);
+    assert_eq!(summary.shards.len(), 4);
     assert_eq!(
         summary.copied,
         vec![
@@ -244,7 +244,7 @@ fn convert_writes_verified_safetensors_shards_that_generate_the_same_text() {
         events[0],
         Progress::Start {
             tensors: 79,
-            shards: 3,
+            shards: 4,
             ..
         }
     ));
@@ -252,7 +252,7 @@ fn convert_writes_verified_safetensors_shards_that_generate_the_same_text() {
         .iter()
         .filter(|e| matches!(e, Progress::ShardVerified { .. }))
         .count();
-    assert_eq!(verified, 3);
+    assert_eq!(verified, 4);
     assert!(out.join("model.safetensors.index.json").exists());
 
     let a = Weights::from_dir(&src).unwrap();
@@ -278,7 +278,7 @@ fn convert_writes_verified_safetensors_shards_that_generate_the_same_text() {
     };
     let summary = convert(&src, &out, forced, |_| {}).unwrap();
     assert_eq!(summary.shards, vec!["model.safetensors"]);
-    assert!(!out.join("model-00001-of-00003.safetensors").exists());
+    assert!(!out.join("model-00001-of-00004.safetensors").exists());
     assert!(!out.join("model.safetensors.index.json").exists());
     assert_eq!(Weights::from_dir(&out).unwrap().names(), a.names());
     std::fs::remove_dir_all(out.parent().unwrap()).unwrap();
@@ -313,4 +313,52 @@ fn the_program_converts_with_progress_and_refuses_to_overwrite() {
         "{stdout}"
     );
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn chat_about_an_image_answers_the_same_from_the_bin_and_the_safetensors_folder() {
+    let cwd = std::env::temp_dir();
+    let image =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/preprocess/src/wide900x60.png");
+    let run = |dir: PathBuf| {
+        let out = internvl(
+            &[
+                "chat",
+                "--model",
+                dir.to_str().unwrap(),
+                "--image",
+                image.to_str().unwrap(),
+                "--max-tiles",
+                "4",
+                "--max-new-tokens",
+                "10",
+                "--ignore-eos",
+                "What is in the picture?",
+            ],
+            &cwd,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The answer and the statistics line (prompt tokens: the image's tiles are in the prompt).
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stats = stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split(" in ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        (String::from_utf8(out.stdout).unwrap(), stats)
+    };
+    for kind in KINDS {
+        let (bin_answer, bin_stats) = run(fixture(&format!("{kind}/bin")));
+        let (st_answer, st_stats) = run(fixture(&format!("{kind}/safetensors")));
+        assert!(bin_stats.contains("10 new tokens"), "{bin_stats}");
+        assert_eq!(bin_answer, st_answer, "{kind}");
+        assert_eq!(bin_stats, st_stats, "{kind}");
+    }
 }
