@@ -8,7 +8,35 @@ use half::{bf16, f16};
 use super::awq::cpu::AwqWeights;
 use super::{f32_slice, rows_and_width};
 use crate::awq_format::PACK_FACTOR;
-use crate::{DType, Error, FloatElement, Result, Tensor, WeightsScope};
+use crate::{DType, Error, Result, Tensor, WeightsScope};
+
+/// Runs `$body` with `$v` bound to the elements of the float tensor `$t` as a typed slice (f32, f16 or
+/// bf16); any other dtype returns a dtype error for `$op`.
+macro_rules! with_float_slice {
+    ($t:expr, $op:expr, |$v:ident| $body:expr) => {
+        match $t.dtype() {
+            DType::F32 => {
+                let $v = $t.as_slice::<f32>()?;
+                $body
+            }
+            DType::F16 => {
+                let $v = $t.as_slice::<f16>()?;
+                $body
+            }
+            DType::BF16 => {
+                let $v = $t.as_slice::<bf16>()?;
+                $body
+            }
+            other => {
+                return Err(Error::DType {
+                    op: $op,
+                    expected: DType::F16,
+                    got: other,
+                })
+            }
+        }
+    };
+}
 
 /// How the AWQ linears of a checkpoint were quantized (from its `quantization_config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,45 +179,11 @@ impl Linear {
                 } => {
                     let gpu = crate::cuda::Gpu::shared()?;
                     let (qw, qz) = (qweight.as_u32_bits()?, qzeros.as_u32_bits()?);
-                    let weights = match scales.dtype() {
-                        DType::F16 => super::awq::cuda::AwqGpuWeights::upload(
-                            &gpu,
-                            qw,
-                            qz,
-                            scales.as_slice::<f16>()?,
-                            *k,
-                            *n,
-                            *group,
-                            dtype,
-                        )?,
-                        DType::BF16 => super::awq::cuda::AwqGpuWeights::upload(
-                            &gpu,
-                            qw,
-                            qz,
-                            scales.as_slice::<bf16>()?,
-                            *k,
-                            *n,
-                            *group,
-                            dtype,
-                        )?,
-                        DType::F32 => super::awq::cuda::AwqGpuWeights::upload(
-                            &gpu,
-                            qw,
-                            qz,
-                            scales.as_slice::<f32>()?,
-                            *k,
-                            *n,
-                            *group,
-                            dtype,
-                        )?,
-                        other => {
-                            return Err(Error::DType {
-                                op: "Linear::to_device",
-                                expected: DType::F16,
-                                got: other,
-                            })
-                        }
-                    };
+                    let weights = with_float_slice!(scales, "Linear::to_device", |s| {
+                        super::awq::cuda::AwqGpuWeights::upload(
+                            &gpu, qw, qz, s, *k, *n, *group, dtype,
+                        )?
+                    });
                     Ok(Linear::AwqGpu {
                         weights: std::sync::Arc::new(weights),
                         bias: bias_on(bias)?,
@@ -286,18 +280,7 @@ impl Linear {
         match self {
             Linear::Dense { weight, bias } => {
                 let b = bias.as_deref();
-                match weight.dtype() {
-                    DType::F32 => cpu::linear(xs, m, k, weight.as_slice::<f32>()?, n, b, &mut y),
-                    DType::F16 => cpu::linear(xs, m, k, weight.as_slice::<f16>()?, n, b, &mut y),
-                    DType::BF16 => cpu::linear(xs, m, k, weight.as_slice::<bf16>()?, n, b, &mut y),
-                    other => {
-                        return Err(Error::DType {
-                            op,
-                            expected: DType::F32,
-                            got: other,
-                        })
-                    }
-                }
+                with_float_slice!(weight, op, |w| cpu::linear(xs, m, k, w, n, b, &mut y))
             }
             Linear::Awq {
                 qweight,
@@ -309,52 +292,18 @@ impl Linear {
                 group,
             } => {
                 let b = bias.as_deref();
-                let (qw, qz) = (qweight.as_u32_bits()?, qzeros.as_u32_bits()?);
-                match scales.dtype() {
-                    DType::F16 => awq_forward(
-                        xs,
-                        m,
-                        qw,
-                        qz,
-                        scales.as_slice::<f16>()?,
-                        *k,
-                        *n,
-                        *group,
-                        b,
-                        &mut y,
-                    ),
-                    DType::BF16 => awq_forward(
-                        xs,
-                        m,
-                        qw,
-                        qz,
-                        scales.as_slice::<bf16>()?,
-                        *k,
-                        *n,
-                        *group,
-                        b,
-                        &mut y,
-                    ),
-                    DType::F32 => awq_forward(
-                        xs,
-                        m,
-                        qw,
-                        qz,
-                        scales.as_slice::<f32>()?,
-                        *k,
-                        *n,
-                        *group,
-                        b,
-                        &mut y,
-                    ),
-                    other => {
-                        return Err(Error::DType {
-                            op,
-                            expected: DType::F16,
-                            got: other,
-                        })
-                    }
-                }
+                let (qweight, qzeros) = (qweight.as_u32_bits()?, qzeros.as_u32_bits()?);
+                with_float_slice!(scales, op, |scales| {
+                    let w = AwqWeights {
+                        qweight,
+                        qzeros,
+                        scales,
+                        k: *k,
+                        n: *n,
+                        group: *group,
+                    };
+                    super::awq::cpu::awq_linear(xs, m, w, b, &mut y)
+                })
             }
             #[cfg(feature = "cuda")]
             Linear::DenseGpu { .. } | Linear::AwqGpu { .. } => {
@@ -367,28 +316,4 @@ impl Linear {
         *shape.last_mut().expect("x has a last dimension") = n;
         Tensor::from_vec(y, &shape)
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn awq_forward<S: FloatElement>(
-    x: &[f32],
-    m: usize,
-    qweight: &[u32],
-    qzeros: &[u32],
-    scales: &[S],
-    k: usize,
-    n: usize,
-    group: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let w = AwqWeights {
-        qweight,
-        qzeros,
-        scales,
-        k,
-        n,
-        group,
-    };
-    super::awq::cpu::awq_linear(x, m, w, bias, y);
 }
