@@ -311,6 +311,11 @@ impl InternVlModel {
         }
         let mut x = self.text.llm.embed(ids)?;
         if let Some(r) = image_rows {
+            // The image rows come from the vision encoder on the CPU in f32; with the LLM on a GPU the
+            // merge happens on the CPU too, and generation moves the result to the model's device.
+            if x.device() != awq_kernels::Device::Cpu {
+                x = x.to_device(awq_kernels::Device::Cpu)?.to_f32()?;
+            }
             scatter_rows(&mut x, &positions, r)?;
         }
         Ok(x)

@@ -48,6 +48,10 @@ echo "== internvl generate --device cuda (embedded checkpoint)" | tee -a "$OUT/t
 timeout 120 ./internvl generate --device cuda --max-new-tokens 16 --ignore-eos "Hello" >> "$OUT/tests.log" 2>&1 \
     || { echo "internvl on the GPU FAILED"; failed=1; }
 tail -2 "$OUT/tests.log"
+echo "== internvl chat --device cuda with an image (embedded InternVL checkpoint)" | tee -a "$OUT/tests.log"
+timeout 120 ./internvl chat --device cuda --image "$PWD/../../fixtures/preprocess/src/photo.jpg" --max-new-tokens 8 \
+    --ignore-eos "Describe the image." >> "$OUT/tests.log" 2>&1 || { echo "internvl chat on the GPU FAILED"; failed=1; }
+tail -2 "$OUT/tests.log"
 
 if [ $TESTS_ONLY -eq 1 ]; then
     [ $failed -ne 0 ] && echo "SOME CHECKS FAILED"
