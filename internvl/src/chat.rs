@@ -85,24 +85,54 @@ fn video_frames(
     Ok(picks.into_iter().map(|i| all[i].clone()).collect())
 }
 
+/// An image already decoded (from bytes a caller holds), with its own tile limit.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub image: DecodedImage,
+    /// Tiles for this image at most (the request's `max_tiles` when `None`).
+    pub max_tiles: Option<usize>,
+}
+
 /// Builds the prompt ids and pixels for `request`.
 pub fn prepare(model: &InternVlModel, request: &ChatRequest) -> Result<PreparedChat> {
+    let images = request
+        .images
+        .iter()
+        .map(|path| {
+            Ok(ImageInput {
+                image: decode(path, &request.image_options)?,
+                max_tiles: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    prepare_decoded(model, request, &images)
+}
+
+/// As [`prepare`], with `images` in place of `request.images` (which is not read). With history, the
+/// `<image>` placeholders must already be in the history's first question, as `chat()` keeps them.
+pub fn prepare_decoded(
+    model: &InternVlModel,
+    request: &ChatRequest,
+    images: &[ImageInput],
+) -> Result<PreparedChat> {
     let config = &model.config;
-    let max_tiles = if config.dynamic_image_size {
-        request.max_tiles.unwrap_or(config.max_dynamic_patch).max(1)
-    } else {
-        1
-    };
-    let image_tiling = TileOptions {
-        min_tiles: config.min_dynamic_patch.min(max_tiles) as u32,
-        max_tiles: max_tiles as u32,
-        thumbnail: config.use_thumbnail,
+    let tiling = |wanted: Option<usize>| {
+        let max_tiles = if config.dynamic_image_size {
+            wanted.unwrap_or(config.max_dynamic_patch).max(1)
+        } else {
+            1
+        };
+        TileOptions {
+            min_tiles: config.min_dynamic_patch.min(max_tiles) as u32,
+            max_tiles: max_tiles as u32,
+            thumbnail: config.use_thumbnail,
+        }
     };
     let mut tiles = Vec::new();
     let mut tiles_per_image = Vec::new();
-    for path in &request.images {
-        let image = decode(path, &request.image_options)?;
-        let (_, image_tiles) = tile_images(&image, &image_tiling)?;
+    for input in images {
+        let (_, image_tiles) =
+            tile_images(&input.image, &tiling(input.max_tiles.or(request.max_tiles)))?;
         tiles_per_image.push(image_tiles.len());
         tiles.extend(image_tiles);
     }
@@ -119,7 +149,7 @@ pub fn prepare(model: &InternVlModel, request: &ChatRequest) -> Result<PreparedC
     // As `chat()`: placeholders go in front of the question only on the first turn.
     let question = if request.history.is_empty() {
         let q = with_placeholders(&request.question, frames.len(), ImageLayout::Frames);
-        with_placeholders(&q, request.images.len(), ImageLayout::Images)
+        with_placeholders(&q, images.len(), ImageLayout::Images)
     } else {
         request.question.clone()
     };

@@ -30,7 +30,7 @@ impl Default for GenerationConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// A stop token was produced.
+    /// A stop token was produced, or the caller's `on_text` asked to stop.
     Stop,
     /// `max_new_tokens` or the model's context was reached.
     Length,
@@ -50,9 +50,12 @@ pub fn generate(
     model: &TextModel,
     prompt_ids: &[u32],
     config: &GenerationConfig,
-    on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str),
 ) -> Result<GenerationOutput> {
-    generate_from(model, prompt_ids, None, config, on_text)
+    generate_from(model, prompt_ids, None, config, |piece| {
+        on_text(piece);
+        true
+    })
 }
 
 /// Generates from `prompt_ids` whose `<IMG_CONTEXT>` positions receive the encoded tiles `pixels`
@@ -68,6 +71,26 @@ pub fn generate_with_images(
     if prompt_ids.is_empty() {
         return Err(Error::EmptyPrompt);
     }
+    let mut on_text = on_text;
+    generate_with_images_until(model, prompt_ids, pixels, config, |piece| {
+        on_text(piece);
+        true
+    })
+}
+
+/// As [`generate_with_images`], but `on_text` returns whether to go on: when it returns `false` generation
+/// ends there (the caller found a stop string, or its client went away) with [`FinishReason::Stop`], and
+/// `on_text` is not called again.
+pub fn generate_with_images_until(
+    model: &InternVlModel,
+    prompt_ids: &[u32],
+    pixels: Option<&Tensor>,
+    config: &GenerationConfig,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<GenerationOutput> {
+    if prompt_ids.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
     let embeddings = model.prompt_embeddings(prompt_ids, pixels)?;
     generate_from(&model.text, prompt_ids, Some(embeddings), config, on_text)
 }
@@ -79,7 +102,7 @@ fn generate_from(
     prompt_ids: &[u32],
     mut prompt_embeddings: Option<Tensor>,
     config: &GenerationConfig,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<GenerationOutput> {
     if prompt_ids.is_empty() {
         return Err(Error::EmptyPrompt);
@@ -108,6 +131,7 @@ fn generate_from(
     let mut text = String::new();
     let mut tokens = Vec::new();
     let mut finish_reason = FinishReason::Length;
+    let mut stopped = false;
 
     let mut input = prompt_ids.to_vec();
     while tokens.len() < max_new {
@@ -133,14 +157,18 @@ fn generate_from(
         }
         let piece = decoder.push(&model.tokenizer, next)?;
         if !piece.is_empty() {
-            on_text(&piece);
             text.push_str(&piece);
+            if !on_text(&piece) {
+                stopped = true;
+                finish_reason = FinishReason::Stop;
+                break;
+            }
         }
         input = vec![next];
     }
     cache.release(&mut table);
     let rest = decoder.finish(&model.tokenizer)?;
-    if !rest.is_empty() {
+    if !rest.is_empty() && !stopped {
         on_text(&rest);
         text.push_str(&rest);
     }
