@@ -170,7 +170,7 @@ pub fn conversation(messages: Vec<Message>, max_images: usize) -> Result<Convers
                 ))
             }
             "user" | "assistant" => {
-                let expected = if turns.len() % 2 == 0 {
+                let expected = if turns.len().is_multiple_of(2) {
                     "user"
                 } else {
                     "assistant"
@@ -207,7 +207,7 @@ pub fn conversation(messages: Vec<Message>, max_images: usize) -> Result<Convers
             }
         }
     }
-    if turns.len() % 2 == 0 {
+    if turns.len().is_multiple_of(2) {
         return Err(ApiError::bad_param(
             "messages",
             "the last message must be from the user",

@@ -134,17 +134,21 @@ fn answer(model: &InternVlModel, job: Job) -> Result<(), ApiError> {
     let prompt_tokens = prepared.prompt_ids.len();
     let room = context.saturating_sub(prompt_tokens);
     let max_new_tokens = match max_tokens {
-        Some(n) if n > room => return Err(ApiError::bad_param(
-            "max_tokens",
-            format!(
+        Some(n) if n > room => {
+            return Err(ApiError::bad_param(
+                "max_tokens",
+                format!(
                 "the prompt has {prompt_tokens} tokens and max_tokens is {n}: together over the \
                      model's context of {context} tokens; lower max_tokens to at most {room}"
             ),
-        )),
+            ))
+        }
         Some(n) => n,
-        None if room == 0 => return Err(ApiError::bad_request(format!(
+        None if room == 0 => {
+            return Err(ApiError::bad_request(format!(
             "the prompt has {prompt_tokens} tokens, which fills the model's context of {context}"
-        ))),
+        )))
+        }
         None => room,
     };
     if events.send(Event::Started { prompt_tokens }).is_err() {
