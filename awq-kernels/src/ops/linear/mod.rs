@@ -216,30 +216,8 @@ impl Linear {
                 let gpu = std::sync::Arc::clone(&xb.gpu);
                 let mut y = crate::cuda::buffer::GpuBuffer::output(&gpu, x.dtype(), m * n)?;
                 match x.dtype() {
-                    DType::F16 => {
-                        let b = bias.as_ref().map(|b| b.gpu_buffer()).transpose()?;
-                        let bv = b.map(|b| b.view::<f16>()).transpose()?;
-                        super::awq::cuda::awq_linear::<f16>(
-                            &gpu,
-                            &xb.view::<f16>()?,
-                            m,
-                            weights,
-                            bv.as_ref(),
-                            &mut y.view_mut::<f16>()?,
-                        )?
-                    }
-                    DType::BF16 => {
-                        let b = bias.as_ref().map(|b| b.gpu_buffer()).transpose()?;
-                        let bv = b.map(|b| b.view::<bf16>()).transpose()?;
-                        super::awq::cuda::awq_linear::<bf16>(
-                            &gpu,
-                            &xb.view::<bf16>()?,
-                            m,
-                            weights,
-                            bv.as_ref(),
-                            &mut y.view_mut::<bf16>()?,
-                        )?
-                    }
+                    DType::F16 => awq_gpu_forward::<f16>(xb, m, weights, bias.as_ref(), &mut y)?,
+                    DType::BF16 => awq_gpu_forward::<bf16>(xb, m, weights, bias.as_ref(), &mut y)?,
                     other => {
                         return Err(Error::DType {
                             op: "AWQ linear (GPU)",
@@ -316,4 +294,29 @@ impl Linear {
         *shape.last_mut().expect("x has a last dimension") = n;
         Tensor::from_vec(y, &shape)
     }
+}
+
+/// The AWQ GPU linear for activations of type `T` (f16 or bf16): `y` `[m, n]` from `x` `[m, k]`.
+#[cfg(feature = "cuda")]
+fn awq_gpu_forward<T>(
+    x: &crate::cuda::buffer::GpuBuffer,
+    m: usize,
+    weights: &super::awq::cuda::AwqGpuWeights,
+    bias: Option<&Tensor>,
+    y: &mut crate::cuda::buffer::GpuBuffer,
+) -> Result<()>
+where
+    T: super::awq::cuda::AwqFloat + crate::cuda::buffer::GpuElement,
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let bias = bias.map(|b| b.gpu_buffer()).transpose()?;
+    let bias = bias.map(|b| b.view::<T>()).transpose()?;
+    super::awq::cuda::awq_linear::<T>(
+        &x.gpu,
+        &x.view::<T>()?,
+        m,
+        weights,
+        bias.as_ref(),
+        &mut y.view_mut::<T>()?,
+    )
 }
