@@ -66,6 +66,9 @@ pub enum Error {
     #[error("select_layer {select_layer} does not name a hidden state of a {layers}-layer vision encoder")]
     SelectLayer { select_layer: i64, layers: usize },
 
+    #[error("the batched decode step failed: {0}")]
+    Decode(String),
+
     #[error(transparent)]
     Model(#[from] qwen2::Error),
 

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod convert;
 pub mod embedded;
+pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod image;

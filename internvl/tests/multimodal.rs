@@ -16,7 +16,8 @@ use std::sync::Arc;
 use awq_kernels::kv_cache::BlockTable;
 use awq_kernels::sampling::{argmax, SamplingParams};
 use awq_kernels::{DType, Tensor, Weights};
-use internvl::{generate_with_images, Error, GenerationConfig, InternVlModel};
+use internvl::engine::{Engine, EngineConfig, SeqRequest, StepEvent};
+use internvl::{generate_with_images, Error, FinishReason, GenerationConfig, InternVlModel};
 use qwen2::{ForwardOptions, SeqInput};
 
 const REL_TOL: f32 = 1e-4;
@@ -359,4 +360,146 @@ fn a_plain_qwen2_checkpoint_is_not_taken_for_an_internvl_one() {
         .expect("no vision_config")
         .to_string();
     assert!(err.contains("vision_config"), "{err}");
+}
+
+/// Runs the three reference prompts through one [`Engine`] at once and returns each one's tokens (in prompt
+/// order), checking the event order and that every KV block is free at the end.
+fn engine_tokens(model: &InternVlModel, config: EngineConfig) -> (Vec<Vec<u32>>, u64) {
+    let reference = Reference::new("internvl-300m-like");
+    let mut engine = Engine::new(model, config).unwrap();
+    let mut ids = Vec::new();
+    for (prompt, which) in PROMPTS {
+        let want = reference.ids(&format!("{prompt}.greedy_ids"));
+        let request = SeqRequest {
+            prompt_ids: reference.ids(&format!("{prompt}.prompt_ids")),
+            pixels: Some(pixels(which)),
+            config: GenerationConfig {
+                max_new_tokens: want.len(),
+                sampling: SamplingParams::default(),
+                ignore_eos: true,
+            },
+        };
+        ids.push(engine.add(request).unwrap());
+    }
+    let mut tokens = vec![Vec::new(); ids.len()];
+    let mut finished = vec![false; ids.len()];
+    for _ in 0..200 {
+        if engine.is_idle() {
+            break;
+        }
+        assert!(engine.running() <= config.max_running);
+        for event in engine.step() {
+            match event {
+                StepEvent::Token { id, token, .. } => {
+                    let i = ids.iter().position(|&x| x == id).unwrap();
+                    assert!(!finished[i], "a token after Finished");
+                    tokens[i].push(token);
+                }
+                StepEvent::Finished {
+                    id,
+                    reason,
+                    completion_tokens,
+                    ..
+                } => {
+                    let i = ids.iter().position(|&x| x == id).unwrap();
+                    assert_eq!(reason, FinishReason::Length);
+                    assert_eq!(completion_tokens, tokens[i].len());
+                    finished[i] = true;
+                }
+                StepEvent::Failed { error, .. } => panic!("{error}"),
+            }
+        }
+    }
+    assert!(engine.is_idle() && finished.iter().all(|&f| f));
+    let (free, total) = engine.kv_blocks();
+    assert_eq!(free, total, "every KV block is returned");
+    (tokens, engine.preemptions())
+}
+
+fn reference_greedy() -> Vec<Vec<u32>> {
+    let reference = Reference::new("internvl-300m-like");
+    PROMPTS
+        .iter()
+        .map(|(prompt, _)| reference.ids(&format!("{prompt}.greedy_ids")))
+        .collect()
+}
+
+#[test]
+fn the_engine_decodes_three_image_prompts_in_one_batch_with_the_transformers_greedy_tokens() {
+    let model = load("internvl-300m-like");
+    let config = EngineConfig {
+        max_running: 3,
+        kv_cache_tokens: 4096,
+        block_size: 16,
+    };
+    let (tokens, preemptions) = engine_tokens(&model, config);
+    assert_eq!(tokens, reference_greedy());
+    assert_eq!(preemptions, 0);
+    // One at a time gives the same tokens.
+    let serial = EngineConfig {
+        max_running: 1,
+        ..config
+    };
+    assert_eq!(engine_tokens(&model, serial).0, reference_greedy());
+}
+
+#[test]
+fn a_kv_cache_too_small_for_all_preempts_and_recomputes_without_changing_the_tokens() {
+    let model = load("internvl-300m-like");
+    // Prompts of 671 and 682 tokens take 42 + 43 of the 86 blocks; the one block left cannot hold both
+    // sequences' growth over 16 tokens, so the newer one is preempted; the 1221-token video waits.
+    let config = EngineConfig {
+        max_running: 3,
+        kv_cache_tokens: 86 * 16,
+        block_size: 16,
+    };
+    let (tokens, preemptions) = engine_tokens(&model, config);
+    assert_eq!(tokens, reference_greedy());
+    assert!(preemptions > 0);
+}
+
+#[test]
+fn cancelling_frees_the_blocks_and_a_prompt_over_the_cache_is_refused() {
+    let model = load("internvl-300m-like");
+    let reference = Reference::new("internvl-300m-like");
+    let config = EngineConfig {
+        max_running: 2,
+        kv_cache_tokens: 2048,
+        block_size: 16,
+    };
+    let mut engine = Engine::new(&model, config).unwrap();
+    let request = |prompt: &str, which: &str| SeqRequest {
+        prompt_ids: reference.ids(&format!("{prompt}.prompt_ids")),
+        pixels: Some(pixels(which)),
+        config: GenerationConfig {
+            max_new_tokens: 50,
+            sampling: SamplingParams::default(),
+            ignore_eos: true,
+        },
+    };
+    let a = engine.add(request("image", "image")).unwrap();
+    let b = engine.add(request("multi_image", "image")).unwrap();
+    engine.step();
+    engine.step();
+    assert_eq!(engine.running(), 2);
+    let (free, total) = engine.kv_blocks();
+    assert!(free < total);
+    assert!(engine.cancel(a) && engine.cancel(b));
+    assert!(!engine.cancel(a), "a cancelled sequence is gone");
+    assert!(engine.is_idle());
+    assert_eq!(engine.kv_blocks(), (total, total));
+    // 1221 tokens do not fit in a 1024-token cache.
+    let mut small = Engine::new(
+        &model,
+        EngineConfig {
+            kv_cache_tokens: 1024,
+            ..config
+        },
+    )
+    .unwrap();
+    let err = small.add(request("video", "video")).unwrap_err();
+    assert!(
+        matches!(err, Error::PromptTooLong { limit: 1024, .. }),
+        "{err}"
+    );
 }

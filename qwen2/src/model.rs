@@ -193,6 +193,11 @@ impl Qwen2 {
         self.device
     }
 
+    /// The dtype activations and the KV cache have: f32 on the CPU, the checkpoint's float dtype on a GPU.
+    pub fn activation_dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Input embeddings made elsewhere (on the CPU, in f32) as this model takes them: on its device, in
     /// its activation dtype.
     pub fn to_model_input(&self, x: Tensor) -> Result<Tensor> {

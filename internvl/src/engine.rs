@@ -1,0 +1,411 @@
+//! A batched generation engine: many sequences share one paged KV cache, and each [`Engine::step`]
+//! prefills the sequences it admits and then decodes every running sequence together in one forward
+//! pass. This is the interface a continuous-batching scheduler (chunked prefill, prefix caching) slots
+//! into later: callers only `add`, `step` and `cancel`.
+//!
+//! Memory policy. A sequence is admitted (first in, first served) when the pool has blocks for its whole
+//! prefill; while decoding it takes one block at a time. When the pool runs dry, the most recently admitted
+//! sequences are preempted: their blocks are released and they go back to the front of the queue, to be
+//! prefilled again over their prompt and the tokens generated so far (recompute, as vLLM does). Their
+//! encoded image rows are kept, so the vision encoder never runs twice for a request.
+
+use std::collections::VecDeque;
+
+use awq_kernels::kv_cache::{BlockTable, PagedKvCache};
+use awq_kernels::sampling::Sampler;
+use awq_kernels::Tensor;
+use qwen2::{ForwardOptions, SeqInput};
+
+use crate::{
+    Error, FinishReason, GenerationConfig, IncrementalDecoder, InternVlModel, Result, TextModel,
+};
+
+/// Sizes of an [`Engine`].
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Sequences decoded together at most; more wait in the queue.
+    pub max_running: usize,
+    /// KV cache capacity in tokens, for all sequences together (rounded up to whole blocks).
+    pub kv_cache_tokens: usize,
+    /// Tokens per KV cache block.
+    pub block_size: usize,
+}
+
+impl EngineConfig {
+    /// A cache for `max_running` sequences of the model's full context, or as many tokens as fit in
+    /// `max_bytes` if that is less, but never less than one full context.
+    pub fn sized_for(model: &TextModel, max_running: usize, max_bytes: usize) -> EngineConfig {
+        let c = model.llm.config();
+        let context = c.max_position_embeddings;
+        let element = model.llm.activation_dtype().size();
+        let per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * element;
+        let affordable = max_bytes / per_token.max(1);
+        EngineConfig {
+            max_running,
+            kv_cache_tokens: affordable.min(context * max_running.max(1)).max(context),
+            block_size: 16,
+        }
+    }
+}
+
+/// A sequence's handle.
+pub type SeqId = u64;
+
+/// What [`Engine::step`] reports, per sequence, in order: `Token`s, then one `Finished` or `Failed`.
+#[derive(Debug)]
+pub enum StepEvent {
+    /// A new token; `text` is the text it completed (often empty inside a multi-byte character or word).
+    Token { id: SeqId, token: u32, text: String },
+    /// The sequence ended (a stop token or its length limit); its KV blocks are free. `text` is what the
+    /// incremental decoder still held.
+    Finished {
+        id: SeqId,
+        reason: FinishReason,
+        completion_tokens: usize,
+        text: String,
+    },
+    /// The sequence failed; its KV blocks are free.
+    Failed { id: SeqId, error: Error },
+}
+
+/// One request to the engine.
+pub struct SeqRequest {
+    pub prompt_ids: Vec<u32>,
+    /// The tiles of the prompt's images `[n, 3, 448, 448]`, in prompt order.
+    pub pixels: Option<Tensor>,
+    pub config: GenerationConfig,
+}
+
+struct Sequence {
+    id: SeqId,
+    prompt_len: usize,
+    /// The prompt followed by the generated tokens.
+    history: Vec<u32>,
+    pixels: Option<Tensor>,
+    /// The projector's rows for the prompt's `<IMG_CONTEXT>` positions, once encoded.
+    image_rows: Option<Tensor>,
+    max_new: usize,
+    ignore_eos: bool,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    table: BlockTable,
+}
+
+impl Sequence {
+    fn generated(&self) -> usize {
+        self.history.len() - self.prompt_len
+    }
+}
+
+/// Generation for many sequences at once over one model and one KV cache.
+pub struct Engine<'m> {
+    model: &'m InternVlModel,
+    cache: PagedKvCache,
+    config: EngineConfig,
+    /// New and preempted sequences, in admission order.
+    waiting: VecDeque<Sequence>,
+    /// Sequences whose KV holds every token but the last generated one (the next input), in admission
+    /// order.
+    running: Vec<Sequence>,
+    next_id: SeqId,
+    preemptions: u64,
+}
+
+impl<'m> Engine<'m> {
+    /// An engine with its KV cache allocated on the model's device.
+    pub fn new(model: &'m InternVlModel, config: EngineConfig) -> Result<Engine<'m>> {
+        let block_size = config.block_size.max(1);
+        let blocks = config.kv_cache_tokens.div_ceil(block_size).max(1);
+        let cache = model.text.llm.try_new_kv_cache(block_size, blocks)?;
+        Ok(Engine {
+            model,
+            cache,
+            config: EngineConfig {
+                block_size,
+                kv_cache_tokens: blocks * block_size,
+                max_running: config.max_running.max(1),
+            },
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 1,
+            preemptions: 0,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Sequences waiting for admission (new or preempted).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences being decoded.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Sequences preempted so far (each one is prefilled again when readmitted).
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Free KV cache blocks, and all blocks.
+    pub fn kv_blocks(&self) -> (usize, usize) {
+        (
+            self.cache.free_blocks(),
+            self.config.kv_cache_tokens / self.config.block_size,
+        )
+    }
+
+    /// Queues a sequence. Its prompt must leave room for one new token in the model's context and in the
+    /// KV cache; its `max_new_tokens` is cut to what both can hold.
+    pub fn add(&mut self, request: SeqRequest) -> Result<SeqId> {
+        let SeqRequest {
+            prompt_ids,
+            pixels,
+            config,
+        } = request;
+        if prompt_ids.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        config.sampling.validate()?;
+        let context = self.model.text.llm.config().max_position_embeddings;
+        let limit = context.min(self.config.kv_cache_tokens);
+        if prompt_ids.len() >= limit {
+            return Err(Error::PromptTooLong {
+                prompt: prompt_ids.len(),
+                limit,
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back(Sequence {
+            id,
+            prompt_len: prompt_ids.len(),
+            max_new: config.max_new_tokens.min(limit - prompt_ids.len()),
+            history: prompt_ids,
+            pixels,
+            image_rows: None,
+            ignore_eos: config.ignore_eos,
+            sampler: Sampler::new(config.sampling),
+            decoder: IncrementalDecoder::new(),
+            table: BlockTable::new(),
+        });
+        Ok(id)
+    }
+
+    /// Drops a sequence wherever it is, freeing its KV blocks; false if it is not (or no longer) here.
+    pub fn cancel(&mut self, id: SeqId) -> bool {
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            let mut seq = self.waiting.remove(i).expect("found above");
+            self.cache.release(&mut seq.table);
+            return true;
+        }
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let mut seq = self.running.remove(i);
+            self.cache.release(&mut seq.table);
+            return true;
+        }
+        false
+    }
+
+    /// One round: admits and prefills what fits, then decodes one token for every sequence that was
+    /// already running. Returns what happened to each sequence.
+    pub fn step(&mut self) -> Vec<StepEvent> {
+        let mut events = Vec::new();
+        let decoding = self.running.len();
+        self.admit(&mut events);
+        self.decode(decoding, &mut events);
+        events
+    }
+
+    /// Prefills waiting sequences in order while there is room in the batch and in the cache.
+    fn admit(&mut self, events: &mut Vec<StepEvent>) {
+        while self.running.len() < self.config.max_running {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            if self
+                .cache
+                .reserve(&mut seq.table, seq.history.len())
+                .is_err()
+            {
+                self.waiting.push_front(seq);
+                break;
+            }
+            match self.prefill(&mut seq) {
+                Ok(logits) => {
+                    if self.emit(&mut seq, &logits, events) {
+                        self.running.push(seq);
+                    }
+                }
+                Err(error) => {
+                    self.cache.release(&mut seq.table);
+                    events.push(StepEvent::Failed { id: seq.id, error });
+                }
+            }
+        }
+    }
+
+    /// Runs the prefill of `seq` over its whole history (the prompt with its images, then the tokens it
+    /// generated before a preemption) and returns the logits of its last position.
+    fn prefill(&mut self, seq: &mut Sequence) -> Result<Vec<f32>> {
+        let model = self.model;
+        let llm = &model.text.llm;
+        if seq.image_rows.is_none() {
+            if let Some(pixels) = seq.pixels.take() {
+                seq.image_rows = Some(model.encode_images(&pixels)?);
+            }
+        }
+        let prompt = &seq.history[..seq.prompt_len];
+        let x = model.embed_with_images(prompt, seq.image_rows.as_ref())?;
+        let x = llm.to_model_input(x)?;
+        // One sequence per prefill: prefills are not batched with each other or with the decode step.
+        let mut inputs = [SeqInput {
+            table: &mut seq.table,
+            len: seq.prompt_len,
+        }];
+        let mut out =
+            llm.forward_embeds(x, &mut self.cache, &mut inputs, ForwardOptions::default())?;
+        let generated = &seq.history[seq.prompt_len..];
+        if !generated.is_empty() {
+            let mut inputs = [SeqInput {
+                table: &mut seq.table,
+                len: generated.len(),
+            }];
+            out = llm.forward_ids(
+                generated,
+                &mut self.cache,
+                &mut inputs,
+                ForwardOptions::default(),
+            )?;
+        }
+        Ok(out.logits.to_f32_vec()?)
+    }
+
+    /// Decodes one token for each of the first `count` running sequences, preempting the newest ones
+    /// when the cache cannot hold everyone's next token.
+    fn decode(&mut self, count: usize, events: &mut Vec<StepEvent>) {
+        let mut count = count.min(self.running.len());
+        while count > 0 {
+            let fits = (0..count).try_for_each(|i| {
+                let seq = &mut self.running[i];
+                let len = seq.table.len() + 1;
+                self.cache.reserve(&mut seq.table, len)
+            });
+            if fits.is_ok() {
+                break;
+            }
+            // The newest running sequence goes back to the queue (the whole pool holds any one sequence).
+            let mut seq = self.running.pop().expect("count > 0");
+            self.cache.release(&mut seq.table);
+            self.waiting.push_front(seq);
+            self.preemptions += 1;
+            count = count.min(self.running.len());
+        }
+        if count == 0 {
+            return;
+        }
+        let ids: Vec<u32> = self.running[..count]
+            .iter()
+            .map(|s| *s.history.last().expect("a running sequence has a token"))
+            .collect();
+        let result = {
+            let mut inputs: Vec<SeqInput> = self.running[..count]
+                .iter_mut()
+                .map(|s| SeqInput {
+                    table: &mut s.table,
+                    len: 1,
+                })
+                .collect();
+            self.model
+                .text
+                .llm
+                .forward_ids(
+                    &ids,
+                    &mut self.cache,
+                    &mut inputs,
+                    ForwardOptions::default(),
+                )
+                .map_err(Error::from)
+                .and_then(|out| Ok(out.logits.to_f32_vec()?))
+        };
+        let batch: Vec<Sequence> = self.running.drain(..count).collect();
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(error) => {
+                // One failed pass fails its whole batch; the message goes to each of them.
+                let message = error.to_string();
+                for mut seq in batch {
+                    self.cache.release(&mut seq.table);
+                    events.push(StepEvent::Failed {
+                        id: seq.id,
+                        error: Error::Decode(message.clone()),
+                    });
+                }
+                return;
+            }
+        };
+        let vocab = logits.len() / count;
+        let mut kept = Vec::with_capacity(count);
+        for (i, mut seq) in batch.into_iter().enumerate() {
+            if self.emit(&mut seq, &logits[i * vocab..(i + 1) * vocab], events) {
+                kept.push(seq);
+            }
+        }
+        // Still running sequences keep their admission order ahead of the ones admitted this step.
+        self.running.splice(0..0, kept);
+    }
+
+    /// Samples the next token of `seq` from `logits` and reports it; false when the sequence ended (its
+    /// blocks are then released).
+    fn emit(&mut self, seq: &mut Sequence, logits: &[f32], events: &mut Vec<StepEvent>) -> bool {
+        let text_model = &self.model.text;
+        let token = seq.sampler.sample(logits, &seq.history);
+        seq.history.push(token);
+        let stop = !seq.ignore_eos && text_model.stop_ids.contains(&token);
+        let text = if stop {
+            String::new()
+        } else {
+            match seq.decoder.push(&text_model.tokenizer, token) {
+                Ok(text) => text,
+                Err(error) => {
+                    self.cache.release(&mut seq.table);
+                    events.push(StepEvent::Failed { id: seq.id, error });
+                    return false;
+                }
+            }
+        };
+        events.push(StepEvent::Token {
+            id: seq.id,
+            token,
+            text,
+        });
+        let reason = if stop {
+            FinishReason::Stop
+        } else if seq.generated() >= seq.max_new {
+            FinishReason::Length
+        } else {
+            return true;
+        };
+        self.cache.release(&mut seq.table);
+        let text = seq
+            .decoder
+            .finish(&text_model.tokenizer)
+            .unwrap_or_default();
+        events.push(StepEvent::Finished {
+            id: seq.id,
+            reason,
+            completion_tokens: seq.generated(),
+            text,
+        });
+        false
+    }
+}
