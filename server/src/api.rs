@@ -1,24 +1,58 @@
 //! The `/v1/chat/completions` request body and its translation into an engine request.
 //!
-//! Images: `image_url` parts with `data:image/...;base64,` URLs, only in the first user message (where the
-//! reference `chat()` keeps a conversation's images: they are sent again with every later turn). A
-//! message's text parts are joined with newlines; images go in front of the text as `<image>\n` (one) or
-//! `Image-1: <image>\n...` (several) unless the text places `<image>` itself.
+//! Images: `image_url` parts (data, http(s) or local URLs, see [`crate::media`]) in any user message. A
+//! message's text parts are joined with newlines; its images go in front of its text as `<image>\n` (one
+//! image in the conversation) or `Image-N: <image>\n` (several, numbered across the conversation) unless
+//! the text places `<image>` itself.
 
-use base64::Engine;
 use internvl::image::MAX_TILES_LIMIT;
-use internvl::prompt::{with_placeholders, ImageLayout};
+use internvl::prompt::{with_placeholders, ImageLayout, IMAGE_PLACEHOLDER};
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::media::{parse_image_url, ImageSource};
 
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<Message>,
+    #[serde(flatten)]
+    pub generation: GenerationFields,
+}
+
+/// `/v1/completions`: a text prompt, answered without the chat template.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    /// The answer starts with the prompt.
+    #[serde(default)]
+    pub echo: bool,
+    /// Not supported: refused when set.
+    pub logprobs: Option<serde_json::Value>,
+    pub best_of: Option<usize>,
+    pub suffix: Option<String>,
+    #[serde(flatten)]
+    pub generation: GenerationFields,
+}
+
+/// A completion prompt: text, or token ids; a list of one.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// The sampling and output fields both endpoints share.
+#[derive(Debug, Default, Deserialize)]
+pub struct GenerationFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<usize>,
+    #[serde(alias = "max_completion_tokens")]
     pub max_tokens: Option<usize>,
     pub seed: Option<u64>,
     pub repetition_penalty: Option<f32>,
@@ -68,10 +102,10 @@ pub struct ImageUrl {
     pub max_dynamic_patch: Option<usize>,
 }
 
-/// One image of a request: its encoded bytes and its tile limit.
+/// One image of a request: where it comes from and its tile limit.
 #[derive(Debug, Clone)]
-pub struct ImageBytes {
-    pub bytes: Vec<u8>,
+pub struct RequestImage {
+    pub source: ImageSource,
     pub max_tiles: Option<usize>,
 }
 
@@ -82,11 +116,11 @@ pub struct Conversation {
     /// Earlier (question, answer) turns; the first question holds the images' placeholders.
     pub history: Vec<(String, String)>,
     pub question: String,
-    pub images: Vec<ImageBytes>,
+    pub images: Vec<RequestImage>,
 }
 
 /// A message's text and images.
-fn split_content(content: Option<Content>) -> Result<(String, Vec<ImageBytes>), ApiError> {
+fn split_content(content: Option<Content>) -> Result<(String, Vec<RequestImage>), ApiError> {
     match content {
         None => Ok((String::new(), Vec::new())),
         Some(Content::Text(text)) => Ok((text, Vec::new())),
@@ -104,8 +138,8 @@ fn split_content(content: Option<Content>) -> Result<(String, Vec<ImageBytes>), 
     }
 }
 
-/// Decodes a `data:image/...;base64,` URL; other URLs are refused with the reason.
-fn image_from_url(image: &ImageUrl) -> Result<ImageBytes, ApiError> {
+/// The image part's source and tile limit.
+fn image_from_url(image: &ImageUrl) -> Result<RequestImage, ApiError> {
     if let Some(n) = image.max_dynamic_patch {
         if n == 0 || n > MAX_TILES_LIMIT as usize {
             return Err(ApiError::bad_param(
@@ -114,51 +148,21 @@ fn image_from_url(image: &ImageUrl) -> Result<ImageBytes, ApiError> {
             ));
         }
     }
-    let url = image.url.trim();
-    let Some(rest) = url.strip_prefix("data:") else {
-        let what = if url.starts_with("http://") || url.starts_with("https://") {
-            "http(s) image URLs are"
-        } else {
-            "local paths and other image URLs are"
-        };
-        return Err(ApiError::bad_param(
-            "image_url",
-            format!("{what} not supported yet; send the image inline as a data:image/...;base64,... URL"),
-        ));
-    };
-    let Some((header, data)) = rest.split_once(',') else {
-        return Err(ApiError::bad_param(
-            "image_url",
-            "a data URL must have a `,` between its media type and its data",
-        ));
-    };
-    if !header.ends_with(";base64") {
-        return Err(ApiError::bad_param(
-            "image_url",
-            "only base64 data URLs are supported (data:image/...;base64,...)",
-        ));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| {
-            ApiError::bad_param(
-                "image_url",
-                format!("the data URL is not valid base64: {e}"),
-            )
-        })?;
-    Ok(ImageBytes {
-        bytes,
+    Ok(RequestImage {
+        source: parse_image_url(&image.url)?,
         max_tiles: image.max_dynamic_patch,
     })
 }
 
-/// Turns the messages into a conversation: an optional leading system message, then user and assistant
-/// turns alternating, ending with a user message; images only in the first user message.
+/// Turns the messages into a conversation: an optional leading system message (it replaces the
+/// template's), then user and assistant turns alternating, ending with a user message. Images may come in
+/// any user message; each such message gets its placeholders in front of its text (`<image>` when the
+/// conversation has one image, `Image-N: <image>` numbered across the conversation otherwise), unless its
+/// text places `<image>` itself.
 pub fn conversation(messages: Vec<Message>, max_images: usize) -> Result<Conversation, ApiError> {
     let mut system = None;
-    let mut turns: Vec<(String, String)> = Vec::new(); // (role, text)
+    let mut turns: Vec<(String, String, usize)> = Vec::new(); // (role, text, images)
     let mut images = Vec::new();
-    let mut users = 0;
     for (i, message) in messages.into_iter().enumerate() {
         let (text, found) = split_content(message.content)?;
         match message.role.as_str() {
@@ -185,19 +189,14 @@ pub fn conversation(messages: Vec<Message>, max_images: usize) -> Result<Convers
                         ),
                     ));
                 }
-                if !found.is_empty() {
-                    if message.role != "user" || users > 0 {
-                        return Err(ApiError::bad_param(
-                            "messages",
-                            "images are supported only in the first user message",
-                        ));
-                    }
-                    images = found;
+                if message.role == "assistant" && !found.is_empty() {
+                    return Err(ApiError::bad_param(
+                        "messages",
+                        "images are accepted only in user messages",
+                    ));
                 }
-                if message.role == "user" {
-                    users += 1;
-                }
-                turns.push((message.role, text));
+                turns.push((message.role, text, found.len()));
+                images.extend(found);
             }
             other => {
                 return Err(ApiError::bad_param(
@@ -222,21 +221,42 @@ pub fn conversation(messages: Vec<Message>, max_images: usize) -> Result<Convers
             ),
         ));
     }
-    let question = turns.pop().map(|(_, text)| text).unwrap_or_default();
-    let mut history: Vec<(String, String)> = turns
-        .chunks(2)
-        .map(|pair| (pair[0].1.clone(), pair[1].1.clone()))
+    let total = images.len();
+    let mut numbered = 0;
+    let mut texts: Vec<String> = turns
+        .into_iter()
+        .map(|(_, text, count)| {
+            let text = placeholders(&text, count, total, numbered + 1);
+            numbered += count;
+            text
+        })
         .collect();
-    // With history the engine expects the placeholders already in the first question, as `chat()` keeps it.
-    if let Some(first) = history.first_mut() {
-        first.0 = with_placeholders(&first.0, images.len(), ImageLayout::Images);
-    }
+    let question = texts.pop().unwrap_or_default();
+    let history = texts
+        .chunks(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect();
     Ok(Conversation {
         system,
         history,
         question,
         images,
     })
+}
+
+/// `text` with placeholders for its `count` images (numbered from `first` when the conversation has
+/// `total` > 1 images) in front, unless it places `<image>` itself.
+fn placeholders(text: &str, count: usize, total: usize, first: usize) -> String {
+    if count == 0 || text.contains(IMAGE_PLACEHOLDER) {
+        return text.to_string();
+    }
+    if total == 1 {
+        return with_placeholders(text, 1, ImageLayout::Images);
+    }
+    let prefix: String = (first..first + count)
+        .map(|n| format!("Image-{n}: {IMAGE_PLACEHOLDER}\n"))
+        .collect();
+    format!("{prefix}{text}")
 }
 
 #[cfg(test)]
@@ -284,17 +304,61 @@ mod tests {
         );
         assert_eq!(c.question, "Q2");
         assert_eq!(c.images.len(), 1);
-        assert_eq!(c.images[0].bytes, vec![0, 1, 2]);
+        assert_eq!(c.images[0].source, ImageSource::Inline(vec![0, 1, 2]));
         assert_eq!(c.images[0].max_tiles, Some(2));
     }
 
     #[test]
-    fn http_urls_and_paths_are_refused_as_not_supported_yet() {
-        for url in ["https://example.com/a.png", "/tmp/a.png"] {
-            let err = conversation(vec![image_msg(url)], 4).unwrap_err();
-            assert_eq!(err.status.as_u16(), 400);
-            assert!(err.message.contains("not supported yet"), "{}", err.message);
-        }
+    fn images_of_later_turns_are_numbered_across_the_conversation() {
+        let c = conversation(
+            vec![
+                image_msg("data:image/png;base64,AAEC"),
+                msg("assistant", "A1"),
+                image_msg("data:image/png;base64,AAED"),
+            ],
+            4,
+        )
+        .unwrap();
+        assert_eq!(c.history[0].0, "Image-1: <image>\nQ1");
+        assert_eq!(c.question, "Image-2: <image>\nQ1");
+        assert_eq!(c.images.len(), 2);
+        let own = conversation(
+            vec![Message {
+                role: "user".into(),
+                content: Some(Content::Parts(vec![
+                    Part::Text {
+                        text: "left <image> right".into(),
+                    },
+                    Part::ImageUrl {
+                        image_url: ImageUrl {
+                            url: "data:image/png;base64,AAEC".into(),
+                            max_dynamic_patch: None,
+                        },
+                    },
+                ])),
+            }],
+            4,
+        )
+        .unwrap();
+        assert_eq!(own.question, "left <image> right");
+    }
+
+    #[test]
+    fn completion_prompts_parse_as_text_or_ids_and_unknown_fields_are_ignored() {
+        let r: CompletionRequest = serde_json::from_str(
+            r#"{"model":"m","prompt":"hi","max_tokens":3,"stream":true,"frequency_penalty":0}"#,
+        )
+        .unwrap();
+        assert!(matches!(r.prompt, Prompt::Text(ref t) if t == "hi"));
+        assert_eq!(r.generation.max_tokens, Some(3));
+        assert!(r.generation.stream);
+        let ids: CompletionRequest =
+            serde_json::from_str(r#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
+        assert!(matches!(ids.prompt, Prompt::Ids(ref v) if v == &[1, 2, 3]));
+        let chat: ChatCompletionRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[],"max_completion_tokens":5}"#)
+                .unwrap();
+        assert_eq!(chat.generation.max_tokens, Some(5));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use internvl::image as crate_image;
 use serde_json::json;
 
 /// An error answered to the client.
@@ -86,6 +87,27 @@ impl ApiError {
         )
     }
 
+    /// 413: an image (its file, or its pixel count) is over a limit.
+    pub fn image_too_large(message: impl Into<String>) -> ApiError {
+        ApiError {
+            param: Some("image_url"),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                message,
+            )
+        }
+    }
+
+    /// 503: the server has as many requests as it takes.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_overloaded",
+            message,
+        )
+    }
+
     /// 500: the engine failed.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
@@ -115,6 +137,10 @@ impl From<internvl::Error> for ApiError {
     fn from(e: internvl::Error) -> ApiError {
         use internvl::Error as E;
         match &e {
+            E::Image(
+                crate_image::ImageError::TooManyPixels { .. }
+                | crate_image::ImageError::TooManyFramePixels { .. },
+            ) => ApiError::image_too_large(e.to_string()),
             E::EmptyPrompt
             | E::PromptTooLong { .. }
             | E::ImageCount { .. }

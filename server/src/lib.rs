@@ -1,14 +1,20 @@
 //! The OpenAI-compatible HTTP server over the `internvl` engine (spec 10.2): `GET /health`,
-//! `GET /v1/models`, `POST /v1/chat/completions` (JSON or server-sent events). The model runs on its own
-//! thread ([`worker`]); the handlers only parse, queue and forward.
+//! `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions` (JSON or server-sent events),
+//! `GET /metrics` (Prometheus). The model runs on its own thread ([`worker`]) as one batched engine; the
+//! handlers parse, fetch and decode images, tokenize, queue and forward.
 
 pub mod api;
+mod chat;
+mod completions;
 pub mod error;
+pub mod media;
+pub mod metrics;
+mod prepare;
+mod reply;
 pub mod stop;
 pub mod worker;
 
 use std::collections::hash_map::RandomState;
-use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,19 +22,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use awq_kernels::sampling::SamplingParams;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Uri};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use internvl::engine::EngineConfig;
+use internvl::InternVlModel;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{ChatCompletionRequest, Stop};
+use crate::api::{GenerationFields, Stop};
 use crate::error::ApiError;
-use crate::worker::{Event, Job, Worker};
+use crate::media::{MediaOptions, MediaReader};
+use crate::metrics::Metrics;
+use crate::worker::{StartError, Worker};
 
 /// Request limits and names.
 #[derive(Debug, Clone)]
@@ -40,6 +48,14 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Images per request at most.
     pub max_images: usize,
+    /// Width x height of one image (or video frame) at most.
+    pub max_image_pixels: u64,
+    /// 448-pixel tiles per request at most, all images together (each is 256 prompt tokens and a pass of
+    /// the vision encoder).
+    pub max_tiles_per_request: usize,
+    /// Requests waiting for a place in the running batch at most; past it new requests get 503.
+    pub max_queue: usize,
+    pub media: MediaOptions,
 }
 
 impl Default for Options {
@@ -49,33 +65,65 @@ impl Default for Options {
             api_keys: Vec::new(),
             max_body_bytes: 64 << 20,
             max_images: 8,
+            max_image_pixels: 64 * 1024 * 1024,
+            max_tiles_per_request: 64,
+            max_queue: 256,
+            media: MediaOptions::default(),
         }
     }
 }
 
-struct Inner {
-    options: Options,
-    worker: Worker,
+pub(crate) struct Inner {
+    pub(crate) options: Options,
+    pub(crate) worker: Worker,
+    pub(crate) media: MediaReader,
+    pub(crate) metrics: Arc<Metrics>,
     created: u64,
     next_id: AtomicU64,
 }
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-impl AppState {
-    pub fn new(worker: Worker, options: Options) -> AppState {
-        AppState(Arc::new(Inner {
-            options,
-            worker,
-            created: unix_now(),
-            next_id: AtomicU64::new(1),
-        }))
+impl Inner {
+    /// A fresh response id with `prefix`.
+    pub(crate) fn new_id(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
-fn unix_now() -> u64 {
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Inner>);
+
+impl AppState {
+    /// Starts the model thread with an engine of `engine` over `model`, and the image reader.
+    pub fn start(
+        model: InternVlModel,
+        engine: EngineConfig,
+        options: Options,
+    ) -> Result<AppState, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let worker = Worker::start(Arc::new(model), engine, metrics.clone())?;
+        let media = MediaReader::new(options.media.clone()).map_err(|e| {
+            StartError::Thread(std::io::Error::other(format!(
+                "the HTTP client for image URLs: {e}"
+            )))
+        })?;
+        Ok(AppState(Arc::new(Inner {
+            options,
+            worker,
+            media,
+            metrics,
+            created: unix_now(),
+            next_id: AtomicU64::new(1),
+        })))
+    }
+
+    /// The engine's sizes.
+    pub fn engine_config(&self) -> EngineConfig {
+        self.0.worker.engine
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -86,15 +134,41 @@ fn unix_now() -> u64 {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
 /// Serves on `listener` until the process ends (tests bind `127.0.0.1:0` and read the port from it).
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
     axum::serve(listener, router(state)).await
+}
+
+/// Counts every answered request by route and status.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // Only the served routes are labels, so arbitrary paths cannot grow the metric without bound.
+    let route = match request.uri().path() {
+        p
+        @ ("/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+            p.to_string()
+        }
+        _ => "other".to_string(),
+    };
+    let response = next.run(request).await;
+    state
+        .0
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
 }
 
 async fn fallback(uri: Uri) -> ApiError {
@@ -105,7 +179,14 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-fn check_key(state: &Inner, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.0.metrics.render(),
+    )
+}
+
+pub(crate) fn check_key(state: &Inner, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.options.api_keys.is_empty() {
         return Ok(());
     }
@@ -141,7 +222,11 @@ async fn models(
 }
 
 /// The body, refused with 413 past the limit (from `Content-Length` before reading, or while reading).
-async fn read_body(state: &Inner, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn read_body(
+    state: &Inner,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, ApiError> {
     let limit = state.options.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -156,6 +241,22 @@ async fn read_body(state: &Inner, headers: &HeaderMap, body: Body) -> Result<Vec
         .map_err(|_| ApiError::too_large(limit))
 }
 
+/// The checks every generation request passes first: the key, the load, the body.
+pub(crate) async fn admit(
+    state: &Inner,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, ApiError> {
+    check_key(state, headers)?;
+    let capacity = state.worker.engine.max_running + state.options.max_queue;
+    if state.worker.pending() >= capacity {
+        return Err(ApiError::overloaded(format!(
+            "the server is at capacity ({capacity} requests running or queued); retry later"
+        )));
+    }
+    read_body(state, headers, body).await
+}
+
 fn random_seed() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(unix_now());
@@ -163,210 +264,42 @@ fn random_seed() -> u64 {
 }
 
 /// The request's sampling settings (lmdeploy's defaults: temperature 0.7, top_p 1, top_k 40).
-fn sampling(req: &ChatCompletionRequest) -> Result<SamplingParams, ApiError> {
+pub(crate) fn sampling(fields: &GenerationFields) -> Result<SamplingParams, ApiError> {
     let params = SamplingParams {
-        temperature: req.temperature.unwrap_or(0.7),
-        top_k: req.top_k.unwrap_or(40),
-        top_p: req.top_p.unwrap_or(1.0),
-        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
-        seed: req.seed.unwrap_or_else(random_seed),
+        temperature: fields.temperature.unwrap_or(0.7),
+        top_k: fields.top_k.unwrap_or(40),
+        top_p: fields.top_p.unwrap_or(1.0),
+        repetition_penalty: fields.repetition_penalty.unwrap_or(1.0),
+        seed: fields.seed.unwrap_or_else(random_seed),
     };
     params
         .validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(params)
-}
-
-async fn chat_completions(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let inner = &state.0;
-    check_key(inner, &headers)?;
-    let bytes = read_body(inner, &headers, body).await?;
-    let req: ChatCompletionRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body is not a valid chat completion request: {e}"
-        ))
-    })?;
-    if req.model != inner.options.served_model_name {
-        return Err(ApiError::unknown_model(
-            &req.model,
-            &inner.options.served_model_name,
-        ));
-    }
-    if let Some(n) = req.n.filter(|&n| n != 1) {
+    if let Some(n) = fields.n.filter(|&n| n != 1) {
         return Err(ApiError::bad_param(
             "n",
             format!("n must be 1 (one choice per request), not {n}"),
         ));
     }
-    let params = sampling(&req)?;
-    let stop = match req.stop {
+    Ok(params)
+}
+
+/// The stop strings of a request.
+pub(crate) fn stop_strings(stop: Option<&Stop>) -> Vec<String> {
+    match stop {
         None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
-    };
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let conversation = api::conversation(req.messages, inner.options.max_images)?;
-    let (events, mut receiver) = mpsc::unbounded_channel();
-    let job = Job {
-        conversation,
-        sampling: params,
-        max_tokens: req.max_tokens,
-        stop,
-        events,
-    };
-    if !inner.worker.submit(job) {
-        return Err(ApiError::internal("the model thread has stopped"));
-    }
-    // Errors found before generation (bad image, context) are answered with their status.
-    let prompt_tokens = match receiver.recv().await {
-        Some(Event::Started { prompt_tokens }) => prompt_tokens,
-        Some(Event::Failed(e)) => return Err(e),
-        _ => {
-            return Err(ApiError::internal(
-                "the model thread ended the request early",
-            ))
-        }
-    };
-    let id = format!("chatcmpl-{}", inner.next_id.fetch_add(1, Ordering::Relaxed));
-    let reply = Reply {
-        id,
-        created: unix_now(),
-        model: inner.options.served_model_name.clone(),
-        prompt_tokens,
-    };
-    if req.stream {
-        return Ok(stream(reply, receiver, include_usage).into_response());
-    }
-    let mut content = String::new();
-    loop {
-        match receiver.recv().await {
-            Some(Event::Text(text)) => content.push_str(&text),
-            Some(Event::Finished {
-                finish_reason,
-                completion_tokens,
-            }) => {
-                return Ok(Json(json!({
-                    "id": reply.id,
-                    "object": "chat.completion",
-                    "created": reply.created,
-                    "model": reply.model,
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "logprobs": null,
-                        "finish_reason": finish_reason,
-                    }],
-                    "usage": reply.usage(completion_tokens),
-                }))
-                .into_response())
-            }
-            Some(Event::Failed(e)) => return Err(e),
-            Some(Event::Started { .. }) | None => {
-                return Err(ApiError::internal(
-                    "the model thread ended the request early",
-                ))
-            }
-        }
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
     }
 }
 
-/// The fields every response of one request shares.
-struct Reply {
-    id: String,
-    created: u64,
-    model: String,
-    prompt_tokens: usize,
-}
-
-impl Reply {
-    fn usage(&self, completion_tokens: usize) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": self.prompt_tokens + completion_tokens,
-        })
+/// The model name check shared by the generation endpoints.
+pub(crate) fn check_model(state: &Inner, model: &str) -> Result<(), ApiError> {
+    if model != state.options.served_model_name {
+        return Err(ApiError::unknown_model(
+            model,
+            &state.options.served_model_name,
+        ));
     }
-
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> SseEvent {
-        SseEvent::default().data(
-            json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": null,
-                    "finish_reason": finish_reason,
-                }],
-            })
-            .to_string(),
-        )
-    }
-}
-
-/// The answer as server-sent events: the role first, a chunk per piece of text, the finish reason, the
-/// usage when asked for, then `[DONE]`. If the client goes away the forwarding task ends, dropping the job's
-/// receiver, and the model thread stops generating.
-fn stream(
-    reply: Reply,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    include_usage: bool,
-) -> Sse<ReceiverStream<Result<SseEvent, Infallible>>> {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let send = |event: SseEvent| {
-            let tx = tx.clone();
-            async move { tx.send(Ok(event)).await.is_ok() }
-        };
-        if !send(reply.chunk(json!({"role": "assistant", "content": ""}), None)).await {
-            return;
-        }
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Text(text) => {
-                    if !send(reply.chunk(json!({"content": text}), None)).await {
-                        return;
-                    }
-                }
-                Event::Finished {
-                    finish_reason,
-                    completion_tokens,
-                } => {
-                    if !send(reply.chunk(json!({}), Some(finish_reason))).await {
-                        return;
-                    }
-                    if include_usage {
-                        let usage = json!({
-                            "id": reply.id,
-                            "object": "chat.completion.chunk",
-                            "created": reply.created,
-                            "model": reply.model,
-                            "choices": [],
-                            "usage": reply.usage(completion_tokens),
-                        });
-                        if !send(SseEvent::default().data(usage.to_string())).await {
-                            return;
-                        }
-                    }
-                    break;
-                }
-                Event::Failed(e) => {
-                    // Headers are sent: the error goes in the stream, as OpenAI servers do.
-                    if !send(SseEvent::default().data(e.body().to_string())).await {
-                        return;
-                    }
-                    break;
-                }
-                Event::Started { .. } => {}
-            }
-        }
-        let _ = send(SseEvent::default().data("[DONE]")).await;
-    });
-    Sse::new(ReceiverStream::new(rx))
+    Ok(())
 }

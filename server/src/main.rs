@@ -1,11 +1,14 @@
 //! `server`: the OpenAI-compatible HTTP server.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use awq_kernels::Device;
 use clap::Parser;
+use internvl::engine::EngineConfig;
 use internvl::{embedded, InternVlModel};
-use server::worker::Worker;
+use server::media::MediaOptions;
 use server::{AppState, Options};
 
 #[derive(Parser)]
@@ -19,22 +22,95 @@ struct Cli {
     host: String,
     #[arg(long, default_value_t = 23333)]
     port: u16,
+    /// Where the language model runs: `cpu`, or `cuda` (builds with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Accepted bearer keys (repeat, or several after one flag); without any, no key is needed.
     #[arg(long = "api-key", num_args = 1..)]
     api_keys: Vec<String>,
     /// The model id clients send (default: the checkpoint folder's name, or `internvl-embedded`).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Largest request body accepted, in bytes (images are sent inline, base64).
+    /// A folder whose files requests may name as images (`file://` URLs or absolute paths). Without it
+    /// no local file is read.
+    #[arg(long)]
+    allowed_local_media_path: Option<PathBuf>,
+    /// Fetch image URLs that point to private, loopback or link-local addresses (refused by default).
+    #[arg(long)]
+    allow_private_media_urls: bool,
+    /// Requests decoded together in one batch at most.
+    #[arg(long, default_value_t = 64)]
+    max_concurrent: usize,
+    /// Requests waiting for a place in the batch at most; past it the server answers 503.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// KV cache size in tokens, all requests together (default: `--max-concurrent` full contexts, at
+    /// most `--kv-cache-gib`, at least one full context).
+    #[arg(long)]
+    kv_cache_tokens: Option<usize>,
+    /// Memory for the KV cache when `--kv-cache-tokens` is not given, in GiB.
+    #[arg(long, default_value_t = 4.0)]
+    kv_cache_gib: f64,
+    /// Largest request body accepted, in bytes (images may be sent inline, base64).
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
     /// Images per request at most.
     #[arg(long, default_value_t = 8)]
     max_images: usize,
+    /// Largest image file fetched from a URL or read from disk, in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_image_bytes: usize,
+    /// Width x height of one image at most.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_image_pixels: u64,
+    /// 448x448 tiles per request at most, all images together.
+    #[arg(long, default_value_t = 64)]
+    max_tiles_per_request: usize,
+    /// Seconds allowed for fetching one image URL.
+    #[arg(long, default_value_t = 10.0)]
+    image_fetch_timeout: f64,
+}
+
+fn load_model(cli: &Cli) -> Result<InternVlModel> {
+    let device = Device::parse(&cli.device)?;
+    let model = match &cli.model {
+        Some(dir) => {
+            eprintln!("loading {} ...", dir.display());
+            let mut printer = internvl::progress::ProgressPrinter::stderr();
+            InternVlModel::load_with_progress(dir, &mut |p| printer.report(p))
+                .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
+        }
+        None => {
+            eprintln!(
+                "no --model given: serving the {}",
+                embedded::INTERNVL_DESCRIPTION
+            );
+            embedded::internvl_model().context("loading the embedded checkpoint")?
+        }
+    };
+    if device == Device::Cpu {
+        return Ok(model);
+    }
+    eprintln!("moving the language model to {device} ...");
+    model
+        .to_device(device)
+        .with_context(|| format!("moving the model to {device}"))
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    anyhow::ensure!(
+        cli.image_fetch_timeout > 0.0 && cli.image_fetch_timeout.is_finite(),
+        "--image-fetch-timeout must be a positive number of seconds"
+    );
+    let allowed_local_path = cli
+        .allowed_local_media_path
+        .as_ref()
+        .map(|p| {
+            p.canonicalize()
+                .with_context(|| format!("--allowed-local-media-path {}", p.display()))
+        })
+        .transpose()?;
     let served_model_name = cli.served_model_name.clone().unwrap_or_else(|| {
         cli.model
             .as_ref()
@@ -42,28 +118,35 @@ fn main() -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "internvl-embedded".to_string())
     });
-    let worker = match cli.model.clone() {
-        Some(dir) => {
-            eprintln!("loading {} ...", dir.display());
-            Worker::start(move || InternVlModel::load(&dir))
-        }
-        None => {
-            eprintln!(
-                "no --model given: serving the {}",
-                embedded::INTERNVL_DESCRIPTION
-            );
-            Worker::start(embedded::internvl_model)
-        }
+    let model = load_model(&cli)?;
+    let mut engine = EngineConfig::sized_for(
+        &model.text,
+        cli.max_concurrent,
+        (cli.kv_cache_gib * (1u64 << 30) as f64) as usize,
+    );
+    if let Some(tokens) = cli.kv_cache_tokens {
+        engine.kv_cache_tokens = tokens;
     }
-    .context("starting the model")?;
-    let state = AppState::new(
-        worker,
-        Options {
-            served_model_name: served_model_name.clone(),
-            api_keys: cli.api_keys,
-            max_body_bytes: cli.max_body_bytes,
-            max_images: cli.max_images,
+    let options = Options {
+        served_model_name: served_model_name.clone(),
+        api_keys: cli.api_keys.clone(),
+        max_body_bytes: cli.max_body_bytes,
+        max_images: cli.max_images,
+        max_image_pixels: cli.max_image_pixels,
+        max_tiles_per_request: cli.max_tiles_per_request,
+        max_queue: cli.max_queue,
+        media: MediaOptions {
+            allowed_local_path,
+            allow_private_urls: cli.allow_private_media_urls,
+            max_image_bytes: cli.max_image_bytes,
+            fetch_timeout: Duration::from_secs_f64(cli.image_fetch_timeout),
         },
+    };
+    let state = AppState::start(model, engine, options).context("starting the model")?;
+    let engine = state.engine_config();
+    eprintln!(
+        "engine: up to {} requests in a batch, KV cache of {} tokens",
+        engine.max_running, engine.kv_cache_tokens
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,29 +1,32 @@
-//! The model's thread: it owns the [`InternVlModel`] and answers jobs from a channel one at a time, so the
-//! async HTTP handlers never run model code. Batching several requests into one forward pass is the
-//! scheduler's job (a later issue); here requests queue and are served in arrival order.
+//! The model's thread: it owns the [`Engine`] (the batched decoder over the paged KV cache) and runs it
+//! step after step while there is work, taking new jobs between steps. The async HTTP handlers never run
+//! model code; they prepare a request (images decoded, prompt tokenized) and hand it over as a [`Job`].
+//!
+//! A job's events go back over its own channel. When the client goes away, the handler's receiver is
+//! dropped; the thread sees the closed channel before the next step and cancels the sequence, which frees
+//! its KV blocks.
 
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
-use awq_kernels::sampling::SamplingParams;
-use internvl::chat::{prepare_decoded, ChatRequest, ImageInput};
-use internvl::generation::generate_with_images_until;
-use internvl::image::{load_image, ImageOptions};
-use internvl::{FinishReason, GenerationConfig, InternVlModel};
+use internvl::engine::{Engine, EngineConfig, SeqId, SeqRequest, StepEvent};
+use internvl::{FinishReason, InternVlModel};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::api::Conversation;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::stop::StopMatcher;
 
-/// One chat completion to run.
+/// One completion to run.
 pub struct Job {
-    pub conversation: Conversation,
-    pub sampling: SamplingParams,
-    /// `None`: up to the end of the context.
-    pub max_tokens: Option<usize>,
+    pub request: SeqRequest,
     pub stop: Vec<String>,
     /// Where the answer goes; when the receiver is dropped (the client went away) generation stops.
     pub events: UnboundedSender<Event>,
+    /// When the HTTP request arrived (time to first token counts from here).
+    pub received: Instant,
 }
 
 /// What a job reports, in order: `Started` then `Text`s then `Finished`, or `Failed` at any point.
@@ -43,157 +46,240 @@ pub enum Event {
 /// Why the model thread did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("loading the model: {0}")]
-    Load(#[from] internvl::Error),
+    #[error("allocating the KV cache: {0}")]
+    Engine(#[from] internvl::Error),
     #[error("starting the model thread: {0}")]
     Thread(std::io::Error),
-    #[error("the model thread ended while loading the model")]
+    #[error("the model thread ended while starting")]
     Ended,
 }
 
-/// The sending side of the model thread.
+/// The handlers' side of the model thread.
 #[derive(Clone)]
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+    /// Jobs submitted and not yet finished (waiting or running).
+    pending: Arc<AtomicUsize>,
+    pub model: Arc<InternVlModel>,
     /// The model's context, in tokens.
     pub context: usize,
+    pub engine: EngineConfig,
 }
 
 impl Worker {
-    /// Starts the model thread, loading the model on it with `load`; returns once the model is loaded.
-    /// The thread ends when every `Worker` clone is dropped.
-    pub fn start<F>(load: F) -> Result<Worker, StartError>
-    where
-        F: FnOnce() -> internvl::Result<InternVlModel> + Send + 'static,
-    {
+    /// Starts the model thread with an engine of `config` over `model`. The thread ends when every
+    /// `Worker` clone is dropped and its work is done.
+    pub fn start(
+        model: Arc<InternVlModel>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Worker, StartError> {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let thread_model = model.clone();
+        let thread_pending = pending.clone();
         std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
-                let model = match load() {
-                    Ok(model) => model,
+                let engine = match Engine::new(&thread_model, config) {
+                    Ok(engine) => engine,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(model.text.llm.config().max_position_embeddings));
-                for job in receiver {
-                    run(&model, job);
+                let _ = ready_tx.send(Ok(*engine.config()));
+                Runner {
+                    engine,
+                    active: HashMap::new(),
+                    pending: thread_pending,
+                    metrics,
                 }
+                .run(receiver);
             })
             .map_err(StartError::Thread)?;
-        let context = ready_rx.recv().map_err(|_| StartError::Ended)??;
-        Ok(Worker { jobs, context })
+        let engine = ready_rx.recv().map_err(|_| StartError::Ended)??;
+        let context = model.text.llm.config().max_position_embeddings;
+        Ok(Worker {
+            jobs,
+            pending,
+            model,
+            context,
+            engine,
+        })
     }
 
     /// Queues `job`; false when the model thread is gone.
     pub fn submit(&self, job: Job) -> bool {
-        self.jobs.send(job).is_ok()
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.jobs.send(job).is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Jobs submitted and not yet finished.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
     }
 }
 
-fn run(model: &InternVlModel, job: Job) {
-    let events = job.events.clone();
-    if let Err(e) = answer(model, job) {
-        let _ = events.send(Event::Failed(e));
-    }
+/// A job the engine is working on.
+struct Active {
+    events: UnboundedSender<Event>,
+    stop: StopMatcher,
+    completion_tokens: usize,
+    received: Instant,
+    last_token: Option<Instant>,
 }
 
-fn answer(model: &InternVlModel, job: Job) -> Result<(), ApiError> {
-    let Job {
-        conversation,
-        sampling,
-        max_tokens,
-        stop,
-        events,
-    } = job;
-    let options = ImageOptions::default();
-    let images = conversation
-        .images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| {
-            let decoded = load_image(&image.bytes, &options)
-                .map_err(|e| ApiError::bad_param("image_url", format!("image {}: {e}", i + 1)))?;
-            Ok(ImageInput {
-                image: decoded,
-                max_tiles: image.max_tiles,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let request = ChatRequest {
-        system: conversation.system,
-        history: conversation.history,
-        question: conversation.question,
-        ..Default::default()
-    };
-    let prepared = prepare_decoded(model, &request, &images)?;
-    let context = model.text.llm.config().max_position_embeddings;
-    let prompt_tokens = prepared.prompt_ids.len();
-    let room = context.saturating_sub(prompt_tokens);
-    let max_new_tokens = match max_tokens {
-        Some(n) if n > room => {
-            return Err(ApiError::bad_param(
-                "max_tokens",
-                format!(
-                "the prompt has {prompt_tokens} tokens and max_tokens is {n}: together over the \
-                     model's context of {context} tokens; lower max_tokens to at most {room}"
-            ),
-            ))
-        }
-        Some(n) => n,
-        None if room == 0 => {
-            return Err(ApiError::bad_request(format!(
-            "the prompt has {prompt_tokens} tokens, which fills the model's context of {context}"
-        )))
-        }
-        None => room,
-    };
-    if events.send(Event::Started { prompt_tokens }).is_err() {
-        return Ok(());
-    }
-    let config = GenerationConfig {
-        max_new_tokens,
-        sampling,
-        ignore_eos: false,
-    };
-    let mut matcher = StopMatcher::new(stop);
-    let mut hit_stop = false;
-    let mut client_gone = false;
-    let out = generate_with_images_until(
-        model,
-        &prepared.prompt_ids,
-        prepared.pixels.as_ref(),
-        &config,
-        |piece| {
-            let (text, hit) = matcher.push(piece);
-            if !text.is_empty() && events.send(Event::Text(text)).is_err() {
-                client_gone = true;
-                return false;
+struct Runner<'m> {
+    engine: Engine<'m>,
+    active: HashMap<SeqId, Active>,
+    pending: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Runner<'_> {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        loop {
+            if self.engine.is_idle() {
+                // Nothing to decode: sleep until a job comes (or every sender is gone).
+                match jobs.recv() {
+                    Ok(job) => self.accept(job),
+                    Err(_) => return,
+                }
             }
-            hit_stop = hit;
-            !hit
-        },
-    )?;
-    if client_gone {
-        return Ok(());
-    }
-    if !hit_stop {
-        let rest = matcher.finish();
-        if !rest.is_empty() {
-            let _ = events.send(Event::Text(rest));
+            while let Ok(job) = jobs.try_recv() {
+                self.accept(job);
+            }
+            self.drop_abandoned();
+            if !self.engine.is_idle() {
+                for event in self.engine.step() {
+                    self.handle(event);
+                }
+            }
+            self.metrics.observe_engine(&self.engine);
         }
     }
-    let finish_reason = match out.finish_reason {
-        _ if hit_stop => "stop",
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    };
-    let _ = events.send(Event::Finished {
-        finish_reason,
-        completion_tokens: out.tokens.len(),
-    });
-    Ok(())
+
+    fn accept(&mut self, job: Job) {
+        let prompt_tokens = job.request.prompt_ids.len();
+        match self.engine.add(job.request) {
+            Ok(id) => {
+                self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+                let _ = job.events.send(Event::Started { prompt_tokens });
+                self.active.insert(
+                    id,
+                    Active {
+                        events: job.events,
+                        stop: StopMatcher::new(job.stop),
+                        completion_tokens: 0,
+                        received: job.received,
+                        last_token: None,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.into()));
+                self.done();
+            }
+        }
+    }
+
+    /// Cancels the sequences whose clients went away.
+    fn drop_abandoned(&mut self) {
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.engine.cancel(id);
+            self.active.remove(&id);
+            self.metrics.cancelled.inc();
+            self.done();
+        }
+    }
+
+    fn done(&self) {
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn handle(&mut self, event: StepEvent) {
+        match event {
+            StepEvent::Token { id, text, .. } => {
+                let Some(a) = self.active.get_mut(&id) else {
+                    return;
+                };
+                a.completion_tokens += 1;
+                self.metrics.generation_tokens.inc();
+                let now = Instant::now();
+                match a.last_token {
+                    None => self
+                        .metrics
+                        .time_to_first_token
+                        .observe((now - a.received).as_secs_f64()),
+                    Some(last) => self
+                        .metrics
+                        .time_per_output_token
+                        .observe((now - last).as_secs_f64()),
+                }
+                a.last_token = Some(now);
+                let (out, hit) = a.stop.push(&text);
+                let sent = out.is_empty() || a.events.send(Event::Text(out)).is_ok();
+                if hit || !sent {
+                    self.engine.cancel(id);
+                    if let Some(a) = self.active.remove(&id) {
+                        if sent {
+                            self.finish(a, "stop");
+                        } else {
+                            self.metrics.cancelled.inc();
+                            self.done();
+                        }
+                    }
+                }
+            }
+            StepEvent::Finished {
+                id, reason, text, ..
+            } => {
+                let Some(mut a) = self.active.remove(&id) else {
+                    return;
+                };
+                let (out, hit) = a.stop.push(&text);
+                let rest = if hit { String::new() } else { a.stop.finish() };
+                for piece in [out, rest] {
+                    if !piece.is_empty() {
+                        let _ = a.events.send(Event::Text(piece));
+                    }
+                }
+                let reason = match reason {
+                    _ if hit => "stop",
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                };
+                self.finish(a, reason);
+            }
+            StepEvent::Failed { id, error } => {
+                if let Some(a) = self.active.remove(&id) {
+                    let _ = a.events.send(Event::Failed(error.into()));
+                    self.done();
+                }
+            }
+        }
+    }
+
+    fn finish(&self, a: Active, finish_reason: &'static str) {
+        self.metrics
+            .request_latency
+            .observe(a.received.elapsed().as_secs_f64());
+        let _ = a.events.send(Event::Finished {
+            finish_reason,
+            completion_tokens: a.completion_tokens,
+        });
+        self.done();
+    }
 }

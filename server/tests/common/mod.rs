@@ -6,16 +6,25 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use server::worker::Worker;
+use internvl::engine::EngineConfig;
 use server::{AppState, Options};
 
 pub const MODEL: &str = "internvl";
 
 /// Starts a server with the embedded checkpoint on 127.0.0.1:0 on its own thread; returns its address.
 pub fn start(options: Options) -> SocketAddr {
-    let worker =
-        Worker::start(internvl::embedded::internvl_model).expect("the embedded model loads");
-    let state = AppState::new(worker, options);
+    let model = internvl::embedded::internvl_model().expect("the embedded model loads");
+    let engine = EngineConfig::sized_for(&model.text, 64, 256 << 20);
+    start_with(model, engine, options)
+}
+
+/// Starts a server over `model` with an engine of `engine`.
+pub fn start_with(
+    model: internvl::InternVlModel,
+    engine: EngineConfig,
+    options: Options,
+) -> SocketAddr {
+    let state = AppState::start(model, engine, options).expect("the server starts");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -192,4 +201,82 @@ pub fn png_data_url(name: &str) -> String {
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(bytes)
     )
+}
+
+/// A PNG of the preprocessing fixtures.
+pub fn fixture_image(name: &str) -> Vec<u8> {
+    std::fs::read(fixture_image_path(name)).expect("the fixture exists")
+}
+
+pub fn fixture_image_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/preprocess/src")
+        .join(name)
+}
+
+/// A small HTTP file server on 127.0.0.1: `/img/NAME` serves that fixture image, `/big` 64 KiB of
+/// zeros, `/redirect/NAME` redirects to `/img/NAME`, anything else is 404.
+pub fn file_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let (status, extra, body) = if let Some(name) = path.strip_prefix("/img/") {
+                    match std::fs::read(fixture_image_path(name)) {
+                        Ok(bytes) => ("200 OK", String::new(), bytes),
+                        Err(_) => ("404 Not Found", String::new(), Vec::new()),
+                    }
+                } else if let Some(name) = path.strip_prefix("/redirect/") {
+                    (
+                        "302 Found",
+                        format!("Location: http://{addr}/img/{name}\r\n"),
+                        Vec::new(),
+                    )
+                } else if path == "/big" {
+                    ("200 OK", String::new(), vec![0u8; 64 << 10])
+                } else {
+                    ("404 Not Found", String::new(), Vec::new())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes());
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    addr
+}
+
+/// The request body of a one-image chat: greedy, `max_tokens`, the image at `url`.
+pub fn image_chat(url: &str, max_tokens: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url, "max_dynamic_patch": 1}},
+            {"type": "text", "text": "What is in the image?"}
+        ]}],
+        "temperature": 0,
+        "max_tokens": max_tokens
+    })
+}
+
+/// The value of an unlabelled metric in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
