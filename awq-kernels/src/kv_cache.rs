@@ -248,6 +248,18 @@ impl PagedKvCache {
     pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
         (&self.keys[layer], &self.values[layer])
     }
+
+    /// Writes every page of a CPU pool once, so its memory is taken now (a pool too large for the
+    /// machine fails at start, not midway through serving) and the process's resident size stays flat
+    /// as blocks are used. A GPU pool is already allocated in full; nothing to do there.
+    pub fn commit_host_memory(&mut self) {
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            if let Ok(values) = t.as_mut_slice::<f32>() {
+                values.fill(0.0);
+                std::hint::black_box(&values);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -109,6 +109,8 @@ pub struct Engine<'m> {
     running: Vec<Sequence>,
     next_id: SeqId,
     preemptions: u64,
+    /// Sequences in the last step's decode pass.
+    last_batch: usize,
 }
 
 impl<'m> Engine<'m> {
@@ -116,7 +118,8 @@ impl<'m> Engine<'m> {
     pub fn new(model: &'m InternVlModel, config: EngineConfig) -> Result<Engine<'m>> {
         let block_size = config.block_size.max(1);
         let blocks = config.kv_cache_tokens.div_ceil(block_size).max(1);
-        let cache = model.text.llm.try_new_kv_cache(block_size, blocks)?;
+        let mut cache = model.text.llm.try_new_kv_cache(block_size, blocks)?;
+        cache.commit_host_memory();
         Ok(Engine {
             model,
             cache,
@@ -129,6 +132,7 @@ impl<'m> Engine<'m> {
             running: Vec::new(),
             next_id: 1,
             preemptions: 0,
+            last_batch: 0,
         })
     }
 
@@ -149,6 +153,11 @@ impl<'m> Engine<'m> {
     /// Sequences preempted so far (each one is prefilled again when readmitted).
     pub fn preemptions(&self) -> u64 {
         self.preemptions
+    }
+
+    /// How many sequences the last step decoded together (0: it only prefilled, or did nothing).
+    pub fn last_batch(&self) -> usize {
+        self.last_batch
     }
 
     /// Whether there is nothing to do.
@@ -221,6 +230,7 @@ impl<'m> Engine<'m> {
     pub fn step(&mut self) -> Vec<StepEvent> {
         let mut events = Vec::new();
         let decoding = self.running.len();
+        self.last_batch = 0;
         self.admit(&mut events);
         self.decode(decoding, &mut events);
         events
@@ -313,6 +323,7 @@ impl<'m> Engine<'m> {
         if count == 0 {
             return;
         }
+        self.last_batch = count;
         let ids: Vec<u32> = self.running[..count]
             .iter()
             .map(|s| *s.history.last().expect("a running sequence has a token"))

@@ -58,6 +58,9 @@ pub struct GenerationFields {
     pub repetition_penalty: Option<f32>,
     pub stop: Option<Stop>,
     pub n: Option<usize>,
+    /// Keep generating past the end-of-turn token (lmdeploy's and vLLM's extension; benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,

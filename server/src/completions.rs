@@ -125,6 +125,7 @@ pub async fn completions(
             max_new_tokens,
             sampling: params,
             stop: stop_strings(req.generation.stop.as_ref()),
+            ignore_eos: req.generation.ignore_eos,
             received,
         },
     )

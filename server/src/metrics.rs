@@ -26,6 +26,8 @@ pub struct Metrics {
     pub kv_blocks_free: IntGauge,
     pub kv_blocks_total: IntGauge,
     pub preemptions: IntCounter,
+    /// Sequences per decode pass.
+    pub decode_batch: Histogram,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -100,8 +102,13 @@ impl Metrics {
                 "Sequences preempted for lack of KV cache (prefilled again later)",
             )
             .expect("valid counter options"),
+            decode_batch: histogram(
+                "internvl_decode_batch_size",
+                "Sequences decoded together in one forward pass",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(m.requests.clone()),
             Box::new(m.prompt_tokens.clone()),
             Box::new(m.generation_tokens.clone()),
@@ -114,6 +121,7 @@ impl Metrics {
             Box::new(m.kv_blocks_free.clone()),
             Box::new(m.kv_blocks_total.clone()),
             Box::new(m.preemptions.clone()),
+            Box::new(m.decode_batch.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -131,6 +139,13 @@ impl Metrics {
         let seen = self.preemptions.get();
         self.preemptions
             .inc_by(engine.preemptions().saturating_sub(seen));
+    }
+
+    /// Records what the engine's last step did.
+    pub fn observe_step(&self, engine: &Engine) {
+        if engine.last_batch() > 0 {
+            self.decode_batch.observe(engine.last_batch() as f64);
+        }
     }
 
     /// Everything, in the Prometheus text exposition format.

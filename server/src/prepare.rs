@@ -140,6 +140,7 @@ pub struct Prepared {
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    pub ignore_eos: bool,
     pub received: Instant,
 }
 
@@ -157,7 +158,7 @@ pub async fn submit(
             config: GenerationConfig {
                 max_new_tokens: prepared.max_new_tokens,
                 sampling: prepared.sampling,
-                ignore_eos: false,
+                ignore_eos: prepared.ignore_eos,
             },
         },
         stop: prepared.stop,

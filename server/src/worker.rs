@@ -160,6 +160,7 @@ impl Runner<'_> {
                 for event in self.engine.step() {
                     self.handle(event);
                 }
+                self.metrics.observe_step(&self.engine);
             }
             self.metrics.observe_engine(&self.engine);
         }
