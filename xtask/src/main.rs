@@ -1,6 +1,7 @@
 //! Project workflows: `cargo xtask <command>`.
 //!
-//! - `ci`: format check, clippy with warnings denied, every test (what `.ci/run` runs).
+//! - `ci`: format check, clippy with warnings denied, every test, and the server driven by the official
+//!   `openai` Python client (what `.ci/run` runs).
 //! - `fixtures [--check]`: regenerate the reference fixtures with the pinned Python generator, or check that
 //!   the committed ones are what it produces.
 //! - `bench [criterion args]`: the criterion benches of `awq-kernels`.
@@ -80,8 +81,10 @@ fn ci() -> Result<()> {
             "qwen2",
             "-p",
             "internvl",
+            "-p",
+            "server",
             "--features",
-            "awq-kernels/cuda,qwen2/cuda,internvl/cuda",
+            "awq-kernels/cuda,qwen2/cuda,internvl/cuda,server/cuda",
             "--all-targets",
             "--",
             "-D",
@@ -101,7 +104,48 @@ fn test() -> Result<()> {
         &["test", "-p", "awq-kernels", "--features", "cuda"],
     )?;
     // Doc tests are not covered by --all-targets.
-    run("cargo", &["test", "--workspace", "--doc"])
+    run("cargo", &["test", "--workspace", "--doc"])?;
+    openai_client_check(&project_root())
+}
+
+/// The server driven by the official `openai` Python client (pinned in `scripts/server/requirements.txt`,
+/// installed into `target/openai-venv`).
+fn openai_client_check(root: &Path) -> Result<()> {
+    let venv = root.join("target/openai-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(
+            "python3",
+            &["-m", "venv", venv.to_str().context("venv path")?],
+        )?;
+    }
+    let py = python.to_str().context("python path")?;
+    let requirements = root.join("scripts/server/requirements.txt");
+    run(
+        py,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-r",
+            requirements.to_str().context("path")?,
+        ],
+    )?;
+    run("cargo", &["build", "-p", "server", "--bin", "server"])?;
+    let server = root.join("target/debug/server");
+    let images = root.join("fixtures/preprocess/src");
+    let script = root.join("scripts/server/openai_client_check.py");
+    run(
+        py,
+        &[
+            script.to_str().context("path")?,
+            "--server",
+            server.to_str().context("path")?,
+            "--images",
+            images.to_str().context("path")?,
+        ],
+    )
 }
 
 fn bench(extra: &[String]) -> Result<()> {
