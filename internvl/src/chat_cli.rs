@@ -19,6 +19,10 @@ pub struct ChatArgs {
     /// checkpoint with random weights is used.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Instead of a checkpoint, a model with the exact shapes of a family member and random weights
+    /// (internvl2_5-1b, -4b, -38b, -78b, -78b-awq), made in memory: for benchmarks at the real scale.
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
     /// An image (JPEG, PNG, WebP, GIF, BMP); repeat for several (`Image-1: <image>` ...).
     #[arg(long = "image")]
     images: Vec<PathBuf>,
@@ -56,14 +60,19 @@ pub struct ChatArgs {
 
 fn load(args: &ChatArgs) -> Result<InternVlModel> {
     let device = Device::parse(&args.device)?;
-    let model = match &args.model {
-        Some(dir) => {
+    let model = match (&args.model, &args.synthetic) {
+        (_, Some(name)) => {
+            eprintln!("making the synthetic {name} (random weights) ...");
+            internvl::synthetic::model(name)
+                .with_context(|| format!("making the synthetic {name}"))?
+        }
+        (Some(dir), None) => {
             eprintln!("loading {} ...", dir.display());
             let mut printer = internvl::progress::ProgressPrinter::stderr();
             InternVlModel::load_with_progress(dir, &mut |p| printer.report(p))
                 .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
         }
-        None => {
+        (None, None) => {
             eprintln!(
                 "no --model given: using the {}",
                 embedded::INTERNVL_DESCRIPTION

@@ -54,3 +54,12 @@ pub fn internvl_model() -> Result<InternVlModel> {
         Some(include_str!(internvl_fixture!("generation_config.json"))),
     )
 }
+
+/// The embedded InternVL checkpoint's `tokenizer.json` bytes and `generation_config.json` text (synthetic
+/// models use them: they hold the image and template tokens).
+pub fn internvl_tokenizer_files() -> (&'static [u8], &'static str) {
+    (
+        include_bytes!(internvl_fixture!("tokenizer.json")),
+        include_str!(internvl_fixture!("generation_config.json")),
+    )
+}

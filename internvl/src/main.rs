@@ -11,6 +11,7 @@ use internvl::convert::{convert, parse_size, ConvertOptions, Progress};
 use internvl::inspect::{human_bytes, inspect};
 use internvl::{embedded, generate, FinishReason, GenerationConfig, TextModel};
 
+mod bench_cli;
 mod chat_cli;
 
 #[derive(Parser)]
@@ -31,6 +32,10 @@ enum Command {
     Convert(ConvertArgs),
     /// Chat with InternVL 2.5 about images and video: one question, an interactive conversation, or a batch.
     Chat(chat_cli::ChatArgs),
+    /// Benchmark the whole model end to end on a synthetic full-size checkpoint: time to first token for
+    /// one image, decode tokens/s at several batch sizes.
+    #[command(name = "bench-e2e")]
+    BenchE2e(bench_cli::BenchArgs),
 }
 
 #[derive(Args)]
@@ -62,6 +67,10 @@ struct GenerateArgs {
     /// checkpoint with random weights is used.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Instead of a checkpoint, the language model of a synthetic family member (random weights; see
+    /// `internvl chat --synthetic`).
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
     /// Wrap the prompt in the Qwen2.5 chat template (system + user turn, assistant reply).
     #[arg(long)]
     chat: bool,
@@ -126,6 +135,7 @@ fn main() -> Result<()> {
         }
         Command::Convert(args) => run_convert(args),
         Command::Chat(args) => chat_cli::run(args),
+        Command::BenchE2e(args) => bench_cli::run(args),
     }
 }
 
@@ -187,14 +197,20 @@ fn run_convert(args: ConvertArgs) -> Result<()> {
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let device = Device::parse(&args.device)?;
-    let model = match &args.model {
-        Some(dir) => {
+    let model = match (&args.model, &args.synthetic) {
+        (_, Some(name)) => {
+            eprintln!("making the synthetic {name} (random weights) ...");
+            internvl::synthetic::model(name)
+                .with_context(|| format!("making the synthetic {name}"))?
+                .text
+        }
+        (Some(dir), None) => {
             eprintln!("loading {} ...", dir.display());
             let mut printer = internvl::progress::ProgressPrinter::stderr();
             TextModel::load_with_progress(dir, &mut |p| printer.report(p))
                 .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
         }
-        None => {
+        (None, None) => {
             eprintln!("no --model given: using the {}", embedded::DESCRIPTION);
             embedded::text_model().context("loading the embedded checkpoint")?
         }

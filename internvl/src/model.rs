@@ -205,6 +205,24 @@ impl InternVlModel {
         tokenizer_json: &[u8],
         generation_config_json: Option<&str>,
     ) -> Result<InternVlModel> {
+        Self::from_shared(
+            origin,
+            config_json,
+            Arc::new(weights),
+            tokenizer_json,
+            generation_config_json,
+        )
+    }
+
+    /// As [`Self::from_memory`], with safetensors bytes the model shares ownership of (a synthetic model's
+    /// weights, made at run time).
+    pub fn from_shared(
+        origin: &str,
+        config_json: &str,
+        weights: awq_kernels::tensor::SharedBytes,
+        tokenizer_json: &[u8],
+        generation_config_json: Option<&str>,
+    ) -> Result<InternVlModel> {
         let bad = |e: serde_json::Error| Error::BadFile {
             path: origin.to_string(),
             reason: format!("invalid JSON: {e}"),
@@ -214,7 +232,7 @@ impl InternVlModel {
             .map(serde_json::from_str)
             .transpose()
             .map_err(bad)?;
-        let weights = Arc::new(Weights::from_bytes(origin, Arc::new(weights))?);
+        let weights = Arc::new(Weights::from_bytes(origin, weights)?);
         let tokenizer = TextTokenizer::from_bytes(tokenizer_json)?;
         Self::from_parts(origin, origin, &root, &weights, tokenizer, gen.as_ref())
     }

@@ -197,3 +197,23 @@ fn a_weight_with_the_wrong_shape_is_named_in_the_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_synthetic_1b_loads_with_the_released_shapes_and_generates() {
+    let model = internvl::synthetic::model("internvl2_5-1b").unwrap();
+    let c = model.text.llm.config();
+    assert_eq!(
+        (c.hidden_size, c.num_hidden_layers, c.vocab_size),
+        (896, 24, 151674)
+    );
+    assert_eq!(model.tokens_per_tile(), 256);
+    let config = internvl::GenerationConfig {
+        max_new_tokens: 3,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let ids = model.text.tokenizer.encode("Hello").unwrap();
+    let out = internvl::generate(&model.text, &ids, &config, |_| {}).unwrap();
+    assert_eq!(out.tokens.len(), 3);
+    assert!(out.tokens.iter().all(|&t| (t as usize) < 151674));
+}

@@ -18,6 +18,10 @@ struct Cli {
     /// (its answers are gibberish) is served.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Instead of a checkpoint, a model with the exact shapes of a family member and random weights
+    /// (internvl2_5-1b, -4b, -38b, -78b, -78b-awq), for load tests at the real scale.
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 23333)]
@@ -73,14 +77,19 @@ struct Cli {
 
 fn load_model(cli: &Cli) -> Result<InternVlModel> {
     let device = Device::parse(&cli.device)?;
-    let model = match &cli.model {
-        Some(dir) => {
+    let model = match (&cli.model, &cli.synthetic) {
+        (_, Some(name)) => {
+            eprintln!("making the synthetic {name} (random weights) ...");
+            internvl::synthetic::model(name)
+                .with_context(|| format!("making the synthetic {name}"))?
+        }
+        (Some(dir), None) => {
             eprintln!("loading {} ...", dir.display());
             let mut printer = internvl::progress::ProgressPrinter::stderr();
             InternVlModel::load_with_progress(dir, &mut |p| printer.report(p))
                 .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
         }
-        None => {
+        (None, None) => {
             eprintln!(
                 "no --model given: serving the {}",
                 embedded::INTERNVL_DESCRIPTION
@@ -112,11 +121,13 @@ fn main() -> Result<()> {
         })
         .transpose()?;
     let served_model_name = cli.served_model_name.clone().unwrap_or_else(|| {
-        cli.model
-            .as_ref()
-            .and_then(|d| d.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "internvl-embedded".to_string())
+        cli.synthetic.clone().unwrap_or_else(|| {
+            cli.model
+                .as_ref()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "internvl-embedded".to_string())
+        })
     });
     let model = load_model(&cli)?;
     let mut engine = EngineConfig::sized_for(

@@ -1,0 +1,227 @@
+//! `internvl bench-e2e`: the whole model end to end on a synthetic full-size checkpoint. Time to first
+//! token for one image of `--tiles` tiles and a `--question-tokens` question (vision encoder, projector,
+//! prefill, first sample), and decode speed at each `--batch` size (sequences decoded together by the
+//! engine over the paged KV cache). Prints a table, and one JSON object per figure with `--json`.
+//!
+//! The pixels are random (decoding and tiling a photo is not what is measured); each figure is the
+//! median of `--repeats` runs after one warm-up.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use awq_kernels::{Device, Tensor};
+use clap::Args;
+use internvl::engine::{Engine, EngineConfig, SeqRequest, StepEvent};
+use internvl::prompt::{expand_images, Conversation};
+use internvl::{GenerationConfig, InternVlModel};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The family member (internvl2_5-1b, -4b, -38b, -78b, -78b-awq).
+    #[arg(long, default_value = "internvl2_5-1b")]
+    synthetic: String,
+    /// cpu, or cuda (with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Tiles of the one image of the time-to-first-token prompt (13: 12 tiles and the thumbnail).
+    #[arg(long, default_value_t = 13)]
+    tiles: usize,
+    /// Tokens of the question after the image.
+    #[arg(long, default_value_t = 64)]
+    question_tokens: usize,
+    /// Decode batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    batch: Vec<usize>,
+    /// Timed decode steps per batch size.
+    #[arg(long, default_value_t = 32)]
+    decode_steps: usize,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Also print one JSON object per figure.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A question of exactly `tokens` tokens (a repeated word, cut to length).
+fn question_ids(model: &InternVlModel, tokens: usize) -> Result<Vec<u32>> {
+    let tokenizer = &model.text.tokenizer;
+    let mut text = String::from("Describe");
+    while tokenizer.encode(&text)?.len() < tokens {
+        text.push_str(" the picture");
+    }
+    let mut ids = tokenizer.encode(&text)?;
+    ids.truncate(tokens);
+    Ok(ids)
+}
+
+/// The templated prompt ids: `<image>` with `tiles` tiles (when any), then the question ids.
+fn prompt_ids(model: &InternVlModel, tiles: usize, question: &[u32]) -> Result<Vec<u32>> {
+    let marker = "QUESTION_GOES_HERE";
+    let text = if tiles > 0 {
+        format!("<image>\n{marker}")
+    } else {
+        marker.to_string()
+    };
+    let rendered = Conversation::default().render(&text);
+    let tiles_per_image: Vec<usize> = if tiles > 0 { vec![tiles] } else { vec![] };
+    let expanded = expand_images(&rendered, &tiles_per_image, model.tokens_per_tile())?;
+    let (before, after) = expanded
+        .split_once(marker)
+        .context("the template keeps the question")?;
+    let tokenizer = &model.text.tokenizer;
+    let mut ids = tokenizer.encode(before)?;
+    ids.extend_from_slice(question);
+    ids.extend(tokenizer.encode(after)?);
+    Ok(ids)
+}
+
+fn random_pixels(tiles: usize) -> Result<Tensor> {
+    let n = tiles * 3 * 448 * 448;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Normalized pixels lie within about ±2.6.
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, &[tiles, 3, 448, 448])?)
+}
+
+/// Runs every queued sequence until `done` sequences have finished; returns the tokens seen.
+fn drain(engine: &mut Engine, expected: usize) -> Result<usize> {
+    let mut finished = 0;
+    let mut tokens = 0;
+    while finished < expected {
+        for event in engine.step() {
+            match event {
+                StepEvent::Token { .. } => tokens += 1,
+                StepEvent::Finished { .. } => finished += 1,
+                StepEvent::Failed { error, .. } => return Err(error.into()),
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+fn greedy(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let device = Device::parse(&args.device)?;
+    eprintln!("making the synthetic {} ...", args.synthetic);
+    let started = Instant::now();
+    let model = internvl::synthetic::model(&args.synthetic)
+        .with_context(|| format!("making the synthetic {}", args.synthetic))?;
+    let model = if device == Device::Cpu {
+        model
+    } else {
+        model.to_device(device)?
+    };
+    eprintln!("ready in {:.1} s", started.elapsed().as_secs_f64());
+    let question = question_ids(&model, args.question_tokens)?;
+    let max_batch = args.batch.iter().copied().max().unwrap_or(1);
+    let mut engine = Engine::new(
+        &model,
+        EngineConfig {
+            max_running: max_batch,
+            kv_cache_tokens: max_batch * (question.len() + 64 + args.decode_steps + 8)
+                + args.tiles * model.tokens_per_tile()
+                + 256,
+            block_size: 16,
+        },
+    )?;
+    let mut rows = Vec::new();
+
+    // Time to first token: one image, one sequence, one token.
+    let prompt = prompt_ids(&model, args.tiles, &question)?;
+    let pixels = random_pixels(args.tiles)?;
+    let mut ttft = Vec::new();
+    for run in 0..=args.repeats {
+        let t0 = Instant::now();
+        engine.add(SeqRequest {
+            prompt_ids: prompt.clone(),
+            pixels: Some(pixels.clone()),
+            config: greedy(1),
+        })?;
+        drain(&mut engine, 1)?;
+        if run > 0 {
+            ttft.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let ttft = median(ttft);
+    rows.push(json!({
+        "figure": "time_to_first_token_s", "model": args.synthetic, "device": args.device,
+        "tiles": args.tiles, "prompt_tokens": prompt.len(), "value": ttft,
+    }));
+
+    // Decode: `batch` text-only sequences; the timed steps each decode one token of every sequence.
+    let text_prompt = prompt_ids(&model, 0, &question)?;
+    for &batch in &args.batch {
+        let mut per_step = Vec::new();
+        for run in 0..=args.repeats {
+            for _ in 0..batch {
+                engine.add(SeqRequest {
+                    prompt_ids: text_prompt.clone(),
+                    pixels: None,
+                    config: greedy(args.decode_steps + 2),
+                })?;
+            }
+            // The first step prefills everyone; the second is the first batched decode (warm-up).
+            engine.step();
+            engine.step();
+            let t0 = Instant::now();
+            let tokens = drain(&mut engine, batch)?;
+            let elapsed = t0.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                tokens == batch * args.decode_steps,
+                "expected {} tokens in the timed steps, saw {tokens}",
+                batch * args.decode_steps
+            );
+            if run > 0 {
+                per_step.push(elapsed / args.decode_steps as f64);
+            }
+        }
+        let step = median(per_step);
+        rows.push(json!({
+            "figure": "decode_tokens_per_s", "model": args.synthetic, "device": args.device,
+            "batch": batch, "context": text_prompt.len() + args.decode_steps,
+            "step_ms": step * 1e3, "value": batch as f64 / step, "per_sequence": 1.0 / step,
+        }));
+    }
+
+    println!(
+        "{:<28} {:>8} {:>12} {:>14}",
+        "figure", "batch", "step ms", "value"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:>8} {:>12} {:>14.3}",
+            r["figure"].as_str().unwrap_or(""),
+            r["batch"].as_u64().map_or("-".into(), |b| b.to_string()),
+            r["step_ms"]
+                .as_f64()
+                .map_or("-".into(), |s| format!("{s:.2}")),
+            r["value"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    if args.json {
+        for r in &rows {
+            println!("{r}");
+        }
+    }
+    Ok(())
+}
