@@ -2,15 +2,18 @@
 # Runs on the GPU machine from the bundle made by `cargo xtask gpu-bundle`: every GPU test (REQUIRE_GPU=1),
 # then every GPU bench next to its torch peer on the same card, and prints a short table last.
 # Full logs go to $OUT (at most 8 files). `bash run.sh --quick` times fewer batch sizes; `--tests-only`
-# skips the benches.
+# skips the benches; `--e2e [MODEL]` runs only the end-to-end bench (`internvl bench-e2e` on the synthetic
+# MODEL, default internvl2_5-78b-awq) next to transformers on a synthetic 1B and 4B.
 set -uo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 QUICK=""
 TESTS_ONLY=0
+E2E=""
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
 [ "${1:-}" = "--tests-only" ] && TESTS_ONLY=1
+[ "${1:-}" = "--e2e" ] && E2E="${2:-internvl2_5-78b-awq}"
 # cuBLAS and the driver come from the machine's CUDA install (loaded at run time by the binaries, which
 # look for `libcublas.so` / `libcublasLt.so`; link the versioned files under those names if needed).
 mkdir -p libs
@@ -31,6 +34,20 @@ done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv \
     > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
+
+if [ -n "$E2E" ]; then
+    failed=0
+    echo "== internvl bench-e2e --synthetic $E2E" | tee "$OUT/e2e.log"
+    timeout 420 ./internvl bench-e2e --synthetic "$E2E" --device cuda --json >> "$OUT/e2e.log" 2>&1 \
+        || { echo "bench-e2e failed"; failed=1; }
+    for shape in 1b 4b; do
+        echo "== transformers peer $shape" | tee -a "$OUT/e2e.log"
+        PYTHONUNBUFFERED=1 timeout 240 python3 e2e_peer.py --shape "$shape" >> "$OUT/e2e.log" 2>&1 \
+            || { echo "e2e peer $shape failed"; failed=1; }
+    done
+    cat "$OUT/e2e.log"
+    exit $failed
+fi
 
 failed=0
 # The GPU tests read the repository's fixtures (the working tree travels with the bundle).

@@ -4,7 +4,8 @@
 //!   `openai` Python client (what `.ci/run` runs).
 //! - `fixtures [--check]`: regenerate the reference fixtures with the pinned Python generator, or check that
 //!   the committed ones are what it produces.
-//! - `bench [criterion args]`: the criterion benches of `awq-kernels`.
+//! - `bench [criterion args]`: the criterion benches of `awq-kernels`; `bench --e2e [options]`: the whole
+//!   model on a synthetic full-size checkpoint (`internvl bench-e2e`: time to first token, decode tokens/s).
 //! - `cuda-toolchain`: installs NVRTC, the CUDA headers and ptxas from pip into `target/cuda-toolchain`.
 //! - `kernels`: registers, shared memory and spills of every kernel (ptxas, sm_80 and sm_90a).
 //! - `gpu-bundle`: builds the GPU tests and benches and packs them with the torch peer and `run.sh` into
@@ -148,7 +149,26 @@ fn openai_client_check(root: &Path) -> Result<()> {
     )
 }
 
+/// `bench`: the criterion benches; `bench --e2e [bench-e2e options]`: `internvl bench-e2e` in release
+/// (built with CUDA when `--device cuda` is asked for).
 fn bench(extra: &[String]) -> Result<()> {
+    if extra.first().map(String::as_str) == Some("--e2e") {
+        let rest = &extra[1..];
+        let cuda = rest
+            .windows(2)
+            .any(|w| w[0] == "--device" && w[1] == "cuda")
+            || rest.iter().any(|a| a == "--device=cuda");
+        if cuda {
+            cuda_toolchain(&project_root())?;
+        }
+        let mut args = vec!["run", "--release", "-p", "internvl"];
+        if cuda {
+            args.extend(["--features", "cuda"]);
+        }
+        args.extend(["--", "bench-e2e"]);
+        args.extend(rest.iter().map(String::as_str));
+        return run("cargo", &args);
+    }
     let mut args = vec!["bench", "-p", "awq-kernels"];
     if !extra.is_empty() {
         args.push("--");
@@ -370,7 +390,7 @@ fn gpu_bundle(root: &Path) -> Result<()> {
         std::fs::copy(path, &dst).with_context(|| format!("copying {}", path.display()))?;
         shrink(&dst)?;
     }
-    for file in ["run.sh", "torch_peer.py", "summarize.py"] {
+    for file in ["run.sh", "torch_peer.py", "summarize.py", "e2e_peer.py"] {
         let src = root.join("scripts/gpu").join(file);
         if src.exists() {
             std::fs::copy(&src, bundle.join(file))?;
