@@ -337,8 +337,10 @@ fn cuda_executables(kind: &str) -> Result<Vec<(String, PathBuf)>> {
             "awq-kernels",
             "-p",
             "qwen2",
+            "-p",
+            "internvl",
             "--features",
-            "awq-kernels/cuda,qwen2/cuda",
+            "awq-kernels/cuda,qwen2/cuda,internvl/cuda",
             "--no-run",
             "--message-format=json",
         ])

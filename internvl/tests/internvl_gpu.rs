@@ -1,0 +1,126 @@
+//! The engine on the GPU (language model in the checkpoint's bf16, vision on the CPU) with the tiny
+//! InternVL fixture made by transformers: three image prompts decoded together in one batch give exactly
+//! the tokens each gives alone (batching over the paged KV cache changes nothing on the GPU either), and
+//! the tokens agree with transformers' float32 greedy tokens as far as bf16 rounding allows (printed; the
+//! CPU tests hold the exact comparison). Fixtures are read from `INTERNVL_FIXTURES` when set (the GPU
+//! bundle), else from the source tree.
+#![cfg(feature = "cuda")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use awq_kernels::cuda::gpu_for_tests;
+use awq_kernels::sampling::SamplingParams;
+use awq_kernels::{Device, Tensor, Weights};
+use internvl::engine::{Engine, EngineConfig, SeqRequest, StepEvent};
+use internvl::{GenerationConfig, InternVlModel};
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("INTERNVL_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"))
+}
+
+fn tensor(file: PathBuf, name: &str) -> Tensor {
+    let w = Arc::new(Weights::from_file(&file).unwrap());
+    let s = w.scope("");
+    s.get(name, &s.shape_of(name).unwrap()).unwrap()
+}
+
+fn ids(name: &str) -> Vec<u32> {
+    let t = tensor(
+        fixtures().join("internvl-300m-like/reference.safetensors"),
+        name,
+    );
+    t.as_slice::<i32>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect()
+}
+
+/// The fixture's pixels: `(level - 128) / 64` of the stored u8 levels.
+fn pixels(which: &str) -> Tensor {
+    let levels = tensor(
+        fixtures().join("internvl-pixels/pixels.safetensors"),
+        &format!("{which}_levels"),
+    );
+    let values = levels
+        .as_slice::<u8>()
+        .unwrap()
+        .iter()
+        .map(|&l| (l as f32 - 128.0) / 64.0)
+        .collect();
+    Tensor::from_vec(values, levels.shape()).unwrap()
+}
+
+const PROMPTS: [(&str, &str); 3] = [
+    ("image", "image"),
+    ("multi_image", "image"),
+    ("video", "video"),
+];
+
+fn run(model: &InternVlModel, max_running: usize) -> Vec<Vec<u32>> {
+    let mut engine = Engine::new(
+        model,
+        EngineConfig {
+            max_running,
+            kv_cache_tokens: 4096,
+            block_size: 16,
+        },
+    )
+    .unwrap();
+    let mut seqs = Vec::new();
+    for (prompt, which) in PROMPTS {
+        let want = ids(&format!("{prompt}.greedy_ids"));
+        let id = engine
+            .add(SeqRequest {
+                prompt_ids: ids(&format!("{prompt}.prompt_ids")),
+                pixels: Some(pixels(which)),
+                config: GenerationConfig {
+                    max_new_tokens: want.len(),
+                    sampling: SamplingParams::default(),
+                    ignore_eos: true,
+                },
+            })
+            .unwrap();
+        seqs.push(id);
+    }
+    let mut tokens = vec![Vec::new(); seqs.len()];
+    while !engine.is_idle() {
+        for event in engine.step() {
+            match event {
+                StepEvent::Token { id, token, .. } => {
+                    tokens[seqs.iter().position(|&s| s == id).unwrap()].push(token)
+                }
+                StepEvent::Finished { .. } => {}
+                StepEvent::Failed { error, .. } => panic!("{error}"),
+            }
+        }
+    }
+    let (free, total) = engine.kv_blocks();
+    assert_eq!(free, total);
+    tokens
+}
+
+#[test]
+fn the_engine_on_the_gpu_batches_without_changing_the_tokens() {
+    if gpu_for_tests().is_none() {
+        return;
+    }
+    let model = InternVlModel::load(&fixtures().join("internvl-300m-like"))
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap();
+    let batched = run(&model, 3);
+    let alone = run(&model, 1);
+    assert_eq!(batched, alone);
+    for ((prompt, _), got) in PROMPTS.iter().zip(&batched) {
+        let want = ids(&format!("{prompt}.greedy_ids"));
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!(
+            "{prompt}: the first {same} of {} tokens equal transformers' float32 greedy tokens",
+            want.len()
+        );
+    }
+}
