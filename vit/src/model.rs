@@ -5,8 +5,8 @@ use awq_kernels::ops::attention::bidirectional_attention;
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::ops::norm::{layer_norm, rms_norm};
 use awq_kernels::ops::patch::patchify;
-use awq_kernels::ops::{activation, add_scaled_inplace, split_last};
-use awq_kernels::{DType, Tensor, WeightsScope};
+use awq_kernels::ops::{activation, add_inplace, add_scaled_inplace, split_last};
+use awq_kernels::{DType, Device, Tensor, WeightsScope};
 
 use crate::{Error, NormType, Result, VisionConfig};
 
@@ -15,6 +15,7 @@ use crate::{Error, NormType, Result, VisionConfig};
 const TILES_PER_CHUNK: usize = 4;
 
 /// `norm1`, `norm2` (and the q/k norms of the 6B flavour, which are always RMSNorm).
+#[derive(Clone)]
 enum Norm {
     /// `weight`, `bias` `[C]`.
     LayerNorm { weight: Tensor, bias: Tensor },
@@ -41,8 +42,56 @@ impl Norm {
             Norm::RmsNorm { weight } => rms_norm(x, weight, eps)?,
         })
     }
+
+    fn to_device(&self, device: Device, dtype: DType) -> Result<Norm> {
+        Ok(match self {
+            Norm::LayerNorm { weight, bias } => Norm::LayerNorm {
+                weight: on(weight, device, dtype)?,
+                bias: on(bias, device, dtype)?,
+            },
+            Norm::RmsNorm { weight } => Norm::RmsNorm {
+                weight: on(weight, device, dtype)?,
+            },
+        })
+    }
 }
 
+/// `t` on `device` in `dtype`.
+fn on(t: &Tensor, device: Device, dtype: DType) -> Result<Tensor> {
+    Ok(t.to_dtype(dtype)?.to_device(device)?)
+}
+
+/// The rows of a dense layer's weight and bias, `[start, end)` of its outputs, as a dense layer.
+fn output_rows(linear: &Linear, start: usize, end: usize) -> Result<Linear> {
+    let Linear::Dense { weight, bias } = linear else {
+        return Err(awq_kernels::Error::Unsupported("splitting a non-dense linear".into()).into());
+    };
+    Ok(Linear::Dense {
+        weight: weight.to_f32()?.narrow_rows(start, end)?,
+        bias: bias.as_ref().map(|b| b[start..end].to_vec()),
+    })
+}
+
+/// A dense layer with its output `j` multiplied by `scale[j]` (a layer scale folded into the layer).
+fn scaled_outputs(linear: &Linear, scale: &Tensor) -> Result<Linear> {
+    let Linear::Dense { weight, bias } = linear else {
+        return Err(awq_kernels::Error::Unsupported("scaling a non-dense linear".into()).into());
+    };
+    let scale = scale.to_f32_vec()?;
+    let k = weight.dim(1);
+    let mut w = weight.to_f32_vec()?;
+    for (row, s) in w.chunks_exact_mut(k).zip(&scale) {
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+    Ok(Linear::Dense {
+        weight: Tensor::from_vec(w, weight.shape())?,
+        bias: bias
+            .as_ref()
+            .map(|b| b.iter().zip(&scale).map(|(v, s)| v * s).collect()),
+    })
+}
+
+#[derive(Clone)]
 struct Embeddings {
     /// `[1, 1, C]`.
     class_embedding: Tensor,
@@ -50,11 +99,24 @@ struct Embeddings {
     patch_embedding: Linear,
     /// `[1, T, C]`: row 0 for the class token, then the patch grid row-major.
     position_embedding: Tensor,
+    /// On a GPU, the whole embedding as one matrix product (see [`InternVit::to_device`]):
+    /// `[C, 3·P·P + T]` (padded to a multiple of 8 columns).
+    augmented: Option<Linear>,
 }
 
+/// How q, k and v are made.
+#[derive(Clone)]
+enum QkvProjection {
+    /// `[3C, C]`: rows `[0, C)` make q, `[C, 2C)` k, `[2C, 3C)` v; bias `[3C]` in the 300M flavour. The
+    /// output is split after (CPU).
+    Fused(Linear),
+    /// The same rows as three `[C, C]` layers, so no split is needed on a GPU.
+    Split { q: Linear, k: Linear, v: Linear },
+}
+
+#[derive(Clone)]
 struct Attention {
-    /// `[3C, C]`: rows `[0, C)` make q, `[C, 2C)` k, `[2C, 3C)` v; bias `[3C]` in the 300M flavour.
-    qkv: Linear,
+    qkv: QkvProjection,
     /// `[C]` each, 6B flavour only: RMSNorm of q and of k over all heads together, before the head split.
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
@@ -62,6 +124,7 @@ struct Attention {
     proj: Linear,
 }
 
+#[derive(Clone)]
 struct Mlp {
     /// `[I, C]` with bias.
     fc1: Linear,
@@ -69,15 +132,16 @@ struct Mlp {
     fc2: Linear,
 }
 
+#[derive(Clone)]
 struct EncoderLayer {
     norm1: Norm,
     attn: Attention,
-    /// `[C]` layer scale of the attention branch.
-    ls1: Tensor,
+    /// `[C]` layer scale of the attention branch; `None` when folded into `attn.proj` (GPU).
+    ls1: Option<Tensor>,
     norm2: Norm,
     mlp: Mlp,
-    /// `[C]` layer scale of the MLP branch.
-    ls2: Tensor,
+    /// `[C]` layer scale of the MLP branch; `None` when folded into `mlp.fc2` (GPU).
+    ls2: Option<Tensor>,
 }
 
 /// InternViT: patch embedding, class token, position embedding, then pre-norm encoder layers with layer
@@ -86,6 +150,10 @@ pub struct InternVit {
     config: VisionConfig,
     embeddings: Embeddings,
     layers: Vec<EncoderLayer>,
+    /// Where the weights live and the forward runs.
+    device: Device,
+    /// Activations: f32 on the CPU, the checkpoint's float dtype on a GPU.
+    dtype: DType,
 }
 
 impl InternVit {
@@ -106,6 +174,7 @@ impl InternVit {
             },
             position_embedding: e
                 .get_float("position_embedding", &[1, config.tokens_per_tile(), c])?,
+            augmented: None,
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -122,25 +191,215 @@ impl InternVit {
             layers.push(EncoderLayer {
                 norm1: Norm::load(&l.pp("norm1"), config.norm_type, c)?,
                 attn: Attention {
-                    qkv: Linear::load(&attn.pp("qkv"), c, 3 * c, config.qkv_bias, None)?,
+                    qkv: QkvProjection::Fused(Linear::load(
+                        &attn.pp("qkv"),
+                        c,
+                        3 * c,
+                        config.qkv_bias,
+                        None,
+                    )?),
                     q_norm: qk_norm("q_norm")?,
                     k_norm: qk_norm("k_norm")?,
                     proj: Linear::load(&attn.pp("proj"), c, c, true, None)?,
                 },
-                ls1: l.get_float("ls1", &[c])?,
+                ls1: Some(l.get_float("ls1", &[c])?),
                 norm2: Norm::load(&l.pp("norm2"), config.norm_type, c)?,
                 mlp: Mlp {
                     fc1: Linear::load(&mlp.pp("fc1"), c, config.intermediate_size, true, None)?,
                     fc2: Linear::load(&mlp.pp("fc2"), config.intermediate_size, c, true, None)?,
                 },
-                ls2: l.get_float("ls2", &[c])?,
+                ls2: Some(l.get_float("ls2", &[c])?),
             });
         }
         Ok(InternVit {
             config: config.clone(),
             embeddings,
             layers,
+            device: Device::Cpu,
+            dtype: DType::F32,
         })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The encoder on `device`, computing in `dtype` there (f16 or bf16 on a GPU; the CPU always computes
+    /// in f32 from the checkpoint's tensors). Three rewrites make the GPU forward need no ops beyond
+    /// matrix products, norms, GELU, attention and a residual add, each exact in real arithmetic:
+    /// - the qkv layer becomes three layers (its row blocks), so its output needs no split;
+    /// - each layer scale is folded into the layer before it (`ls ∘ (W·a + b) = (diag(ls)·W)·a + ls ∘ b`);
+    /// - the embedding (patch conv, class token, position table) becomes ONE matrix product of an
+    ///   augmented input `[patch, one-hot(position)]` with `[W | P]`, where column i of `P` is position
+    ///   row i and column 0 is `class + pos₀ − b` (row 0 of each tile has a zero patch, and the bias `b`
+    ///   is added to every row).
+    ///
+    /// The folded and augmented weights are made in f32 and rounded once to `dtype`.
+    pub fn to_device(&self, device: Device, dtype: DType) -> Result<InternVit> {
+        if device == Device::Cpu {
+            return Ok(self.clone_on_cpu());
+        }
+        let r = self.rewritten()?;
+        let lin = |l: &Linear| -> Result<Linear> { Ok(l.to_device(device, dtype)?) };
+        let opt = |t: &Option<Tensor>| t.as_ref().map(|t| on(t, device, dtype)).transpose();
+        let mut layers = Vec::with_capacity(r.layers.len());
+        for layer in &r.layers {
+            let QkvProjection::Split { q, k, v } = &layer.attn.qkv else {
+                unreachable!("rewritten() splits qkv");
+            };
+            layers.push(EncoderLayer {
+                norm1: layer.norm1.to_device(device, dtype)?,
+                attn: Attention {
+                    qkv: QkvProjection::Split {
+                        q: lin(q)?,
+                        k: lin(k)?,
+                        v: lin(v)?,
+                    },
+                    q_norm: opt(&layer.attn.q_norm)?,
+                    k_norm: opt(&layer.attn.k_norm)?,
+                    proj: lin(&layer.attn.proj)?,
+                },
+                ls1: None,
+                norm2: layer.norm2.to_device(device, dtype)?,
+                mlp: Mlp {
+                    fc1: lin(&layer.mlp.fc1)?,
+                    fc2: lin(&layer.mlp.fc2)?,
+                },
+                ls2: None,
+            });
+        }
+        let mut embeddings = r.embeddings.clone();
+        embeddings.augmented = r.embeddings.augmented.as_ref().map(lin).transpose()?;
+        Ok(InternVit {
+            config: self.config.clone(),
+            embeddings,
+            layers,
+            device,
+            dtype,
+        })
+    }
+
+    fn clone_on_cpu(&self) -> InternVit {
+        InternVit {
+            config: self.config.clone(),
+            embeddings: self.embeddings.clone(),
+            layers: self.layers.clone(),
+            device: self.device,
+            dtype: self.dtype,
+        }
+    }
+
+    /// The encoder with the three rewrites of [`Self::to_device`] applied, still on the CPU in f32 (what
+    /// a GPU copy is made from; on the CPU it computes the same function, which the tests check).
+    pub fn rewritten(&self) -> Result<InternVit> {
+        if self.device != Device::Cpu {
+            return Err(awq_kernels::Error::Unsupported(
+                "rewrite the encoder on the CPU, then move it".into(),
+            )
+            .into());
+        }
+        let c = self.config.hidden_size;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let qkv = match &layer.attn.qkv {
+                QkvProjection::Fused(qkv) => QkvProjection::Split {
+                    q: output_rows(qkv, 0, c)?,
+                    k: output_rows(qkv, c, 2 * c)?,
+                    v: output_rows(qkv, 2 * c, 3 * c)?,
+                },
+                split => split.clone(),
+            };
+            let fold = |l: &Linear, ls: &Option<Tensor>| -> Result<Linear> {
+                match ls {
+                    Some(ls) => scaled_outputs(l, ls),
+                    None => Ok(l.clone()),
+                }
+            };
+            layers.push(EncoderLayer {
+                norm1: layer.norm1.clone(),
+                attn: Attention {
+                    qkv,
+                    q_norm: layer.attn.q_norm.clone(),
+                    k_norm: layer.attn.k_norm.clone(),
+                    proj: fold(&layer.attn.proj, &layer.ls1)?,
+                },
+                ls1: None,
+                norm2: layer.norm2.clone(),
+                mlp: Mlp {
+                    fc1: layer.mlp.fc1.clone(),
+                    fc2: fold(&layer.mlp.fc2, &layer.ls2)?,
+                },
+                ls2: None,
+            });
+        }
+        let mut embeddings = self.embeddings.clone();
+        if embeddings.augmented.is_none() {
+            embeddings.augmented = Some(self.augmented_patch_embedding()?);
+        }
+        Ok(InternVit {
+            config: self.config.clone(),
+            embeddings,
+            layers,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        })
+    }
+
+    /// Columns of the augmented embedding input: a patch, then a one-hot position, padded to a multiple
+    /// of 8 (16-byte rows for the tensor-core GEMM).
+    fn augmented_width(&self) -> usize {
+        let cfg = &self.config;
+        (cfg.num_channels * cfg.patch_size * cfg.patch_size + cfg.tokens_per_tile()).next_multiple_of(8)
+    }
+
+    /// `[W | P]` (see [`Self::to_device`]) in f32, with the patch conv's bias.
+    fn augmented_patch_embedding(&self) -> Result<Linear> {
+        let cfg = &self.config;
+        let (t, c) = (cfg.tokens_per_tile(), cfg.hidden_size);
+        let patch = cfg.num_channels * cfg.patch_size * cfg.patch_size;
+        let width = self.augmented_width();
+        let Linear::Dense { weight, bias } = &self.embeddings.patch_embedding else {
+            return Err(awq_kernels::Error::Unsupported("a non-dense patch embedding".into()).into());
+        };
+        let w = weight.to_f32_vec()?;
+        let b = bias.clone().unwrap_or_else(|| vec![0.0; c]);
+        let class = self.embeddings.class_embedding.to_f32_vec()?;
+        let pos = self.embeddings.position_embedding.to_f32_vec()?;
+        let mut out = vec![0.0f32; c * width];
+        for j in 0..c {
+            let row = &mut out[j * width..(j + 1) * width];
+            row[..patch].copy_from_slice(&w[j * patch..(j + 1) * patch]);
+            row[patch] = class[j] + pos[j] - b[j];
+            for i in 1..t {
+                row[patch + i] = pos[i * c + j];
+            }
+        }
+        Ok(Linear::Dense {
+            weight: Tensor::from_vec(out, &[c, width])?,
+            bias: Some(b),
+        })
+    }
+
+    /// The augmented embedding input of `m` tiles (see [`Self::to_device`]): `[m·T, width]` f32.
+    fn augmented_input(&self, pixels: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let m = pixels.dim(0);
+        let t = cfg.tokens_per_tile();
+        let width = self.augmented_width();
+        let patch = cfg.num_channels * cfg.patch_size * cfg.patch_size;
+        let patches = patchify(pixels, cfg.patch_size)?; // [m, T-1, 3·P·P]
+        let patches = patches.as_slice::<f32>()?;
+        let mut x = vec![0.0f32; m * t * width];
+        for (tile, rows) in x.chunks_exact_mut(t * width).enumerate() {
+            for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+                if i > 0 {
+                    let src = (tile * (t - 1) + i - 1) * patch;
+                    row[..patch].copy_from_slice(&patches[src..src + patch]);
+                }
+                row[patch + i] = 1.0;
+            }
+        }
+        Ok(Tensor::from_vec(x, &[m * t, width])?)
     }
 
     pub fn config(&self) -> &VisionConfig {
@@ -176,6 +435,15 @@ impl InternVit {
         }
         let pixels = pixels.to_f32()?;
         let (t, c) = (cfg.tokens_per_tile(), cfg.hidden_size);
+        if let Some(embedding) = &self.embeddings.augmented {
+            // On a GPU all tiles go through together: the activations of 13 tiles of the 6B fit easily.
+            let input = on(&self.augmented_input(&pixels)?, self.device, self.dtype)?;
+            let mut x = embedding.forward(&input)?; // [n·T, C]
+            for layer in &self.layers[..layers] {
+                x = self.layer_forward(layer, x, n)?;
+            }
+            return Ok(x.reshape(&[n, t, c])?);
+        }
         let mut out = Vec::with_capacity(n * t * c);
         for start in (0..n).step_by(TILES_PER_CHUNK) {
             let m = TILES_PER_CHUNK.min(n - start);
@@ -215,11 +483,16 @@ impl InternVit {
 
         let a = layer.norm1.forward(&x, eps)?;
         let attn = &layer.attn;
-        let qkv = attn.qkv.forward(&a)?; // [m·T, 3C]
-        let mut parts = split_last(&qkv, &[c, c, c])?.into_iter();
-        let (mut q, mut k, v) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(q), Some(k), Some(v)) => (q, k, v),
-            _ => unreachable!("split_last returns one tensor per width"),
+        let (mut q, mut k, v) = match &attn.qkv {
+            QkvProjection::Fused(qkv) => {
+                let qkv = qkv.forward(&a)?; // [m·T, 3C]
+                let mut parts = split_last(&qkv, &[c, c, c])?.into_iter();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(q), Some(k), Some(v)) => (q, k, v),
+                    _ => unreachable!("split_last returns one tensor per width"),
+                }
+            }
+            QkvProjection::Split { q, k, v } => (q.forward(&a)?, k.forward(&a)?, v.forward(&a)?),
         };
         if let (Some(qn), Some(kn)) = (&attn.q_norm, &attn.k_norm) {
             q = rms_norm(&q, qn, eps)?;
@@ -233,12 +506,20 @@ impl InternVit {
             (d as f32).powf(-0.5),
         )?
         .reshape(&[m * t, c])?;
-        add_scaled_inplace(&mut x, &attn.proj.forward(&o)?, &layer.ls1)?;
+        residual(&mut x, &attn.proj.forward(&o)?, layer.ls1.as_ref())?;
 
         let a = layer.norm2.forward(&x, eps)?;
         let h = activation::gelu(&layer.mlp.fc1.forward(&a)?)?;
-        add_scaled_inplace(&mut x, &layer.mlp.fc2.forward(&h)?, &layer.ls2)?;
-        debug_assert_eq!(x.dtype(), DType::F32);
+        residual(&mut x, &layer.mlp.fc2.forward(&h)?, layer.ls2.as_ref())?;
         Ok(x)
     }
+}
+
+/// `x += ls ∘ y`, or `x += y` when the layer scale is folded into the layer that made `y`.
+fn residual(x: &mut Tensor, y: &Tensor, ls: Option<&Tensor>) -> Result<()> {
+    match ls {
+        Some(ls) => add_scaled_inplace(x, y, ls)?,
+        None => add_inplace(x, y)?,
+    }
+    Ok(())
 }
