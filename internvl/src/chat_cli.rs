@@ -83,7 +83,7 @@ fn load(args: &ChatArgs) -> Result<InternVlModel> {
     if device == Device::Cpu {
         return Ok(model);
     }
-    eprintln!("moving the language model to {device} ...");
+    eprintln!("moving the model to {device} ...");
     model
         .to_device(device)
         .with_context(|| format!("moving the model to {device}"))

@@ -273,10 +273,13 @@ impl InternVlModel {
         })
     }
 
-    /// Runs the language model on `device` (the vision encoder stays on the CPU for now; its image rows
-    /// are moved to the device with the prompt's embeddings).
+    /// The whole model on `device`: the language model computes in the checkpoint's float dtype there, and
+    /// the vision encoder and projector in the same dtype (as lmdeploy runs them).
     pub fn to_device(mut self, device: awq_kernels::Device) -> Result<InternVlModel> {
         self.text = self.text.to_device(device)?;
+        let dtype = self.text.llm.activation_dtype();
+        self.vit = self.vit.to_device(device, dtype)?;
+        self.projector = self.projector.to_device(device, dtype)?;
         Ok(self)
     }
 
@@ -329,12 +332,22 @@ impl InternVlModel {
         }
         let mut x = self.text.llm.embed(ids)?;
         if let Some(r) = image_rows {
-            // The image rows come from the vision encoder on the CPU in f32; with the LLM on a GPU the
-            // merge happens on the CPU too, and generation moves the result to the model's device.
-            if x.device() != awq_kernels::Device::Cpu {
-                x = x.to_device(awq_kernels::Device::Cpu)?.to_f32()?;
+            if x.device() == r.device() && x.dtype() == r.dtype() {
+                // Both on the GPU (or both f32 on the CPU): the rows are written in place.
+                scatter_rows(&mut x, &positions, r)?;
+            } else {
+                // Mixed places: merge on the CPU in f32; generation moves the result to the model's device.
+                if x.device() != awq_kernels::Device::Cpu {
+                    x = x.to_device(awq_kernels::Device::Cpu)?;
+                }
+                x = x.to_f32()?;
+                let r = if r.device() == awq_kernels::Device::Cpu {
+                    r.to_f32()?
+                } else {
+                    r.to_device(awq_kernels::Device::Cpu)?.to_f32()?
+                };
+                scatter_rows(&mut x, &positions, &r)?;
             }
-            scatter_rows(&mut x, &positions, r)?;
         }
         Ok(x)
     }

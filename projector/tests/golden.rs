@@ -79,6 +79,16 @@ fn check(name: &str) {
         worst <= REL_TOL * scale,
         "{name}: max abs error {worst} (scale {scale})"
     );
+    // The GPU's form (the shuffle as one row gather) gives the same rows.
+    let gathered = projector
+        .forward_by_gather(&reference(name, "image.vision_features").to_f32().unwrap())
+        .unwrap();
+    assert_eq!(gathered.shape(), out.shape());
+    let (worst, scale) = max_error(gathered.as_slice().unwrap(), &want.to_f32_vec().unwrap());
+    assert!(
+        worst <= REL_TOL * scale,
+        "{name} by gather: max abs error {worst} (scale {scale})"
+    );
 }
 
 #[test]

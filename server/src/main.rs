@@ -100,7 +100,7 @@ fn load_model(cli: &Cli) -> Result<InternVlModel> {
     if device == Device::Cpu {
         return Ok(model);
     }
-    eprintln!("moving the language model to {device} ...");
+    eprintln!("moving the model to {device} ...");
     model
         .to_device(device)
         .with_context(|| format!("moving the model to {device}"))

@@ -109,9 +109,13 @@ struct Embeddings {
 enum QkvProjection {
     /// `[3C, C]`: rows `[0, C)` make q, `[C, 2C)` k, `[2C, 3C)` v; bias `[3C]` in the 300M flavour. The
     /// output is split after (CPU).
-    Fused(Linear),
+    Fused(Box<Linear>),
     /// The same rows as three `[C, C]` layers, so no split is needed on a GPU.
-    Split { q: Linear, k: Linear, v: Linear },
+    Split {
+        q: Box<Linear>,
+        k: Box<Linear>,
+        v: Box<Linear>,
+    },
 }
 
 #[derive(Clone)]
@@ -191,13 +195,13 @@ impl InternVit {
             layers.push(EncoderLayer {
                 norm1: Norm::load(&l.pp("norm1"), config.norm_type, c)?,
                 attn: Attention {
-                    qkv: QkvProjection::Fused(Linear::load(
+                    qkv: QkvProjection::Fused(Box::new(Linear::load(
                         &attn.pp("qkv"),
                         c,
                         3 * c,
                         config.qkv_bias,
                         None,
-                    )?),
+                    )?)),
                     q_norm: qk_norm("q_norm")?,
                     k_norm: qk_norm("k_norm")?,
                     proj: Linear::load(&attn.pp("proj"), c, c, true, None)?,
@@ -251,9 +255,9 @@ impl InternVit {
                 norm1: layer.norm1.to_device(device, dtype)?,
                 attn: Attention {
                     qkv: QkvProjection::Split {
-                        q: lin(q)?,
-                        k: lin(k)?,
-                        v: lin(v)?,
+                        q: Box::new(lin(q)?),
+                        k: Box::new(lin(k)?),
+                        v: Box::new(lin(v)?),
                     },
                     q_norm: opt(&layer.attn.q_norm)?,
                     k_norm: opt(&layer.attn.k_norm)?,
@@ -303,9 +307,9 @@ impl InternVit {
         for layer in &self.layers {
             let qkv = match &layer.attn.qkv {
                 QkvProjection::Fused(qkv) => QkvProjection::Split {
-                    q: output_rows(qkv, 0, c)?,
-                    k: output_rows(qkv, c, 2 * c)?,
-                    v: output_rows(qkv, 2 * c, 3 * c)?,
+                    q: Box::new(output_rows(qkv, 0, c)?),
+                    k: Box::new(output_rows(qkv, c, 2 * c)?),
+                    v: Box::new(output_rows(qkv, 2 * c, 3 * c)?),
                 },
                 split => split.clone(),
             };
@@ -349,7 +353,8 @@ impl InternVit {
     /// of 8 (16-byte rows for the tensor-core GEMM).
     fn augmented_width(&self) -> usize {
         let cfg = &self.config;
-        (cfg.num_channels * cfg.patch_size * cfg.patch_size + cfg.tokens_per_tile()).next_multiple_of(8)
+        (cfg.num_channels * cfg.patch_size * cfg.patch_size + cfg.tokens_per_tile())
+            .next_multiple_of(8)
     }
 
     /// `[W | P]` (see [`Self::to_device`]) in f32, with the patch conv's bias.
@@ -359,7 +364,9 @@ impl InternVit {
         let patch = cfg.num_channels * cfg.patch_size * cfg.patch_size;
         let width = self.augmented_width();
         let Linear::Dense { weight, bias } = &self.embeddings.patch_embedding else {
-            return Err(awq_kernels::Error::Unsupported("a non-dense patch embedding".into()).into());
+            return Err(
+                awq_kernels::Error::Unsupported("a non-dense patch embedding".into()).into(),
+            );
         };
         let w = weight.to_f32_vec()?;
         let b = bias.clone().unwrap_or_else(|| vec![0.0; c]);

@@ -81,11 +81,7 @@ fn check_vision_features(name: &str) {
     // an augmented input) computes the same function.
     let rewritten = model.rewritten().unwrap();
     let out = rewritten.forward(&pixels("image_levels")).unwrap();
-    let rel = assert_close(
-        &format!("{name} rewritten"),
-        out.as_slice().unwrap(),
-        &want,
-    );
+    let rel = assert_close(&format!("{name} rewritten"), out.as_slice().unwrap(), &want);
     eprintln!("{name}: rewritten for the GPU, max error {rel:.2e} of the largest value");
 }
 

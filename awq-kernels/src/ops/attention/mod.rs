@@ -182,7 +182,10 @@ mod tests {
             },
         ];
         let paged = paged_attention(&qt, &cache, 0, &seqs, 0.6).unwrap();
-        let (f, p) = (flash.as_slice::<f32>().unwrap(), paged.as_slice::<f32>().unwrap());
+        let (f, p) = (
+            flash.as_slice::<f32>().unwrap(),
+            paged.as_slice::<f32>().unwrap(),
+        );
         for (i, (x, y)) in f.iter().zip(p).enumerate() {
             assert!((x - y).abs() < 1e-6, "element {i}: {x} vs {y}");
         }
