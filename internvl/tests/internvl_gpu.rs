@@ -124,3 +124,49 @@ fn the_engine_on_the_gpu_batches_without_changing_the_tokens() {
         );
     }
 }
+
+/// Vision encoder and projector on the GPU (bf16, the rewritten encoder of `InternVit::to_device`)
+/// against transformers' float32 projector output. Tolerance: bf16 rounds each stored activation to 2^-9
+/// relative; through the embedding, 2 encoder layers (about 8 roundings each) and the projector (4) we
+/// allow 24 such roundings of the largest value, 4.7%; a wrong row order or a missed layer scale moves
+/// values by far more.
+#[test]
+fn vision_on_the_gpu_matches_transformers_within_bf16_rounding() {
+    if gpu_for_tests().is_none() {
+        return;
+    }
+    for name in ["internvl-300m-like", "internvl-6b-like"] {
+        let model = InternVlModel::load(&fixtures().join(name))
+            .unwrap()
+            .to_device(Device::Cuda(0))
+            .unwrap();
+        let rows = model
+            .encode_images(&pixels("image"))
+            .unwrap()
+            .to_device(Device::Cpu)
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        let want = tensor(
+            fixtures().join(name).join("reference.safetensors"),
+            "image.projector_output",
+        )
+        .to_f32_vec()
+        .unwrap();
+        assert_eq!(rows.len(), want.len(), "{name}");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = rows
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{name}: projector output on the GPU, max error {:.2e} of the largest value",
+            worst / scale
+        );
+        assert!(
+            worst.is_finite() && worst <= 24.0 * scale / 512.0,
+            "{name}: {worst} (scale {scale})"
+        );
+    }
+}
