@@ -27,7 +27,7 @@ done
 export LD_LIBRARY_PATH="$PWD/libs:$LD_LIBRARY_PATH"
 
 # The executables travel gzipped (xtask shrink); unpack them once.
-for f in bin/*.gz internvl.gz; do
+for f in bin/*.gz internvl.gz server.gz; do
     [ -f "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"
 done
 
@@ -69,6 +69,11 @@ echo "== internvl chat --device cuda with an image (embedded InternVL checkpoint
 timeout 120 ./internvl chat --device cuda --image "$PWD/../../fixtures/preprocess/src/photo.jpg" --max-new-tokens 8 \
     --ignore-eos "Describe the image." >> "$OUT/tests.log" 2>&1 || { echo "internvl chat on the GPU FAILED"; failed=1; }
 tail -2 "$OUT/tests.log"
+echo "== server --device cuda: a chat with an image and 16 concurrent streams" | tee -a "$OUT/tests.log"
+PYTHONUNBUFFERED=1 timeout 180 python3 server_check.py --server ./server \
+    --image "$PWD/../../fixtures/preprocess/src/tiny7x5.png" >> "$OUT/tests.log" 2>&1 \
+    || { echo "the server on the GPU FAILED"; failed=1; }
+tail -8 "$OUT/tests.log"
 
 if [ $TESTS_ONLY -eq 1 ]; then
     [ $failed -ne 0 ] && echo "SOME CHECKS FAILED"

@@ -392,20 +392,37 @@ fn gpu_bundle(root: &Path) -> Result<()> {
         std::fs::copy(path, &dst).with_context(|| format!("copying {}", path.display()))?;
         shrink(&dst)?;
     }
-    for file in ["run.sh", "torch_peer.py", "summarize.py", "e2e_peer.py"] {
+    for file in [
+        "run.sh",
+        "torch_peer.py",
+        "summarize.py",
+        "e2e_peer.py",
+        "server_check.py",
+    ] {
         let src = root.join("scripts/gpu").join(file);
         if src.exists() {
             std::fs::copy(&src, bundle.join(file))?;
         }
     }
-    // The program itself, to run the embedded checkpoint on the GPU end to end.
+    // The programs themselves, to run the embedded checkpoint on the GPU end to end.
     run(
         "cargo",
-        &["build", "--release", "-p", "internvl", "--features", "cuda"],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "internvl",
+            "-p",
+            "server",
+            "--features",
+            "internvl/cuda,server/cuda",
+        ],
     )?;
-    let program = bundle.join("internvl");
-    std::fs::copy(root.join("target/release/internvl"), &program)?;
-    shrink(&program)?;
+    for name in ["internvl", "server"] {
+        let program = bundle.join(name);
+        std::fs::copy(root.join("target/release").join(name), &program)?;
+        shrink(&program)?;
+    }
     let names: Vec<&str> = exes.iter().map(|(n, _)| n.as_str()).collect();
     std::fs::write(bundle.join("bin/LIST"), names.join("\n") + "\n")?;
     let size: u64 = walk_size(&bundle)?;
