@@ -21,6 +21,14 @@ const MODULES: &[(&str, &str)] = &[
         "awq_gemm",
         include_str!(concat!(env!("OUT_DIR"), "/awq_gemm.ptx")),
     ),
+    (
+        "attention",
+        include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")),
+    ),
+    (
+        "rowwise",
+        include_str!(concat!(env!("OUT_DIR"), "/rowwise.ptx")),
+    ),
 ];
 
 pub(crate) fn cuda_error(what: &str, e: impl std::fmt::Debug) -> Error {
