@@ -11,8 +11,10 @@ use cudarc::nvrtc::Ptx;
 
 use crate::{Error, Result};
 
+pub mod attention;
 pub mod buffer;
 pub mod ops;
+pub mod rowwise;
 
 /// Every kernel file of `kernels/`, as PTX.
 const MODULES: &[(&str, &str)] = &[
