@@ -157,7 +157,13 @@ impl AttnBatch {
                 tables.push(to_i32("block", blk as usize)?);
             }
         }
-        AttnBatch::build(gpu, &rows, &tables, block_size, (max_block + 1) * block_size)
+        AttnBatch::build(
+            gpu,
+            &rows,
+            &tables,
+            block_size,
+            (max_block + 1) * block_size,
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -447,10 +453,11 @@ pub fn decode_attention_into(
             h / h_kv
         )));
     }
-    if (plan.b, plan.h, plan.d) != (batch.b, h, d)
-        || plan.chunk * plan.splits < batch.max_kv_len
-    {
-        return Err(Error::shape(op, "the decode plan was made for another batch"));
+    if (plan.b, plan.h, plan.d) != (batch.b, h, d) || plan.chunk * plan.splits < batch.max_kv_len {
+        return Err(Error::shape(
+            op,
+            "the decode plan was made for another batch",
+        ));
     }
     if out.len() != q.elem_count() || out.dtype() != q.dtype() {
         return Err(Error::shape(op, "output buffer does not match q"));

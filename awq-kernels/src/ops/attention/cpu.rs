@@ -236,7 +236,10 @@ mod tests {
         let n: usize = dims.iter().product();
         let gen = |seed: u32| -> Vec<f32> {
             (0..n as u32)
-                .map(|i| ((i.wrapping_mul(2246822519).wrapping_add(seed) >> 7) % 997) as f32 / 300.0 - 1.6)
+                .map(|i| {
+                    ((i.wrapping_mul(2246822519).wrapping_add(seed) >> 7) % 997) as f32 / 300.0
+                        - 1.6
+                })
                 .collect()
         };
         let (q, k, v) = (gen(5), gen(6), gen(7));
@@ -262,7 +265,9 @@ mod tests {
         // One sequence, 3 queries over 5 keys (2 earlier tokens), 4 query heads on 2 KV heads, d = 2.
         let (h, h_kv, d, t_k) = (4usize, 2usize, 2usize, 5usize);
         let q: Vec<f32> = (0..3 * h * d).map(|i| (i as f32 * 0.37).sin()).collect();
-        let k: Vec<f32> = (0..t_k * h_kv * d).map(|i| (i as f32 * 0.61).cos()).collect();
+        let k: Vec<f32> = (0..t_k * h_kv * d)
+            .map(|i| (i as f32 * 0.61).cos())
+            .collect();
         let v: Vec<f32> = (0..t_k * h_kv * d).map(|i| i as f32 * 0.1 - 0.5).collect();
         let seqs = [SeqRows {
             q_start: 0,

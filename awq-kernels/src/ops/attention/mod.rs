@@ -197,7 +197,10 @@ fn varlen_seqs(
     causal: bool,
 ) -> Result<Vec<SeqRows>> {
     let ok = |cu: &[usize], total: usize| {
-        cu.len() >= 2 && cu[0] == 0 && cu.last() == Some(&total) && cu.windows(2).all(|w| w[0] <= w[1])
+        cu.len() >= 2
+            && cu[0] == 0
+            && cu.last() == Some(&total)
+            && cu.windows(2).all(|w| w[0] <= w[1])
     };
     if cu_q.len() != cu_k.len() || !ok(cu_q, t) || !ok(cu_k, t_k) {
         return Err(Error::shape(
