@@ -430,10 +430,10 @@ fn paged_prefill_chunks_and_decode_steps_match_the_cpu_over_interleaved_blocks()
         any::<bool>(),
         prop::sample::select(vec![5usize, 16, 64]),
         any::<bool>(),
-        prop::collection::vec((1usize..=700, 1usize..=120), 1..=4),
+        prop::collection::vec((1usize..=500, 1usize..=120), 1..=4),
         any::<u64>(),
     );
-    runner(40)
+    runner(32)
         .run(
             &strategy,
             |(group, h_kv, d, bf16, block_size, decode, lens, seed)| {
