@@ -7,6 +7,7 @@
 //!    contiguous (`flash`) and read through the paged cache's block tables (`flash_paged`, 16-token blocks);
 //!  - `qwen72b_decode`: one decode step for batch 1 and 32 at contexts 1k, 8k, 32k (64 / 8 heads, d 128),
 //!    paged cache with 16-token blocks in shuffled order.
+//!
 //! Random data (uniform, so no timing is of zeros) in bf16 (the checkpoints' dtype), the prefill also in
 //! f16. CUDA events around each call, median of 25 after 3 warm-ups; a 256 MB memset before each call
 //! flushes L2 and keeps the GPU busy while the host enqueues (as `triton.testing.do_bench`, the peer's
