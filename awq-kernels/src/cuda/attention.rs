@@ -391,8 +391,9 @@ pub struct DecodePlan {
 
 /// The split-KV tuning, in one place. Decode reads every key once and does little math per byte, so the
 /// goal is enough CTAs in flight to keep HBM busy: two per SM (each 96 KB of shared memory at d = 128,
-/// so two fit the 228 KB of an H100/H200 SM; 3 stages of 64-key tiles = 64 KB of K/V in flight per SM,
-/// above the ~40 KB an SM needs to cover HBM latency at full bandwidth). Splits are added only while the
+/// so two fit the 228 KB of an H100/H200 SM; with 3 stages of 32 KB two tiles are loading while one is
+/// read, 128 KB in flight per SM, well above the ~40 KB an SM needs to cover HBM latency at full
+/// bandwidth). Splits are added only while the
 /// (sequence, KV head) pairs alone give fewer CTAs than that, and never below 128 keys per split (two
 /// tiles: shorter chunks cost more in prologue and combine than they gain in parallelism).
 pub fn decode_splits(sms: usize, b: usize, h_kv: usize, max_kv_len: usize) -> (usize, usize) {
