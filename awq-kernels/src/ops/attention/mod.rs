@@ -287,6 +287,64 @@ mod tests {
     }
 
     #[test]
+    fn causal_flash_attention_over_keys_in_memory_equals_paged_attention_over_the_cache() {
+        // Two sequences with cached prefixes (3 new of 9 keys, 2 new of 2), 6 query heads on 2 KV heads.
+        use crate::kv_cache::{BlockTable, KvCacheConfig};
+        let (h, h_kv, d) = (6usize, 2usize, 4usize);
+        let gen = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.731 + seed).sin()).collect()
+        };
+        let (t, t_k) = (5usize, 11usize);
+        let q = gen(t * h * d, 0.1);
+        let (k, v) = (gen(t_k * h_kv * d, 0.2), gen(t_k * h_kv * d, 0.3));
+        let qt = Tensor::from_vec(q, &[t, h, d]).unwrap();
+        let kt = Tensor::from_vec(k.clone(), &[t_k, h_kv, d]).unwrap();
+        let vt = Tensor::from_vec(v.clone(), &[t_k, h_kv, d]).unwrap();
+        let flash = flash_attention(&qt, &kt, &vt, &[0, 3, 5], &[0, 9, 11], true, 0.6).unwrap();
+
+        let mut cache = PagedKvCache::new(KvCacheConfig {
+            layers: 1,
+            kv_heads: h_kv,
+            head_dim: d,
+            block_size: 4,
+            num_blocks: 6,
+        });
+        let (mut a, mut b) = (BlockTable::new(), BlockTable::new());
+        cache.reserve(&mut a, 4).unwrap();
+        cache.reserve(&mut b, 2).unwrap();
+        cache.reserve(&mut a, 9).unwrap();
+        let row = h_kv * d;
+        cache.write(0, &a, 0, &k[..9 * row], &v[..9 * row]).unwrap();
+        cache.write(0, &b, 0, &k[9 * row..], &v[9 * row..]).unwrap();
+        let seqs = [
+            AttnSeq {
+                blocks: a.blocks(),
+                q_start: 0,
+                q_len: 3,
+                kv_len: 9,
+            },
+            AttnSeq {
+                blocks: b.blocks(),
+                q_start: 3,
+                q_len: 2,
+                kv_len: 2,
+            },
+        ];
+        let paged = paged_attention(&qt, &cache, 0, &seqs, 0.6).unwrap();
+        let (f, p) = (
+            flash.as_slice::<f32>().unwrap(),
+            paged.as_slice::<f32>().unwrap(),
+        );
+        for (i, (x, y)) in f.iter().zip(p).enumerate() {
+            assert!((x - y).abs() < 1e-6, "element {i}: {x} vs {y}");
+        }
+        // Offsets that do not add up, or a causal sequence with fewer keys than queries, are refused.
+        assert!(flash_attention(&qt, &kt, &vt, &[0, 3, 4], &[0, 9, 11], true, 0.6).is_err());
+        assert!(flash_attention(&qt, &kt, &vt, &[0, 3, 5], &[0, 10, 11], true, 0.6).is_err());
+        assert!(flash_attention(&qt, &kt, &vt, &[0, 3, 5], &[0, 10, 11], false, 0.6).is_ok());
+    }
+
+    #[test]
     fn identical_keys_average_the_values_of_every_position() {
         // With equal scores every query gets the mean of the values, whatever the scale.
         let q = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[1, 3, 1, 1]).unwrap();
