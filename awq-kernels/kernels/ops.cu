@@ -1,6 +1,7 @@
 // The small kernels of the Qwen2 forward on the GPU: embedding gather, RMSNorm, residual add, SiLU gate,
 // rotary embedding, KV-cache write, paged causal attention (straightforward: one warp per query row and
-// head, online softmax; the fast split-KV kernels are their own issue), row gather, bias add, casts.
+// head, online softmax; f16/bf16 with head dims 64 and 128 take the tensor-core kernels of attention.cu, so
+// this one serves f32 and other head dims), row gather, bias add, casts.
 //
 // T is the activation type: __half, __nv_bfloat16 or float. Every kernel computes in f32 and rounds once
 // when it stores. Shapes use the project's names: t rows (tokens), h query heads, h_kv KV heads, d head dim.

@@ -50,11 +50,20 @@ fn on_gpu(t: &Tensor, dtype: DType) -> Tensor {
 }
 
 fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor, dtype: DType) {
+    assert_close_at(what, gpu, cpu, dtype, 0.0);
+}
+
+/// [`assert_close`] with the tolerance taken relative to at least `min_scale`.
+fn assert_close_at(what: &str, gpu: &Tensor, cpu: &Tensor, dtype: DType, min_scale: f32) {
     assert_eq!(gpu.device(), GPU, "{what}: result left the GPU");
     assert_eq!(gpu.shape(), cpu.shape(), "{what}: shape");
     let g = gpu.to_f32_vec().unwrap();
     let c = cpu.to_f32_vec().unwrap();
-    let scale = c.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let scale = c
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(min_scale)
+        .max(1e-3);
     let tol = 2.0 * ulp(dtype) * scale;
     for (i, (a, b)) in g.iter().zip(&c).enumerate() {
         assert!(
@@ -237,11 +246,15 @@ fn paged_attention_over_scattered_blocks_matches_the_cpu_for_prefill_and_decode(
             let scale = 1.0 / (d as f32).sqrt();
             let g = paged_attention(&on_gpu(&q, dtype), &gpu_cache, 0, &seqs, scale).unwrap();
             let c = paged_attention(&q, &cpu_cache, 0, &seqs, scale).unwrap();
-            assert_close(
+            // f16/bf16 go through the tensor-core kernels, which round the softmax weights to the dtype
+            // before P·V (as FlashAttention does): up to one unit roundoff times the largest value (1 here)
+            // on top of the output rounding, so the tolerance is taken relative to max |v| = 1.
+            assert_close_at(
                 &format!("attention h{heads}/kv{kv_heads}/d{d}"),
                 &g,
                 &c,
                 dtype,
+                1.0,
             );
         }
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle made by `cargo xtask gpu-bundle`: every GPU test (REQUIRE_GPU=1),
-# then every GPU bench next to its torch peer on the same card, and prints a short table last.
+# then every GPU bench (AWQ linear, attention) next to its torch peer on the same card, and prints the
+# tables last.
 # Full logs go to $OUT (at most 8 files). `bash run.sh --quick` times fewer batch sizes; `--tests-only`
 # skips the benches; `--e2e [MODEL]` runs only the end-to-end bench (`internvl bench-e2e` on the synthetic
 # MODEL, default internvl2_5-78b-awq) next to transformers on a synthetic 1B and 4B.
@@ -86,7 +87,7 @@ for b in $(grep '^bench_' bin/LIST); do
     timeout 240 "./bin/$b" $QUICK >> "$OUT/bench.log" 2>&1 || { echo "bench $b failed"; failed=1; }
 done
 echo "== torch peer"
-PYTHONUNBUFFERED=1 timeout 240 python3 torch_peer.py $QUICK > "$OUT/peer.log" 2>&1 || { echo "peer failed"; tail -5 "$OUT/peer.log"; failed=1; }
+PYTHONUNBUFFERED=1 timeout 420 python3 torch_peer.py $QUICK > "$OUT/peer.log" 2>&1 || { echo "peer failed"; tail -5 "$OUT/peer.log"; failed=1; }
 
 python3 summarize.py "$OUT/gpu.txt" "$OUT/bench.log" "$OUT/peer.log" > "$OUT/table.md" 2>&1
 cat "$OUT/table.md"

@@ -1,8 +1,12 @@
-"""Joins the `RESULT {json}` lines of our GPU benches and the torch peer into one markdown table.
+"""Joins the `RESULT {json}` lines of our GPU benches and the torch peer into markdown tables.
 
 AWQ rows: weight bytes = int4 codes (N*K/2) + zero points (N*K/G/2) + f16 scales (N*K/G*2), the bytes a
 kernel must read at least; TB/s of those bytes, the fraction of the copy bandwidth measured in the same run
 (bytes read + written), TFLOP/s (2*M*N*K), and the speedup over cuBLAS fp16 on the same shape.
+
+Attention rows (awq-kernels/benches/attention_gpu.rs): TFLOP/s (4*h*d*query-key pairs), KV TB/s (keys and
+values read once) and its fraction of the copy bandwidth, next to torch SDPA on the same case (the best of
+"sdpa" and "sdpa_expanded"); speedup = SDPA time / ours.
 """
 import json
 import sys
@@ -51,6 +55,34 @@ def main():
         path = {"awq": "auto", "awq_stream": "stream", "awq_dequant_gemm": "dequant+cuBLAS"}.get(r["impl"], r["impl"])
         print(f"| {k} x {n} | {m} | {r['dtype']} | {path} | {us:.1f} | {tbs:.2f} | {100 * tbs / copy_tbs:.0f}% | {tflops:.0f} | "
               f"{p if p else float('nan'):.1f} | {ptf:.0f} | {speed:.2f}x |")
+
+    attention_table(rows, copy_tbs)
+
+
+def attention_table(rows, copy_tbs):
+    ours = [r for r in rows if r.get("impl") in ("flash", "flash_paged", "decode")]
+    if not ours:
+        return
+
+    def key(r):
+        return (r["case"], r["b"], r["ctx"], r["dtype"])
+
+    peer = {}
+    for r in rows:
+        if str(r.get("impl", "")).startswith("sdpa"):
+            k = key(r)
+            if k not in peer or r["us"] < peer[k]["us"]:
+                peer[k] = r
+    print("\n| case | kernel | b | ctx | h / h_kv | dtype | us | TFLOP/s | KV TB/s | % of copy | SDPA us | SDPA TFLOP/s | speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(ours, key=lambda r: (r["case"], r["b"], r["ctx"], r["dtype"], r["impl"])):
+        p = peer.get(key(r))
+        pus = p["us"] if p else float("nan")
+        ptf = p["tflops"] if p else float("nan")
+        extra = f" ({r['splits']} splits)" if "splits" in r else ""
+        print(f"| {r['case']} | {r['impl']}{extra} | {r['b']} | {r['ctx']} | {r['h']} / {r['h_kv']} | {r['dtype']} | "
+              f"{r['us']:.1f} | {r['tflops']:.0f} | {r['kv_tbps']:.2f} | {100 * r['kv_tbps'] / copy_tbs:.0f}% | "
+              f"{pus:.1f} | {ptf:.0f} | {pus / r['us']:.2f}x |")
 
 
 if __name__ == "__main__":

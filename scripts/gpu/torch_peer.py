@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Torch peer of awq-kernels/benches/awq_gpu.rs, run on the same GPU in the same job.
+"""Torch peer of awq-kernels/benches/awq_gpu.rs and attention_gpu.rs, run on the same GPU in the same job.
 
 Prints one `RESULT {json}` line per cell:
   - impl "cublas_f16": torch.nn.functional.linear(x[M,K], W[N,K]) in fp16 (cuBLAS) on the Qwen2.5-72B layer
     shapes and the same M list as the Rust bench; median time in microseconds;
-  - impl "copy": device-to-device copy of a 2 GiB buffer, bytes_moved = bytes read + bytes written.
+  - impl "copy": device-to-device copy of a 2 GiB buffer, bytes_moved = bytes read + bytes written;
+  - impl "sdpa": torch.nn.functional.scaled_dot_product_attention on the attention bench's cases (same
+    case names and keys: InternViT-6B tiles, Qwen2.5-72B prefill and decode), enable_gqa=True where the
+    query heads outnumber the KV heads; "sdpa_expanded": the same with K/V repeated to every query head
+    beforehand (outside the timing), for the backends that do not take GQA. Contiguous K/V (torch has no
+    paged layout), FLOPs and KV bytes counted as the Rust bench does.
 Random data; three weight copies rotated so that the weights are not L2 hits; timing by
 triton.testing.do_bench (median) when triton imports, otherwise CUDA events (median of 25 after 3 warm-ups).
 `--quick` runs M in {1, 16, 1024} only.
@@ -72,6 +77,8 @@ def main():
     del src, dst
     torch.cuda.empty_cache()
 
+    attention_cells(dev, args.quick)
+
     for k, n in SHAPES:
         ws = [torch.randn(n, k, dtype=torch.float16, device=dev) * 0.02 for _ in range(COPIES)]
         for m in ms:
@@ -91,6 +98,59 @@ def main():
             del x
         del ws
         torch.cuda.empty_cache()
+
+
+def attention_cells(dev, quick):
+    """The cases of awq-kernels/benches/attention_gpu.rs through torch SDPA."""
+    d = 128
+    names = {torch.bfloat16: "bf16", torch.float16: "f16"}
+
+    def cell(impl, case, b, s, ctx, h, h_kv, causal, dtype, pairs, fn):
+        try:
+            us = bench([fn])
+        except Exception as e:  # a backend refusing a shape: say so instead of stopping the peer
+            print(f"{impl} {case} b={b} ctx={ctx}: {e}", file=sys.stderr)
+            return
+        kv_bytes = 2 * b * ctx * h_kv * d * 2
+        result(impl=impl, case=case, b=b, s=s, ctx=ctx, h=h, h_kv=h_kv, d=d, causal=causal, dtype=names[dtype],
+               us=round(us, 2), tflops=round(4 * h * d * pairs / (us * 1e-6) / 1e12, 1),
+               kv_tbps=round(kv_bytes / (us * 1e-6) / 1e12, 3))
+
+    prefills = [
+        ("vit6b_tiles", 13, 1025, 25, 25, False, torch.bfloat16),
+        ("qwen72b_prefill", 1, 4096, 64, 8, True, torch.bfloat16),
+        ("qwen72b_prefill", 1, 4096, 64, 8, True, torch.float16),
+    ]
+    for case, b, s, h, h_kv, causal, dtype in prefills:
+        q = torch.rand(b, h, s, d, dtype=dtype, device=dev) * 2 - 1
+        k = torch.rand(b, h_kv, s, d, dtype=dtype, device=dev) * 2 - 1
+        v = torch.rand(b, h_kv, s, d, dtype=dtype, device=dev) * 2 - 1
+        pairs = b * s * (s + 1) // 2 if causal else b * s * s
+        gqa = h != h_kv
+        cell("sdpa", case, b, s, s, h, h_kv, causal, dtype, pairs,
+             lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa))
+        if gqa:
+            ke, ve = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
+            cell("sdpa_expanded", case, b, s, s, h, h_kv, causal, dtype, pairs,
+                 lambda: F.scaled_dot_product_attention(q, ke, ve, is_causal=causal))
+            del ke, ve
+        del q, k, v
+        torch.cuda.empty_cache()
+
+    h, h_kv = 64, 8
+    for b in [1, 32]:
+        for ctx in [1024, 8192, 32768]:
+            if quick and b == 32 and ctx == 32768:
+                continue
+            dtype = torch.bfloat16
+            q = torch.rand(b, h, 1, d, dtype=dtype, device=dev) * 2 - 1
+            k = torch.rand(b, h_kv, ctx, d, dtype=dtype, device=dev) * 2 - 1
+            v = torch.rand(b, h_kv, ctx, d, dtype=dtype, device=dev) * 2 - 1
+            # One new token sees the whole context: no mask.
+            cell("sdpa", "qwen72b_decode", b, 1, ctx, h, h_kv, True, dtype, b * ctx,
+                 lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+            del q, k, v
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ use cudarc::nvrtc::Ptx;
 
 use crate::{Error, Result};
 
+pub mod attention;
 pub mod buffer;
 pub mod ops;
+pub mod rowwise;
 
 /// Every kernel file of `kernels/`, as PTX.
 const MODULES: &[(&str, &str)] = &[
@@ -20,6 +22,14 @@ const MODULES: &[(&str, &str)] = &[
     (
         "awq_gemm",
         include_str!(concat!(env!("OUT_DIR"), "/awq_gemm.ptx")),
+    ),
+    (
+        "attention",
+        include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")),
+    ),
+    (
+        "rowwise",
+        include_str!(concat!(env!("OUT_DIR"), "/rowwise.ptx")),
     ),
 ];
 

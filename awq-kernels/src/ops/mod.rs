@@ -94,8 +94,10 @@ pub fn gather_rows(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(out, &[rows.len(), c])
 }
 
-/// Overwrites row `rows[i]` of `x` `[r, c]` with row `i` of `src` `[rows.len(), c]` (f32; InternVL's image
-/// rows written into the `<IMG_CONTEXT>` positions of the token embeddings).
+/// Overwrites row `rows[i]` of `x` `[r, c]` with row `i` of `src` `[rows.len(), c]` (InternVL's image rows
+/// written into the `<IMG_CONTEXT>` positions of the token embeddings). CPU: f32; GPU: `x` and `src` of
+/// one float dtype. Rows are expected to be distinct (on the GPU, which copy of a repeated row lands is
+/// unspecified).
 pub fn scatter_rows(x: &mut Tensor, rows: &[usize], src: &Tensor) -> Result<()> {
     let op = "scatter_rows";
     let &[r, c] = x.shape() else {
@@ -107,6 +109,11 @@ pub fn scatter_rows(x: &mut Tensor, rows: &[usize], src: &Tensor) -> Result<()> 
     expect_shape(op, "source", src, &[rows.len(), c])?;
     if let Some(&bad) = rows.iter().find(|&&i| i >= r) {
         return Err(Error::shape(op, format!("row {bad} of {r}")));
+    }
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        let ids: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
+        return crate::cuda::rowwise::scatter_rows(x, &ids, src, c);
     }
     let src = f32_slice(op, src)?;
     if x.dtype() != DType::F32 {

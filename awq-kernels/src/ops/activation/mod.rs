@@ -25,6 +25,10 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// Exact GELU, `x/2 * (1 + erf(x/√2))` (InternViT and mlp1 use the erf form, not the tanh one).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        return crate::cuda::rowwise::gelu(x);
+    }
     let out = f32_slice("gelu", x)?.iter().map(|&v| gelu_erf(v)).collect();
     Tensor::from_vec(out, x.shape())
 }

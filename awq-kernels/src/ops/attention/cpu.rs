@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::AttnSeq;
+use super::{AttnSeq, SeqRows};
 use crate::kv_cache::PagedKvCache;
 use crate::ops::linear::cpu::linear;
 use crate::ops::softmax_row;
@@ -53,6 +53,60 @@ pub fn paged_attention(
             let slot = cache.slot(seq.blocks, p);
             let v = &values[slot * stride + kv_head * d..][..d];
             o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+        }
+    });
+}
+
+/// See [`super::flash_attention`]; shapes and offsets were validated there. `q`, `out` are `[t, h, d]`,
+/// `k`, `v` `[t_k, h_kv, d]`. One rayon task per (query row, head), f32 throughout.
+#[allow(clippy::too_many_arguments)]
+pub fn varlen_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    [h, h_kv, d]: [usize; 3],
+    seqs: &[SeqRows],
+    causal: bool,
+    scale: f32,
+    out: &mut [f32],
+) {
+    if d == 0 || h == 0 {
+        return;
+    }
+    let group = h / h_kv;
+    let mut row_seq = vec![usize::MAX; q.len() / (h * d)];
+    for (si, s) in seqs.iter().enumerate() {
+        row_seq[s.q_start..s.q_start + s.q_len].fill(si);
+    }
+    out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
+        let (row, head) = (idx / h, idx % h);
+        let Some(seq) = seqs.get(row_seq[row]) else {
+            return; // a row no sequence claims stays zero
+        };
+        let j = row - seq.q_start;
+        let seen = if causal {
+            seq.k_len - seq.q_len + j + 1
+        } else {
+            seq.k_len
+        };
+        let kv_head = head / group;
+        let qv = &q[idx * d..(idx + 1) * d];
+        // Elements of key (or value) row p of this sequence and KV head.
+        let key = |p: usize| {
+            let off = ((seq.k_start + p) * h_kv + kv_head) * d;
+            off..off + d
+        };
+        let mut scores: Vec<f32> = (0..seen)
+            .map(|p| {
+                let kr = &k[key(p)];
+                qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
+            })
+            .collect();
+        softmax_row(&mut scores);
+        o.fill(0.0);
+        for (p, &w) in scores.iter().enumerate() {
+            let vr = &v[key(p)];
+            o.iter_mut().zip(vr).for_each(|(o, v)| *o += w * v);
         }
     });
 }
@@ -174,6 +228,73 @@ mod tests {
         for (i, (a, b)) in out.iter().zip(&want).enumerate() {
             assert!((a - b).abs() < 1e-5, "element {i}: {a} vs {b}");
         }
+    }
+
+    #[test]
+    fn varlen_non_causal_attention_equals_bidirectional_attention_on_equal_lengths() {
+        let dims = [3, 37, 2, 8];
+        let n: usize = dims.iter().product();
+        let gen = |seed: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| {
+                    ((i.wrapping_mul(2246822519).wrapping_add(seed) >> 7) % 997) as f32 / 300.0
+                        - 1.6
+                })
+                .collect()
+        };
+        let (q, k, v) = (gen(5), gen(6), gen(7));
+        let mut want = vec![0.0f32; n];
+        bidirectional_attention(&q, &k, &v, dims, 0.3, &mut want);
+        let seqs: Vec<SeqRows> = (0..3)
+            .map(|i| SeqRows {
+                q_start: i * 37,
+                q_len: 37,
+                k_start: i * 37,
+                k_len: 37,
+            })
+            .collect();
+        let mut got = vec![0.0f32; n];
+        varlen_attention(&q, &k, &v, [2, 2, 8], &seqs, false, 0.3, &mut got);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "element {i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn a_causal_row_depends_only_on_keys_up_to_its_position_and_groups_share_kv_heads() {
+        // One sequence, 3 queries over 5 keys (2 earlier tokens), 4 query heads on 2 KV heads, d = 2.
+        let (h, h_kv, d, t_k) = (4usize, 2usize, 2usize, 5usize);
+        let q: Vec<f32> = (0..3 * h * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let k: Vec<f32> = (0..t_k * h_kv * d)
+            .map(|i| (i as f32 * 0.61).cos())
+            .collect();
+        let v: Vec<f32> = (0..t_k * h_kv * d).map(|i| i as f32 * 0.1 - 0.5).collect();
+        let seqs = [SeqRows {
+            q_start: 0,
+            q_len: 3,
+            k_start: 0,
+            k_len: t_k,
+        }];
+        let mut out = vec![0.0f32; 3 * h * d];
+        varlen_attention(&q, &k, &v, [h, h_kv, d], &seqs, true, 0.8, &mut out);
+        // Query row 0 sits at position 2: changing keys and values 3 and 4 leaves it unchanged.
+        let (mut k2, mut v2) = (k.clone(), v.clone());
+        k2[3 * h_kv * d..].iter_mut().for_each(|x| *x += 3.0);
+        v2[3 * h_kv * d..].iter_mut().for_each(|x| *x -= 2.0);
+        let mut out2 = vec![0.0f32; 3 * h * d];
+        varlen_attention(&q, &k2, &v2, [h, h_kv, d], &seqs, true, 0.8, &mut out2);
+        assert_eq!(out[..h * d], out2[..h * d]);
+        assert_ne!(out[2 * h * d..], out2[2 * h * d..]);
+        // Heads 0 and 1 share KV head 0: with equal queries they give equal outputs.
+        let mut q3 = q.clone();
+        q3.copy_within(0..d, d);
+        varlen_attention(&q3, &k, &v, [h, h_kv, d], &seqs, true, 0.8, &mut out2);
+        assert_eq!(out2[..d], out2[d..2 * d]);
+        // The last row sees every key: softmax weights of a row sum to 1, so a constant value row is
+        // returned as is.
+        let ones = vec![1.5f32; t_k * h_kv * d];
+        varlen_attention(&q, &k, &ones, [h, h_kv, d], &seqs, true, 0.8, &mut out2);
+        assert!(out2.iter().all(|x| (x - 1.5).abs() < 1e-6));
     }
 
     #[test]

@@ -59,36 +59,179 @@ pub fn paged_attention(
     }
     #[cfg(feature = "cuda")]
     if q.device() != crate::Device::Cpu {
-        let mut tables = Vec::new();
-        let (mut row_table, mut row_pos) = (vec![0i32; t], vec![0i32; t]);
-        for s in seqs {
-            let offset = tables.len() as i32;
-            tables.extend(s.blocks.iter().map(|&b| b as i32));
-            for j in 0..s.q_len {
-                row_table[s.q_start + j] = offset;
-                row_pos[s.q_start + j] = (s.kv_len - s.q_len + j) as i32;
-            }
-        }
-        let (kc, vc) = cache.layer(layer);
-        let rows = crate::cuda::ops::AttentionRows {
-            tables: &tables,
-            row_table: &row_table,
-            row_pos: &row_pos,
-        };
-        return crate::cuda::ops::paged_attention(
-            q,
-            kc,
-            vc,
-            &rows,
-            cfg.kv_heads,
-            cfg.block_size,
-            scale,
-        );
+        return paged_attention_gpu(q, cache, layer, seqs, scale);
     }
     let q_data = super::f32_slice(op, q)?;
     let mut out = vec![0.0f32; t * heads * d];
     cpu::paged_attention(q_data, heads, cache, layer, seqs, scale, &mut out);
     Tensor::from_vec(out, &[t, heads, d])
+}
+
+/// The GPU side of [`paged_attention`]: one decode step (every sequence one query row) runs the split-KV
+/// decode kernel, anything else the flash kernel reading keys through the block tables (causal, with the
+/// offset of earlier cached tokens); f32 activations or other head dims take the straightforward kernel.
+#[cfg(feature = "cuda")]
+fn paged_attention_gpu(
+    q: &Tensor,
+    cache: &PagedKvCache,
+    layer: usize,
+    seqs: &[AttnSeq],
+    scale: f32,
+) -> Result<Tensor> {
+    use crate::cuda::attention as gpu_attn;
+    let cfg = cache.config();
+    let (kc, vc) = cache.layer(layer);
+    let (t, heads, d) = (q.dim(0), q.dim(1), q.dim(2));
+    let seqs: Vec<AttnSeq> = seqs.iter().copied().filter(|s| s.q_len > 0).collect();
+    if seqs.is_empty() || t == 0 {
+        let gpu = std::sync::Arc::clone(&q.gpu_buffer()?.gpu);
+        let zeros = crate::cuda::buffer::GpuBuffer::zeros(&gpu, q.dtype(), q.elem_count())?;
+        return Tensor::from_gpu_buffer(zeros, q.shape());
+    }
+    if gpu_attn::flash_supported(q.dtype(), d) {
+        let gpu = std::sync::Arc::clone(&q.gpu_buffer()?.gpu);
+        let batch = gpu_attn::AttnBatch::paged(&gpu, &seqs, cfg.block_size)?;
+        if batch.is_decode() && gpu_attn::decode_supported(q.dtype(), d, heads / cfg.kv_heads) {
+            return gpu_attn::decode_attention(q, kc, vc, cfg.kv_heads, &batch, scale);
+        }
+        return gpu_attn::flash_attention(q, kc, vc, cfg.kv_heads, &batch, true, scale);
+    }
+    let mut tables = Vec::new();
+    let (mut row_table, mut row_pos) = (vec![0i32; t], vec![0i32; t]);
+    for s in &seqs {
+        let offset = tables.len() as i32;
+        tables.extend(s.blocks.iter().map(|&b| b as i32));
+        for j in 0..s.q_len {
+            row_table[s.q_start + j] = offset;
+            row_pos[s.q_start + j] = (s.kv_len - s.q_len + j) as i32;
+        }
+    }
+    let rows = crate::cuda::ops::AttentionRows {
+        tables: &tables,
+        row_table: &row_table,
+        row_pos: &row_pos,
+    };
+    crate::cuda::ops::paged_attention(q, kc, vc, &rows, cfg.kv_heads, cfg.block_size, scale)
+}
+
+/// Attention over a variable-length batch held in memory (prefill without a cache, or the vision
+/// encoder): `q` `[t, h, d]`, `k` and `v` `[t_k, h_kv, d]`; sequence `i` has query rows
+/// `cu_seqlens_q[i]..cu_seqlens_q[i+1]` and key rows `cu_seqlens_k[i]..cu_seqlens_k[i+1]` (cumulative
+/// offsets, `b + 1` entries each, starting at 0 and ending at `t` and `t_k`). Query head `i` uses KV head
+/// `i / (h / h_kv)`. Causal: a sequence's query rows are its newest tokens, so its query row `j` sees keys
+/// `0..=k_len - q_len + j` (with `k_len == q_len`, the lower triangle); this needs `k_len ≥ q_len`.
+/// Non-causal: every query row sees every key of its sequence. Returns `[t, h, d]`.
+/// CPU: f32; GPU: f16/bf16 with head dim 64 or 128 (tensor-core flash kernel).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens_q: &[usize],
+    cu_seqlens_k: &[usize],
+    causal: bool,
+    scale: f32,
+) -> Result<Tensor> {
+    let op = "flash_attention";
+    let &[t, h, d] = q.shape() else {
+        return Err(Error::shape(
+            op,
+            format!("q must be [t, h, d], got {:?}", q.shape()),
+        ));
+    };
+    let &[t_k, h_kv, dk] = k.shape() else {
+        return Err(Error::shape(
+            op,
+            format!("k must be [t_k, h_kv, d], got {:?}", k.shape()),
+        ));
+    };
+    super::expect_shape(op, "v", v, k.shape())?;
+    if dk != d || h_kv == 0 || !h.is_multiple_of(h_kv) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "q {:?} and k {:?}: head dims must match and h must be a multiple of h_kv",
+                q.shape(),
+                k.shape()
+            ),
+        ));
+    }
+    let seqs = varlen_seqs(op, cu_seqlens_q, cu_seqlens_k, t, t_k, causal)?;
+    #[cfg(feature = "cuda")]
+    if q.device() != crate::Device::Cpu {
+        use crate::cuda::attention as gpu_attn;
+        let gpu = std::sync::Arc::clone(&q.gpu_buffer()?.gpu);
+        if seqs.is_empty() {
+            let zeros = crate::cuda::buffer::GpuBuffer::zeros(&gpu, q.dtype(), q.elem_count())?;
+            return Tensor::from_gpu_buffer(zeros, q.shape());
+        }
+        let batch = gpu_attn::AttnBatch::contiguous(&gpu, &seqs)?;
+        return gpu_attn::flash_attention(q, k, v, h_kv, &batch, causal, scale);
+    }
+    let (qs, ks, vs) = (
+        super::f32_slice(op, q)?,
+        super::f32_slice(op, k)?,
+        super::f32_slice(op, v)?,
+    );
+    let mut out = vec![0.0f32; t * h * d];
+    cpu::varlen_attention(qs, ks, vs, [h, h_kv, d], &seqs, causal, scale, &mut out);
+    Tensor::from_vec(out, &[t, h, d])
+}
+
+/// One sequence of a [`flash_attention`] batch: its query and key rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRows {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub k_start: usize,
+    pub k_len: usize,
+}
+
+/// Checks cumulative offsets and turns them into sequences.
+fn varlen_seqs(
+    op: &'static str,
+    cu_q: &[usize],
+    cu_k: &[usize],
+    t: usize,
+    t_k: usize,
+    causal: bool,
+) -> Result<Vec<SeqRows>> {
+    let ok = |cu: &[usize], total: usize| {
+        cu.len() >= 2
+            && cu[0] == 0
+            && cu.last() == Some(&total)
+            && cu.windows(2).all(|w| w[0] <= w[1])
+    };
+    if cu_q.len() != cu_k.len() || !ok(cu_q, t) || !ok(cu_k, t_k) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "cu_seqlens_q {cu_q:?} and cu_seqlens_k {cu_k:?} must be non-decreasing offsets of the same                  number of sequences, from 0 to {t} and {t_k}"
+            ),
+        ));
+    }
+    let seqs: Vec<SeqRows> = (0..cu_q.len() - 1)
+        .map(|i| SeqRows {
+            q_start: cu_q[i],
+            q_len: cu_q[i + 1] - cu_q[i],
+            k_start: cu_k[i],
+            k_len: cu_k[i + 1] - cu_k[i],
+        })
+        .collect();
+    if let Some((i, s)) = seqs
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.q_len > 0 && (s.k_len == 0 || (causal && s.k_len < s.q_len)))
+    {
+        return Err(Error::shape(
+            op,
+            format!(
+                "sequence {i} has {} query rows and {} keys; every query needs a key (causal: k_len ≥ q_len)",
+                s.q_len, s.k_len
+            ),
+        ));
+    }
+    Ok(seqs.into_iter().filter(|s| s.q_len > 0).collect())
 }
 
 /// `softmax(q·kᵀ·scale)·v` without a mask, independently for each of `b` sequences and `h` heads, for `q`, `k`,
@@ -103,6 +246,14 @@ pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -
     };
     super::expect_shape(op, "k", k, q.shape())?;
     super::expect_shape(op, "v", v, q.shape())?;
+    #[cfg(feature = "cuda")]
+    if q.device() != crate::Device::Cpu && b * s > 0 {
+        let rows = b * s;
+        let cu: Vec<usize> = (0..=b).map(|i| i * s).collect();
+        let flat = |x: &Tensor| x.clone().reshape(&[rows, h, d]);
+        let o = flash_attention(&flat(q)?, &flat(k)?, &flat(v)?, &cu, &cu, false, scale)?;
+        return o.reshape(&[b, s, h, d]);
+    }
     let (qs, ks, vs) = (
         super::f32_slice(op, q)?,
         super::f32_slice(op, k)?,
@@ -140,15 +291,13 @@ mod tests {
         // Two sequences with cached prefixes (3 new of 9 keys, 2 new of 2), 6 query heads on 2 KV heads.
         use crate::kv_cache::{BlockTable, KvCacheConfig};
         let (h, h_kv, d) = (6usize, 2usize, 4usize);
-        let lens = [(3usize, 9usize), (2, 2)];
         let gen = |n: usize, seed: f32| -> Vec<f32> {
             (0..n).map(|i| (i as f32 * 0.731 + seed).sin()).collect()
         };
-        let t: usize = lens.iter().map(|l| l.0).sum();
-        let t_k: usize = lens.iter().map(|l| l.1).sum();
+        let (t, t_k) = (5usize, 11usize);
         let q = gen(t * h * d, 0.1);
         let (k, v) = (gen(t_k * h_kv * d, 0.2), gen(t_k * h_kv * d, 0.3));
-        let qt = Tensor::from_vec(q.clone(), &[t, h, d]).unwrap();
+        let qt = Tensor::from_vec(q, &[t, h, d]).unwrap();
         let kt = Tensor::from_vec(k.clone(), &[t_k, h_kv, d]).unwrap();
         let vt = Tensor::from_vec(v.clone(), &[t_k, h_kv, d]).unwrap();
         let flash = flash_attention(&qt, &kt, &vt, &[0, 3, 5], &[0, 9, 11], true, 0.6).unwrap();

@@ -1,0 +1,311 @@
+//! GPU attention on the model shapes, next to `scripts/gpu/torch_peer.py` (torch
+//! `scaled_dot_product_attention`, run on the same GPU in the same job).
+//!
+//! `cargo bench -p awq-kernels --features cuda --bench attention_gpu [-- --quick]`. Cases:
+//!  - `vit6b_tiles`: InternViT-6B on 13 tiles, 13 sequences x 1025 tokens, 25 heads, d 128, non-causal;
+//!  - `qwen72b_prefill`: Qwen2.5-72B prefill of 4096 tokens, 64 query / 8 KV heads, d 128, causal, keys
+//!    contiguous (`flash`) and read through the paged cache's block tables (`flash_paged`, 16-token blocks);
+//!  - `qwen72b_decode`: one decode step for batch 1 and 32 at contexts 1k, 8k, 32k (64 / 8 heads, d 128),
+//!    paged cache with 16-token blocks in shuffled order.
+//!
+//! Random data (uniform, so no timing is of zeros) in bf16 (the checkpoints' dtype), the prefill also in
+//! f16. CUDA events around each call, median of 25 after 3 warm-ups; a 256 MB memset before each call
+//! flushes L2 and keeps the GPU busy while the host enqueues (as `triton.testing.do_bench`, the peer's
+//! timer, does). Metadata (sequence tables, decode plan) is uploaded once, outside the timing.
+//! One line per cell, e.g.
+//! `RESULT {"impl":"flash","case":"qwen72b_prefill","b":1,"s":4096,"ctx":4096,"h":64,"h_kv":8,"d":128,
+//! "causal":true,"dtype":"bf16","us":..,"tflops":..,"kv_tbps":..}`:
+//! FLOPs = 4·h·d·(query-key pairs seen) (QKᵀ and PV, 2 each), KV bytes = the keys and values a kernel
+//! must read at least once (2·b·ctx·h_kv·d·2). `--quick` skips the 32k decode at batch 32.
+
+use std::sync::Arc;
+
+use awq_kernels::cuda::attention::{
+    decode_attention_into, flash_attention_into, AttnBatch, DecodePlan,
+};
+use awq_kernels::cuda::buffer::GpuBuffer;
+use awq_kernels::cuda::Gpu;
+use awq_kernels::ops::attention::{AttnSeq, SeqRows};
+use awq_kernels::{DType, Tensor};
+use cudarc::driver::sys::CUevent_flags;
+use half::{bf16, f16};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const WARMUP: usize = 3;
+const TIMED: usize = 25;
+const BLOCK: usize = 16;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn err(e: impl std::fmt::Debug) -> Box<dyn std::error::Error> {
+    format!("{e:?}").into()
+}
+
+/// A GPU tensor of `shape` filled with uniform values in [-1, 1) (a 32 MB random pattern, repeated).
+fn random_gpu(gpu: &Arc<Gpu>, shape: &[usize], dtype: DType, seed: u64) -> Res<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let pattern: Vec<f32> = (0..n.min(1 << 24))
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let mut buf = GpuBuffer::zeros(gpu, dtype, n)?;
+    let stream = Arc::clone(gpu.stream());
+    macro_rules! fill {
+        ($t:ty) => {{
+            let host: Vec<$t> = pattern.iter().map(|&x| <$t>::from_f32(x)).collect();
+            let dst = buf.slice_mut::<$t>()?;
+            let mut at = 0;
+            while at < n {
+                let len = host.len().min(n - at);
+                let mut view = dst.slice_mut(at..at + len);
+                stream.memcpy_htod(&host[..len], &mut view).map_err(err)?;
+                at += len;
+            }
+        }};
+    }
+    match dtype {
+        DType::F16 => fill!(f16),
+        DType::BF16 => fill!(bf16),
+        other => return Err(format!("no random {other} tensors here").into()),
+    }
+    Ok(Tensor::from_gpu_buffer(buf, shape)?)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median microseconds of `call`, each after an L2-flushing memset.
+fn time(gpu: &Arc<Gpu>, mut call: impl FnMut() -> Res<()>) -> Res<f64> {
+    let stream = gpu.stream();
+    let mut flush = stream.alloc_zeros::<u8>(256 << 20).map_err(err)?;
+    let ctx = gpu.context();
+    let start = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(err)?;
+    let end = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(err)?;
+    let mut times = Vec::with_capacity(TIMED);
+    for i in 0..WARMUP + TIMED {
+        stream.memset_zeros(&mut flush).map_err(err)?;
+        start.record(stream).map_err(err)?;
+        call()?;
+        end.record(stream).map_err(err)?;
+        let ms = start.elapsed_ms(&end).map_err(err)?;
+        if i >= WARMUP {
+            times.push(ms as f64 * 1e3);
+        }
+    }
+    gpu.synchronize()?;
+    Ok(median(times))
+}
+
+struct Cell<'a> {
+    imp: &'a str,
+    case: &'a str,
+    b: usize,
+    s: usize,
+    ctx: usize,
+    h: usize,
+    h_kv: usize,
+    d: usize,
+    causal: bool,
+    dtype: DType,
+    /// Query-key pairs seen, per head.
+    pairs: f64,
+    extra: String,
+}
+
+fn report(c: &Cell, us: f64) {
+    let secs = us * 1e-6;
+    let tflops = 4.0 * (c.h * c.d) as f64 * c.pairs / secs / 1e12;
+    let kv_bytes = 2.0 * (c.b * c.ctx * c.h_kv * c.d * 2) as f64;
+    println!(
+        "RESULT {{\"impl\":\"{}\",\"case\":\"{}\",\"b\":{},\"s\":{},\"ctx\":{},\"h\":{},\"h_kv\":{},\"d\":{},\"causal\":{},\"dtype\":\"{}\",\"us\":{us:.2},\"tflops\":{tflops:.1},\"kv_tbps\":{:.3}{}}}",
+        c.imp, c.case, c.b, c.s, c.ctx, c.h, c.h_kv, c.d, c.causal, c.dtype,
+        kv_bytes / secs / 1e12, c.extra
+    );
+}
+
+/// Flash prefill over `b` sequences of `s` tokens, keys contiguous or (`paged`) in a shuffled cache.
+#[allow(clippy::too_many_arguments)]
+fn prefill(
+    gpu: &Arc<Gpu>,
+    case: &str,
+    b: usize,
+    s: usize,
+    h: usize,
+    h_kv: usize,
+    causal: bool,
+    dtype: DType,
+    paged: bool,
+) -> Res<()> {
+    let d = 128;
+    let t = b * s;
+    let q = random_gpu(gpu, &[t, h, d], dtype, 1)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = GpuBuffer::zeros(gpu, dtype, q.elem_count())?;
+    let (k, v, batch);
+    if paged {
+        let per_seq = s.div_ceil(BLOCK);
+        let mut blocks: Vec<u32> = (0..(b * per_seq) as u32).collect();
+        blocks.shuffle(&mut ChaCha8Rng::seed_from_u64(4));
+        let tables: Vec<Vec<u32>> = blocks.chunks(per_seq).map(|c| c.to_vec()).collect();
+        let slots = b * per_seq * BLOCK;
+        k = random_gpu(gpu, &[slots, h_kv * d], dtype, 2)?;
+        v = random_gpu(gpu, &[slots, h_kv * d], dtype, 3)?;
+        let seqs: Vec<AttnSeq> = (0..b)
+            .map(|i| AttnSeq {
+                blocks: &tables[i],
+                q_start: i * s,
+                q_len: s,
+                kv_len: s,
+            })
+            .collect();
+        batch = AttnBatch::paged(gpu, &seqs, BLOCK)?;
+    } else {
+        k = random_gpu(gpu, &[t, h_kv, d], dtype, 2)?;
+        v = random_gpu(gpu, &[t, h_kv, d], dtype, 3)?;
+        let seqs: Vec<SeqRows> = (0..b)
+            .map(|i| SeqRows {
+                q_start: i * s,
+                q_len: s,
+                k_start: i * s,
+                k_len: s,
+            })
+            .collect();
+        batch = AttnBatch::contiguous(gpu, &seqs)?;
+    }
+    let us = time(gpu, || {
+        flash_attention_into(&q, &k, &v, h_kv, &batch, causal, scale, &mut out)?;
+        Ok(())
+    })?;
+    let pairs = if causal {
+        (b * s * (s + 1) / 2) as f64
+    } else {
+        (b * s * s) as f64
+    };
+    report(
+        &Cell {
+            imp: if paged { "flash_paged" } else { "flash" },
+            case,
+            b,
+            s,
+            ctx: s,
+            h,
+            h_kv,
+            d,
+            causal,
+            dtype,
+            pairs,
+            extra: String::new(),
+        },
+        us,
+    );
+    Ok(())
+}
+
+/// One decode step for `b` sequences of `ctx` cached tokens (64 / 8 heads, d 128).
+fn decode(gpu: &Arc<Gpu>, b: usize, ctx: usize, dtype: DType) -> Res<()> {
+    let (h, h_kv, d) = (64, 8, 128);
+    let per_seq = ctx.div_ceil(BLOCK);
+    let mut blocks: Vec<u32> = (0..(b * per_seq) as u32).collect();
+    blocks.shuffle(&mut ChaCha8Rng::seed_from_u64(5));
+    let tables: Vec<Vec<u32>> = blocks.chunks(per_seq).map(|c| c.to_vec()).collect();
+    let slots = b * per_seq * BLOCK;
+    let kc = random_gpu(gpu, &[slots, h_kv * d], dtype, 6)?;
+    let vc = random_gpu(gpu, &[slots, h_kv * d], dtype, 7)?;
+    let q = random_gpu(gpu, &[b, h, d], dtype, 8)?;
+    let seqs: Vec<AttnSeq> = (0..b)
+        .map(|i| AttnSeq {
+            blocks: &tables[i],
+            q_start: i,
+            q_len: 1,
+            kv_len: ctx,
+        })
+        .collect();
+    let batch = AttnBatch::paged(gpu, &seqs, BLOCK)?;
+    let mut plan = DecodePlan::new(gpu, &batch, h, h_kv, d)?;
+    let (splits, chunk) = (plan.splits, plan.chunk);
+    let mut out = GpuBuffer::zeros(gpu, dtype, q.elem_count())?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let us = time(gpu, || {
+        decode_attention_into(&q, &kc, &vc, h_kv, &batch, &mut plan, scale, &mut out)?;
+        Ok(())
+    })?;
+    report(
+        &Cell {
+            imp: "decode",
+            case: "qwen72b_decode",
+            b,
+            s: 1,
+            ctx,
+            h,
+            h_kv,
+            d,
+            causal: true,
+            dtype,
+            pairs: (b * ctx) as f64,
+            extra: format!(",\"splits\":{splits},\"chunk\":{chunk}"),
+        },
+        us,
+    );
+    Ok(())
+}
+
+fn run() -> Res<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let gpu = match Gpu::shared() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("no GPU here ({e}); attention GPU bench skipped");
+            return Ok(());
+        }
+    };
+    eprintln!("attention GPU bench on {}", gpu.name());
+    prefill(
+        &gpu,
+        "vit6b_tiles",
+        13,
+        1025,
+        25,
+        25,
+        false,
+        DType::BF16,
+        false,
+    )?;
+    for dtype in [DType::BF16, DType::F16] {
+        prefill(&gpu, "qwen72b_prefill", 1, 4096, 64, 8, true, dtype, false)?;
+    }
+    prefill(
+        &gpu,
+        "qwen72b_prefill",
+        1,
+        4096,
+        64,
+        8,
+        true,
+        DType::BF16,
+        true,
+    )?;
+    for b in [1, 32] {
+        for ctx in [1024, 8192, 32768] {
+            if quick && b == 32 && ctx == 32768 {
+                continue;
+            }
+            decode(&gpu, b, ctx, DType::BF16)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("attention GPU bench failed: {e}");
+        std::process::exit(1);
+    }
+}
