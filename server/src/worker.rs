@@ -7,6 +7,7 @@
 //! its KV blocks.
 
 use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -91,6 +92,8 @@ impl Worker {
                 };
                 let _ = ready_tx.send(Ok(*engine.config()));
                 Runner {
+                    model: &thread_model,
+                    config,
                     engine,
                     active: HashMap::new(),
                     pending: thread_pending,
@@ -136,6 +139,8 @@ struct Active {
 }
 
 struct Runner<'m> {
+    model: &'m InternVlModel,
+    config: EngineConfig,
     engine: Engine<'m>,
     active: HashMap<SeqId, Active>,
     pending: Arc<AtomicUsize>,
@@ -157,12 +162,49 @@ impl Runner<'_> {
             }
             self.drop_abandoned();
             if !self.engine.is_idle() {
-                for event in self.engine.step() {
-                    self.handle(event);
+                // A panic inside the model code must not take the server down: the requests in flight
+                // get a 500 and a fresh engine (new KV cache) takes over. Nothing of the old engine is used
+                // after the unwind, which is what makes the AssertUnwindSafe sound.
+                match panic::catch_unwind(AssertUnwindSafe(|| self.engine.step())) {
+                    Ok(events) => {
+                        for event in events {
+                            self.handle(event);
+                        }
+                        self.metrics.observe_step(&self.engine);
+                    }
+                    Err(payload) => {
+                        if !self.recover(payload) {
+                            return;
+                        }
+                    }
                 }
-                self.metrics.observe_step(&self.engine);
             }
             self.metrics.observe_engine(&self.engine);
+        }
+    }
+
+    /// Fails every request in flight and replaces the engine; false if no new engine could be made.
+    fn recover(&mut self, payload: Box<dyn std::any::Any + Send>) -> bool {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        for (_, a) in self.active.drain() {
+            let _ = a.events.send(Event::Failed(ApiError::internal(format!(
+                "the engine failed ({reason}); the request was dropped"
+            ))));
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        match Engine::new(self.model, self.config) {
+            Ok(engine) => {
+                self.engine = engine;
+                true
+            }
+            Err(e) => {
+                eprintln!("the engine could not be restarted: {e}");
+                false
+            }
         }
     }
 
