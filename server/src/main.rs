@@ -52,9 +52,14 @@ struct Cli {
     /// most `--kv-cache-gib`, at least one full context).
     #[arg(long)]
     kv_cache_tokens: Option<usize>,
-    /// Memory for the KV cache when `--kv-cache-tokens` is not given, in GiB.
-    #[arg(long, default_value_t = 4.0)]
-    kv_cache_gib: f64,
+    /// Memory for the KV cache when `--kv-cache-tokens` is not given, in GiB (default: 4 on the CPU; on a
+    /// GPU, `--gpu-memory-fraction` of the memory left free once the model is loaded).
+    #[arg(long)]
+    kv_cache_gib: Option<f64>,
+    /// On a GPU, the share of the memory left free after loading that the KV cache takes (the rest is
+    /// for activations), as lmdeploy's cache_max_entry_count.
+    #[arg(long, default_value_t = 0.8)]
+    gpu_memory_fraction: f64,
     /// Largest request body accepted, in bytes (images may be sent inline, base64).
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
@@ -106,6 +111,36 @@ fn load_model(cli: &Cli) -> Result<InternVlModel> {
         .with_context(|| format!("moving the model to {device}"))
 }
 
+/// The KV cache's memory: `--kv-cache-gib`, else 4 GiB on the CPU, else a share of the GPU's free memory.
+fn kv_cache_bytes(cli: &Cli, model: &InternVlModel) -> Result<usize> {
+    if let Some(gib) = cli.kv_cache_gib {
+        anyhow::ensure!(
+            gib > 0.0 && gib.is_finite(),
+            "--kv-cache-gib must be positive"
+        );
+        return Ok((gib * (1u64 << 30) as f64) as usize);
+    }
+    match model.text.llm.device() {
+        Device::Cpu => Ok(4 << 30),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            anyhow::ensure!(
+                cli.gpu_memory_fraction > 0.0 && cli.gpu_memory_fraction < 1.0,
+                "--gpu-memory-fraction must be between 0 and 1"
+            );
+            let (free, total) = awq_kernels::cuda::Gpu::shared_ordinal(i)?.memory()?;
+            eprintln!(
+                "GPU memory: {:.1} GiB free of {:.1} GiB after loading",
+                free as f64 / (1u64 << 30) as f64,
+                total as f64 / (1u64 << 30) as f64
+            );
+            Ok((free as f64 * cli.gpu_memory_fraction) as usize)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => anyhow::bail!("this build has no CUDA support"),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     anyhow::ensure!(
@@ -130,11 +165,8 @@ fn main() -> Result<()> {
         })
     });
     let model = load_model(&cli)?;
-    let mut engine = EngineConfig::sized_for(
-        &model.text,
-        cli.max_concurrent,
-        (cli.kv_cache_gib * (1u64 << 30) as f64) as usize,
-    );
+    let kv_bytes = kv_cache_bytes(&cli, &model)?;
+    let mut engine = EngineConfig::sized_for(&model.text, cli.max_concurrent, kv_bytes);
     if let Some(tokens) = cli.kv_cache_tokens {
         engine.kv_cache_tokens = tokens;
     }

@@ -109,6 +109,13 @@ impl Gpu {
         self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 
+    /// Free and total device memory, in bytes (what the KV cache can be sized from after loading).
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| crate::Error::Cuda(format!("querying device memory: {e}")))
+    }
+
     /// Kernel `name` from module `module` (a file name of `kernels/` without `.cu`).
     pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
         let mut modules = self.modules.lock().expect("module cache lock");
