@@ -3,13 +3,15 @@
 
 use awq_kernels::awq_format::PACK_FACTOR;
 use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
-use awq_kernels::ops::attention::{paged_attention, AttnSeq};
+use awq_kernels::ops::attention::AttnSeq;
 use awq_kernels::ops::linear::Linear;
+use awq_kernels::ops::norm::{add_rms_norm, rms_norm};
 use awq_kernels::ops::{
-    activation, add_inplace, embedding::embedding, gather_rows, norm::rms_norm, rope::rope_inplace,
+    activation, add_inplace, embedding::embedding, gather_rows, rope::rope_inplace,
 };
 use awq_kernels::{DType, DTypeRule, Device, Tensor, TensorSpec, WeightsScope};
 
+use crate::attention::ForwardAttention;
 use crate::{Error, Qwen2Config, Result};
 
 struct Attention {
@@ -336,10 +338,43 @@ impl Qwen2 {
             slots.extend(cache.slots(s.table, past, s.len)?);
         }
 
+        // The attention rows of every sequence, the same in every layer (planned once; see `attention`).
+        let mut attn_seqs = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for (s, &past) in seqs.iter().zip(&starts) {
+            attn_seqs.push(AttnSeq {
+                blocks: s.table.blocks(),
+                q_start: row,
+                q_len: s.len,
+                kv_len: past + s.len,
+            });
+            row += s.len;
+        }
         let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let mut attention = ForwardAttention::new(
+            self.device,
+            self.dtype,
+            cache,
+            attn_seqs,
+            c.num_attention_heads,
+            scale,
+        )?;
+
+        // Each block's output is added to the residual stream `x` [t, hidden] together with the next norm
+        // (`add_rms_norm`); `pending` holds the MLP output of the previous layer until then.
+        let mut pending: Option<Tensor> = None;
         let mut layer_outputs = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
-            let a = rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps)?;
+            let a = match pending.take() {
+                None => rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps)?,
+                Some(mlp_out) => {
+                    let a = add_rms_norm(&mut x, &mlp_out, &layer.input_layernorm, c.rms_norm_eps)?;
+                    if options.keep_layer_outputs {
+                        layer_outputs.push(x.clone());
+                    }
+                    a
+                }
+            };
             let attn = &layer.self_attn;
             let mut q =
                 attn.q_proj
@@ -354,39 +389,48 @@ impl Qwen2 {
             rope_inplace(&mut k, &positions, c.rope_theta)?;
             let stride = c.num_key_value_heads * c.head_dim;
             cache.write_rows(li, &k.reshape(&[t, stride])?, &v, &slots)?;
-            let mut attn_seqs = Vec::with_capacity(seqs.len());
-            let mut row = 0;
-            for (s, &past) in seqs.iter().zip(&starts) {
-                attn_seqs.push(AttnSeq {
-                    blocks: s.table.blocks(),
-                    q_start: row,
-                    q_len: s.len,
-                    kv_len: past + s.len,
-                });
-                row += s.len;
-            }
-            let o = paged_attention(&q, cache, li, &attn_seqs, scale)?
-                .reshape(&[t, c.num_attention_heads * c.head_dim])?;
-            add_inplace(&mut x, &attn.o_proj.forward(&o)?)?;
+            let o = attention.layer(&q, cache, li)?; // [t, h * d]
+            let attn_out = attn.o_proj.forward(o)?;
 
-            let a = rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps)?;
+            let a = add_rms_norm(
+                &mut x,
+                &attn_out,
+                &layer.post_attention_layernorm,
+                c.rms_norm_eps,
+            )?;
             let m = &layer.mlp;
             let gated = activation::silu_mul(&m.gate_proj.forward(&a)?, &m.up_proj.forward(&a)?)?;
-            add_inplace(&mut x, &m.down_proj.forward(&gated)?)?;
-            if options.keep_layer_outputs {
-                layer_outputs.push(x.clone());
-            }
+            pending = Some(m.down_proj.forward(&gated)?);
         }
         for (s, &past) in seqs.iter_mut().zip(&starts) {
             s.table.set_len(past + s.len);
         }
 
-        let selected = if options.all_logits {
-            x
-        } else {
-            self.last_rows(&x, seqs)?
+        // The last layer's MLP output meets the final norm; without all logits only the rows that need
+        // logits go through it (unless every layer's output is kept, which needs the whole sum).
+        let normed = match pending {
+            Some(mlp_out) if !options.keep_layer_outputs => {
+                if options.all_logits {
+                    add_rms_norm(&mut x, &mlp_out, &self.norm, c.rms_norm_eps)?
+                } else {
+                    let mut selected = self.last_rows(&x, seqs)?;
+                    let mlp_out = self.last_rows(&mlp_out, seqs)?;
+                    add_rms_norm(&mut selected, &mlp_out, &self.norm, c.rms_norm_eps)?
+                }
+            }
+            pending => {
+                if let Some(mlp_out) = pending {
+                    add_inplace(&mut x, &mlp_out)?;
+                    layer_outputs.push(x.clone());
+                }
+                let selected = if options.all_logits {
+                    x
+                } else {
+                    self.last_rows(&x, seqs)?
+                };
+                rms_norm(&selected, &self.norm, c.rms_norm_eps)?
+            }
         };
-        let normed = rms_norm(&selected, &self.norm, c.rms_norm_eps)?;
         Ok(ForwardOutput {
             logits: self.lm_head.forward(&normed)?,
             layer_outputs,
