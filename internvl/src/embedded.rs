@@ -4,6 +4,7 @@
 
 use crate::{InternVlModel, Result, TextModel};
 
+#[cfg(feature = "embedded-qwen2")]
 macro_rules! fixture {
     ($file:literal) => {
         concat!(
@@ -15,10 +16,12 @@ macro_rules! fixture {
 }
 
 /// What the embedded checkpoint is, for messages.
+#[cfg(feature = "embedded-qwen2")]
 pub const DESCRIPTION: &str =
     "embedded tiny Qwen2 (Qwen2.5-0.5B attention shape, 2 layers, RANDOM weights: its text is gibberish)";
 
 /// Loads the embedded checkpoint.
+#[cfg(feature = "embedded-qwen2")]
 pub fn text_model() -> Result<TextModel> {
     TextModel::from_memory(
         DESCRIPTION,
@@ -27,6 +30,17 @@ pub fn text_model() -> Result<TextModel> {
         include_bytes!(fixture!("tokenizer.json")),
         Some(include_str!(fixture!("generation_config.json"))),
     )
+}
+
+/// What the embedded checkpoint is, for messages.
+#[cfg(not(feature = "embedded-qwen2"))]
+pub const DESCRIPTION: &str =
+    "language model of the embedded tiny InternVL checkpoint (2 layers, RANDOM weights: its text is gibberish)";
+
+/// Without the `embedded-qwen2` feature: the language model of the embedded InternVL checkpoint.
+#[cfg(not(feature = "embedded-qwen2"))]
+pub fn text_model() -> Result<TextModel> {
+    Ok(internvl_model()?.text)
 }
 
 /// What the embedded InternVL checkpoint is, for messages.

@@ -62,8 +62,9 @@ for t in $(grep -v '^bench_' bin/LIST); do
     [ $rc -ne 0 ] && { echo "test $t FAILED (rc=$rc)"; failed=1; }
 done
 
-echo "== internvl generate --device cuda (embedded checkpoint)" | tee -a "$OUT/tests.log"
-timeout 120 ./internvl generate --device cuda --max-new-tokens 16 --ignore-eos "Hello" >> "$OUT/tests.log" 2>&1 \
+echo "== internvl generate --device cuda (the tiny AWQ Qwen2 fixture)" | tee -a "$OUT/tests.log"
+timeout 120 ./internvl generate --model "$PWD/../../fixtures/qwen2-0.5b-like-awq" --device cuda --max-new-tokens 16 \
+    --ignore-eos "Hello" >> "$OUT/tests.log" 2>&1 \
     || { echo "internvl on the GPU FAILED"; failed=1; }
 tail -2 "$OUT/tests.log"
 echo "== internvl chat --device cuda with an image (embedded InternVL checkpoint)" | tee -a "$OUT/tests.log"
