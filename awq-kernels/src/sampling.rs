@@ -91,6 +91,40 @@ impl Sampler {
     }
 }
 
+/// The greedy choice for each row of `logits` `[rows, vocab]` (any float dtype, CPU or GPU): the index of
+/// the largest value, NaN counted as -inf, the first index on ties, exactly as [`Sampler::sample`] chooses
+/// at temperature 0 without a repetition penalty. On a GPU only the indices come back to the host.
+pub fn argmax_rows(logits: &crate::Tensor) -> crate::Result<Vec<u32>> {
+    let &[rows, width] = logits.shape() else {
+        return Err(crate::Error::shape(
+            "argmax_rows",
+            format!("logits must be [rows, vocab], got {:?}", logits.shape()),
+        ));
+    };
+    #[cfg(feature = "cuda")]
+    if logits.device() != crate::Device::Cpu {
+        return crate::cuda::sampling::argmax_rows(logits, rows, width);
+    }
+    let values = logits.to_f32_vec()?;
+    Ok((0..rows)
+        .map(|r| {
+            let row: Vec<f32> = values[r * width..(r + 1) * width]
+                .iter()
+                .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v })
+                .collect();
+            argmax(&row) as u32
+        })
+        .collect())
+}
+
+impl SamplingParams {
+    /// Whether the choice is the plain argmax (temperature 0, no repetition penalty): then
+    /// [`argmax_rows`] gives it without the logits leaving the device.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0 && self.repetition_penalty == 1.0
+    }
+}
+
 /// Index of the largest value; the first one on ties (as `torch.argmax`).
 pub fn argmax(values: &[f32]) -> usize {
     let mut best = 0;
@@ -155,6 +189,27 @@ pub fn top_k_top_p_probs(logits: &[f32], top_k: usize, top_p: f32) -> Vec<(usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_rows_chooses_as_the_greedy_sampler_does() {
+        let rows = [
+            vec![0.5, 2.0, 2.0, -1.0],                 // tie: the first
+            vec![f32::NAN, -3.0, -2.0, -2.5],          // NaN counts as -inf
+            vec![f32::NEG_INFINITY; 4],                // nothing finite: 0
+            vec![-1.0, f32::NAN, f32::INFINITY, 1e30], // +inf wins
+        ];
+        let flat: Vec<f32> = rows.concat();
+        let logits = crate::Tensor::from_vec(flat, &[4, 4]).unwrap();
+        let got = argmax_rows(&logits).unwrap();
+        assert_eq!(got, vec![1, 2, 0, 2]);
+        for (row, &g) in rows.iter().zip(&got) {
+            let mut sampler = Sampler::new(SamplingParams::default());
+            assert_eq!(sampler.sample(row, &[]), g);
+        }
+        let bf16 = logits.to_dtype(crate::DType::BF16).unwrap();
+        assert_eq!(argmax_rows(&bf16).unwrap(), got);
+        assert!(argmax_rows(&crate::Tensor::from_vec(vec![1.0f32; 4], &[4]).unwrap()).is_err());
+    }
 
     #[test]
     fn greedy_takes_the_first_maximum_and_ignores_nan() {

@@ -259,3 +259,37 @@ fn paged_attention_over_scattered_blocks_matches_the_cpu_for_prefill_and_decode(
         }
     }
 }
+
+#[test]
+fn argmax_rows_on_the_gpu_equals_the_cpu_choice_with_ties_nan_and_a_full_vocabulary() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for dtype in DTYPES {
+        for (rows, width) in [(1usize, 1usize), (3, 31), (5, 1000), (16, 151_674)] {
+            let mut values: Vec<f32> = (0..rows * width)
+                .map(|_| (rng.gen_range(-8.0f32..8.0) * 4.0).round() / 4.0) // coarse: ties happen
+                .collect();
+            // Row 0's largest value sits twice, NaNs in the last row, a row of -inf when there are 3.
+            if width > 2 {
+                values[width - 1] = 100.0;
+                values[1] = 100.0;
+                values[(rows - 1) * width] = f32::NAN;
+            }
+            if rows >= 3 {
+                values[2 * width..3 * width].fill(f32::NEG_INFINITY);
+            }
+            let cpu = Tensor::from_vec(values, &[rows, width])
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let want = awq_kernels::sampling::argmax_rows(&cpu).unwrap();
+            let gpu = cpu.to_device(GPU).unwrap();
+            let got = awq_kernels::sampling::argmax_rows(&gpu).unwrap();
+            assert_eq!(got, want, "{dtype} {rows}x{width}");
+            if width > 2 {
+                assert_eq!(got[0], 1, "the first of two equal maxima");
+            }
+        }
+    }
+}

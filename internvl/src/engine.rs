@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use awq_kernels::kv_cache::{BlockTable, PagedKvCache};
-use awq_kernels::sampling::Sampler;
+use awq_kernels::sampling::{argmax_rows, Sampler};
 use awq_kernels::Tensor;
 use qwen2::{ForwardOptions, SeqInput};
 
@@ -250,9 +250,12 @@ impl<'m> Engine<'m> {
                 self.waiting.push_front(seq);
                 break;
             }
-            match self.prefill(&mut seq) {
-                Ok(logits) => {
-                    if self.emit(&mut seq, &logits, events) {
+            let token = self.prefill(&mut seq).and_then(|logits| {
+                next_tokens(std::slice::from_mut(&mut seq), &logits).map(|t| t[0])
+            });
+            match token {
+                Ok(token) => {
+                    if self.emit(&mut seq, token, events) {
                         self.running.push(seq);
                     }
                 }
@@ -265,8 +268,8 @@ impl<'m> Engine<'m> {
     }
 
     /// Runs the prefill of `seq` over its whole history (the prompt with its images, then the tokens it
-    /// generated before a preemption) and returns the logits of its last position.
-    fn prefill(&mut self, seq: &mut Sequence) -> Result<Vec<f32>> {
+    /// generated before a preemption) and returns the logits of its last position `[1, vocab]`.
+    fn prefill(&mut self, seq: &mut Sequence) -> Result<Tensor> {
         let model = self.model;
         let llm = &model.text.llm;
         if seq.image_rows.is_none() {
@@ -297,7 +300,7 @@ impl<'m> Engine<'m> {
                 ForwardOptions::default(),
             )?;
         }
-        Ok(out.logits.to_f32_vec()?)
+        Ok(out.logits)
     }
 
     /// Decodes one token for each of the first `count` running sequences, preempting the newest ones
@@ -346,11 +349,11 @@ impl<'m> Engine<'m> {
                     ForwardOptions::default(),
                 )
                 .map_err(Error::from)
-                .and_then(|out| Ok(out.logits.to_f32_vec()?))
         };
-        let batch: Vec<Sequence> = self.running.drain(..count).collect();
-        let logits = match result {
-            Ok(logits) => logits,
+        let mut batch: Vec<Sequence> = self.running.drain(..count).collect();
+        let tokens = result.and_then(|out| next_tokens(&mut batch, &out.logits));
+        let tokens = match tokens {
+            Ok(tokens) => tokens,
             Err(error) => {
                 // One failed pass fails its whole batch; the message goes to each of them.
                 let message = error.to_string();
@@ -364,10 +367,9 @@ impl<'m> Engine<'m> {
                 return;
             }
         };
-        let vocab = logits.len() / count;
         let mut kept = Vec::with_capacity(count);
-        for (i, mut seq) in batch.into_iter().enumerate() {
-            if self.emit(&mut seq, &logits[i * vocab..(i + 1) * vocab], events) {
+        for (mut seq, token) in batch.into_iter().zip(tokens) {
+            if self.emit(&mut seq, token, events) {
                 kept.push(seq);
             }
         }
@@ -375,11 +377,10 @@ impl<'m> Engine<'m> {
         self.running.splice(0..0, kept);
     }
 
-    /// Samples the next token of `seq` from `logits` and reports it; false when the sequence ended (its
-    /// blocks are then released).
-    fn emit(&mut self, seq: &mut Sequence, logits: &[f32], events: &mut Vec<StepEvent>) -> bool {
+    /// Appends `token` to `seq` and reports it; false when the sequence ended (its blocks are then
+    /// released).
+    fn emit(&mut self, seq: &mut Sequence, token: u32, events: &mut Vec<StepEvent>) -> bool {
         let text_model = &self.model.text;
-        let token = seq.sampler.sample(logits, &seq.history);
         seq.history.push(token);
         let stop = !seq.ignore_eos && text_model.stop_ids.contains(&token);
         let text = if stop {
@@ -419,4 +420,23 @@ impl<'m> Engine<'m> {
         });
         false
     }
+}
+
+/// The next token of each of `seqs` from `logits` `[seqs.len(), vocab]` (on the model's device). When every
+/// sequence decodes greedily without a repetition penalty the argmax is taken where the logits are, and only
+/// the indices reach the host; otherwise the rows are copied and each sequence's sampler chooses.
+fn next_tokens(seqs: &mut [Sequence], logits: &Tensor) -> Result<Vec<u32>> {
+    if seqs.iter().all(|s| s.sampler.params().is_plain_greedy()) {
+        return Ok(argmax_rows(logits)?);
+    }
+    let values = logits.to_f32_vec()?;
+    let vocab = values.len() / seqs.len().max(1);
+    Ok(seqs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, s)| {
+            s.sampler
+                .sample(&values[i * vocab..(i + 1) * vocab], &s.history)
+        })
+        .collect())
 }

@@ -1,7 +1,7 @@
 //! Autoregressive generation over a [`qwen2::Qwen2`]: prefill, then one token a step, streaming text out.
 
 use awq_kernels::kv_cache::BlockTable;
-use awq_kernels::sampling::{Sampler, SamplingParams};
+use awq_kernels::sampling::{argmax_rows, Sampler, SamplingParams};
 use awq_kernels::Tensor;
 use qwen2::{ForwardOptions, SeqInput};
 
@@ -148,7 +148,12 @@ fn generate_from(
                 .llm
                 .forward_ids(&input, &mut cache, &mut seqs, options)?,
         };
-        let next = sampler.sample(&out.logits.to_f32_vec()?, &history);
+        // Plain greedy decoding takes the argmax where the logits are (only the index leaves a GPU).
+        let next = if config.sampling.is_plain_greedy() {
+            argmax_rows(&out.logits)?[0]
+        } else {
+            sampler.sample(&out.logits.to_f32_vec()?, &history)
+        };
         tokens.push(next);
         history.push(next);
         if !config.ignore_eos && model.stop_ids.contains(&next) {

@@ -15,6 +15,7 @@ pub mod attention;
 pub mod buffer;
 pub mod ops;
 pub mod rowwise;
+pub mod sampling;
 
 /// Every kernel file of `kernels/`, as PTX.
 const MODULES: &[(&str, &str)] = &[
@@ -30,6 +31,10 @@ const MODULES: &[(&str, &str)] = &[
     (
         "rowwise",
         include_str!(concat!(env!("OUT_DIR"), "/rowwise.ptx")),
+    ),
+    (
+        "sampling",
+        include_str!(concat!(env!("OUT_DIR"), "/sampling.ptx")),
     ),
 ];
 
