@@ -1,6 +1,6 @@
 //! A batched generation engine: many sequences share one paged KV cache, and each [`Engine::step`]
-//! prefills the sequences it admits and then decodes every running sequence together in one forward
-//! pass. This is the interface a continuous-batching scheduler (chunked prefill, prefix caching) slots
+//! prefills the sequences it admits (together, in one forward pass) and then decodes every running
+//! sequence together in another. This is the interface a continuous-batching scheduler (chunked prefill, prefix caching) slots
 //! into later: callers only `add`, `step` and `cancel`.
 //!
 //! Memory policy. A sequence is admitted (first in, first served) when the pool has blocks for its whole
@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 
 use awq_kernels::kv_cache::{BlockTable, PagedKvCache};
+use awq_kernels::ops::scatter_rows;
 use awq_kernels::sampling::{argmax_rows, Sampler};
 use awq_kernels::Tensor;
 use qwen2::{ForwardOptions, SeqInput};
@@ -19,6 +20,10 @@ use qwen2::{ForwardOptions, SeqInput};
 use crate::{
     Error, FinishReason, GenerationConfig, IncrementalDecoder, InternVlModel, Result, TextModel,
 };
+
+/// Prompt tokens prefilled together in one step at most (one sequence always goes, however long): bounds
+/// the activations of a prefill pass and how long the running sequences wait for their next token.
+pub const PREFILL_TOKENS_PER_STEP: usize = 16384;
 
 /// Sizes of an [`Engine`].
 #[derive(Debug, Clone, Copy)]
@@ -236,28 +241,26 @@ impl<'m> Engine<'m> {
         events
     }
 
-    /// Prefills waiting sequences in order while there is room in the batch and in the cache.
+    /// Prefills waiting sequences in order, all in ONE forward pass, while there is room in the batch,
+    /// in the cache and in the step's prefill budget ([`PREFILL_TOKENS_PER_STEP`]; the first always goes).
     fn admit(&mut self, events: &mut Vec<StepEvent>) {
-        while self.running.len() < self.config.max_running {
+        let mut batch: Vec<Sequence> = Vec::new();
+        let mut tokens = 0;
+        while self.running.len() + batch.len() < self.config.max_running {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
-            if self
-                .cache
-                .reserve(&mut seq.table, seq.history.len())
-                .is_err()
-            {
+            let len = seq.history.len();
+            let over_budget = !batch.is_empty() && tokens + len > PREFILL_TOKENS_PER_STEP;
+            if over_budget || self.cache.reserve(&mut seq.table, len).is_err() {
                 self.waiting.push_front(seq);
                 break;
             }
-            let token = self.prefill(&mut seq).and_then(|logits| {
-                next_tokens(std::slice::from_mut(&mut seq), &logits).map(|t| t[0])
-            });
-            match token {
-                Ok(token) => {
-                    if self.emit(&mut seq, token, events) {
-                        self.running.push(seq);
-                    }
+            // Images are encoded one sequence at a time, so a bad one fails only its own request.
+            match self.encode_images(&mut seq) {
+                Ok(()) => {
+                    tokens += len;
+                    batch.push(seq);
                 }
                 Err(error) => {
                     self.cache.release(&mut seq.table);
@@ -265,41 +268,92 @@ impl<'m> Engine<'m> {
                 }
             }
         }
-    }
-
-    /// Runs the prefill of `seq` over its whole history (the prompt with its images, then the tokens it
-    /// generated before a preemption) and returns the logits of its last position `[1, vocab]`.
-    fn prefill(&mut self, seq: &mut Sequence) -> Result<Tensor> {
-        let model = self.model;
-        let llm = &model.text.llm;
-        if seq.image_rows.is_none() {
-            if let Some(pixels) = seq.pixels.take() {
-                seq.image_rows = Some(model.encode_images(&pixels)?);
+        if batch.is_empty() {
+            return;
+        }
+        let chosen = self
+            .prefill(&mut batch)
+            .and_then(|logits| next_tokens(&mut batch, &logits));
+        match chosen {
+            Ok(chosen) => {
+                for (mut seq, token) in batch.into_iter().zip(chosen) {
+                    if self.emit(&mut seq, token, events) {
+                        self.running.push(seq);
+                    }
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for mut seq in batch {
+                    self.cache.release(&mut seq.table);
+                    events.push(StepEvent::Failed {
+                        id: seq.id,
+                        error: Error::Decode(message.clone()),
+                    });
+                }
             }
         }
-        let prompt = &seq.history[..seq.prompt_len];
-        let x = model.embed_with_images(prompt, seq.image_rows.as_ref())?;
-        let x = llm.to_model_input(x)?;
-        // One sequence per prefill: prefills are not batched with each other or with the decode step.
-        let mut inputs = [SeqInput {
-            table: &mut seq.table,
-            len: seq.prompt_len,
-        }];
-        let mut out =
-            llm.forward_embeds(x, &mut self.cache, &mut inputs, ForwardOptions::default())?;
-        let generated = &seq.history[seq.prompt_len..];
-        if !generated.is_empty() {
-            let mut inputs = [SeqInput {
-                table: &mut seq.table,
-                len: generated.len(),
-            }];
-            out = llm.forward_ids(
-                generated,
-                &mut self.cache,
-                &mut inputs,
-                ForwardOptions::default(),
-            )?;
+    }
+
+    /// Runs the vision encoder and projector for `seq`'s images (once: the rows are kept across
+    /// preemptions) and checks the prompt has one `<IMG_CONTEXT>` position per row.
+    fn encode_images(&self, seq: &mut Sequence) -> Result<()> {
+        if seq.image_rows.is_none() {
+            if let Some(pixels) = seq.pixels.take() {
+                seq.image_rows = Some(self.model.encode_images(&pixels)?);
+            }
         }
+        let positions = self.image_positions(seq, 0).len();
+        let rows = seq.image_rows.as_ref().map_or(0, |r| r.dim(0));
+        if positions != rows {
+            return Err(Error::ImageTokenMismatch {
+                positions,
+                rows,
+                per_tile: self.model.tokens_per_tile(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Where `seq`'s image rows go: its prompt's `<IMG_CONTEXT>` positions, plus `offset` (tokens it
+    /// generated are never image positions, whatever their id).
+    fn image_positions(&self, seq: &Sequence, offset: usize) -> Vec<usize> {
+        let context = self.model.image_tokens.context;
+        seq.history[..seq.prompt_len]
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == context)
+            .map(|(i, _)| offset + i)
+            .collect()
+    }
+
+    /// One forward pass over the whole history of every sequence of `batch` (prompt with its image rows,
+    /// then the tokens generated before a preemption); returns the logits of each one's last position,
+    /// `[batch.len(), vocab]`.
+    fn prefill(&mut self, batch: &mut [Sequence]) -> Result<Tensor> {
+        let llm = &self.model.text.llm;
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.history.iter().copied())
+            .collect();
+        let mut x = llm.embed(&ids)?;
+        let mut offset = 0;
+        for seq in batch.iter() {
+            if let Some(rows) = &seq.image_rows {
+                let rows = llm.to_model_input(rows.clone())?;
+                scatter_rows(&mut x, &self.image_positions(seq, offset), &rows)?;
+            }
+            offset += seq.history.len();
+        }
+        let x = llm.to_model_input(x)?;
+        let mut inputs: Vec<SeqInput> = batch
+            .iter_mut()
+            .map(|s| SeqInput {
+                len: s.history.len(),
+                table: &mut s.table,
+            })
+            .collect();
+        let out = llm.forward_embeds(x, &mut self.cache, &mut inputs, ForwardOptions::default())?;
         Ok(out.logits)
     }
 
