@@ -13,6 +13,7 @@ use awq_kernels::{Device, Tensor};
 use clap::Args;
 use internvl::engine::{Engine, EngineConfig, SeqRequest, StepEvent};
 use internvl::prompt::{expand_images, Conversation};
+use internvl::source::ModelSource;
 use internvl::{GenerationConfig, InternVlModel};
 use serde_json::json;
 
@@ -122,15 +123,11 @@ fn greedy(max_new_tokens: usize) -> GenerationConfig {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = Device::parse(&args.device)?;
-    eprintln!("making the synthetic {} ...", args.synthetic);
     let started = Instant::now();
-    let model = internvl::synthetic::model(&args.synthetic)
-        .with_context(|| format!("making the synthetic {}", args.synthetic))?;
-    let model = if device == Device::Cpu {
-        model
-    } else {
-        model.to_device(device)?
-    };
+    let source = ModelSource::Synthetic(&args.synthetic);
+    let model = source
+        .load(device)
+        .with_context(|| format!("making {} on {device}", source.describe()))?;
     eprintln!("ready in {:.1} s", started.elapsed().as_secs_f64());
     let question = question_ids(&model, args.question_tokens)?;
     let max_batch = args.batch.iter().copied().max().unwrap_or(1);

@@ -8,7 +8,8 @@ use awq_kernels::Device;
 use clap::Args;
 use internvl::chat::{chat, ChatRequest, VideoSource};
 use internvl::image::ImageOptions;
-use internvl::{embedded, FinishReason, GenerationConfig, GenerationOutput, InternVlModel};
+use internvl::source::ModelSource;
+use internvl::{FinishReason, GenerationConfig, GenerationOutput, InternVlModel};
 use serde::Deserialize;
 
 use crate::SamplingArgs;
@@ -60,33 +61,10 @@ pub struct ChatArgs {
 
 fn load(args: &ChatArgs) -> Result<InternVlModel> {
     let device = Device::parse(&args.device)?;
-    let model = match (&args.model, &args.synthetic) {
-        (_, Some(name)) => {
-            eprintln!("making the synthetic {name} (random weights) ...");
-            internvl::synthetic::model(name)
-                .with_context(|| format!("making the synthetic {name}"))?
-        }
-        (Some(dir), None) => {
-            eprintln!("loading {} ...", dir.display());
-            let mut printer = internvl::progress::ProgressPrinter::stderr();
-            InternVlModel::load_with_progress(dir, &mut |p| printer.report(p))
-                .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
-        }
-        (None, None) => {
-            eprintln!(
-                "no --model given: using the {}",
-                embedded::INTERNVL_DESCRIPTION
-            );
-            embedded::internvl_model().context("loading the embedded checkpoint")?
-        }
-    };
-    if device == Device::Cpu {
-        return Ok(model);
-    }
-    eprintln!("moving the model to {device} ...");
-    model
-        .to_device(device)
-        .with_context(|| format!("moving the model to {device}"))
+    let source = ModelSource::from_args(args.model.as_deref(), args.synthetic.as_deref());
+    source
+        .load(device)
+        .with_context(|| format!("loading {} on {device}", source.describe()))
 }
 
 fn image_options(args: &ChatArgs) -> ImageOptions {

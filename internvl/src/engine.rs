@@ -282,16 +282,7 @@ impl<'m> Engine<'m> {
                     }
                 }
             }
-            Err(error) => {
-                let message = error.to_string();
-                for mut seq in batch {
-                    self.cache.release(&mut seq.table);
-                    events.push(StepEvent::Failed {
-                        id: seq.id,
-                        error: Error::Decode(message.clone()),
-                    });
-                }
-            }
+            Err(error) => self.fail_all(batch, &error, events),
         }
     }
 
@@ -409,15 +400,7 @@ impl<'m> Engine<'m> {
         let tokens = match tokens {
             Ok(tokens) => tokens,
             Err(error) => {
-                // One failed pass fails its whole batch; the message goes to each of them.
-                let message = error.to_string();
-                for mut seq in batch {
-                    self.cache.release(&mut seq.table);
-                    events.push(StepEvent::Failed {
-                        id: seq.id,
-                        error: Error::Decode(message.clone()),
-                    });
-                }
+                self.fail_all(batch, &error, events);
                 return;
             }
         };
@@ -429,6 +412,18 @@ impl<'m> Engine<'m> {
         }
         // Still running sequences keep their admission order ahead of the ones admitted this step.
         self.running.splice(0..0, kept);
+    }
+
+    /// One failed pass fails its whole batch: each sequence's blocks are freed and it gets the message.
+    fn fail_all(&mut self, batch: Vec<Sequence>, error: &Error, events: &mut Vec<StepEvent>) {
+        let message = error.to_string();
+        for mut seq in batch {
+            self.cache.release(&mut seq.table);
+            events.push(StepEvent::Failed {
+                id: seq.id,
+                error: Error::Decode(message.clone()),
+            });
+        }
     }
 
     /// Appends `token` to `seq` and reports it; false when the sequence ended (its blocks are then

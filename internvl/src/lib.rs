@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod model;
 pub mod progress;
 pub mod prompt;
+pub mod source;
 pub mod synthetic;
 pub mod tokenizer;
 

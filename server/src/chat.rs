@@ -5,13 +5,13 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::api::{self, ChatCompletionRequest};
 use crate::error::ApiError;
-use crate::prepare::{chat_prompt, max_new_tokens, read_images, submit, with_model, Prepared};
-use crate::reply::{Kind, Reply};
-use crate::{admit, check_model, sampling, stop_strings, unix_now, AppState};
+use crate::prepare::{answer, chat_prompt, read_images, with_model, ModelInput};
+use crate::reply::Kind;
+use crate::{admit, check_model, sampling, AppState};
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -35,40 +35,18 @@ pub async fn chat_completions(
         chat_prompt(model, conversation, images, &options)
     })
     .await?;
-    let max_new_tokens = max_new_tokens(
-        prompt_ids.len(),
-        req.generation.max_tokens,
-        None,
-        inner.worker.context,
-    )?;
-    let (prompt_tokens, events) = submit(
+    answer(
         inner,
-        Prepared {
+        Kind::Chat,
+        ModelInput {
             prompt_ids,
             pixels,
-            max_new_tokens,
-            sampling: params,
-            stop: stop_strings(req.generation.stop.as_ref()),
-            ignore_eos: req.generation.ignore_eos,
-            received,
+            prefix: String::new(),
         },
+        &req.generation,
+        params,
+        None,
+        received,
     )
-    .await?;
-    let reply = Reply {
-        kind: Kind::Chat,
-        id: inner.new_id("chatcmpl"),
-        created: unix_now(),
-        model: inner.options.served_model_name.clone(),
-        prompt_tokens,
-        prefix: String::new(),
-    };
-    if req.generation.stream {
-        let include_usage = req
-            .generation
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        return Ok(reply.stream(events, include_usage).into_response());
-    }
-    reply.collect(events).await
+    .await
 }

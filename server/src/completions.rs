@@ -6,13 +6,13 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::api::{CompletionRequest, Prompt};
 use crate::error::ApiError;
-use crate::prepare::{max_new_tokens, submit, with_model, Prepared};
-use crate::reply::{Kind, Reply};
-use crate::{admit, check_model, sampling, stop_strings, unix_now, AppState};
+use crate::prepare::{answer, with_model, ModelInput};
+use crate::reply::Kind;
+use crate::{admit, check_model, sampling, AppState};
 
 /// The OpenAI API's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -111,40 +111,18 @@ pub async fn completions(
         Ok((ids, text))
     })
     .await?;
-    let max_new_tokens = max_new_tokens(
-        prompt_ids.len(),
-        req.generation.max_tokens,
-        Some(DEFAULT_MAX_TOKENS),
-        inner.worker.context,
-    )?;
-    let (prompt_tokens, events) = submit(
+    answer(
         inner,
-        Prepared {
+        Kind::Text,
+        ModelInput {
             prompt_ids,
             pixels: None,
-            max_new_tokens,
-            sampling: params,
-            stop: stop_strings(req.generation.stop.as_ref()),
-            ignore_eos: req.generation.ignore_eos,
-            received,
+            prefix: if echo { prompt_text } else { String::new() },
         },
+        &req.generation,
+        params,
+        Some(DEFAULT_MAX_TOKENS),
+        received,
     )
-    .await?;
-    let reply = Reply {
-        kind: Kind::Text,
-        id: inner.new_id("cmpl"),
-        created: unix_now(),
-        model: inner.options.served_model_name.clone(),
-        prompt_tokens,
-        prefix: if echo { prompt_text } else { String::new() },
-    };
-    if req.generation.stream {
-        let include_usage = req
-            .generation
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        return Ok(reply.stream(events, include_usage).into_response());
-    }
-    reply.collect(events).await
+    .await
 }

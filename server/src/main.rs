@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use awq_kernels::Device;
 use clap::Parser;
 use internvl::engine::EngineConfig;
-use internvl::{embedded, InternVlModel};
+use internvl::source::ModelSource;
+use internvl::InternVlModel;
 use server::media::MediaOptions;
 use server::{AppState, Options};
 
@@ -82,33 +83,10 @@ struct Cli {
 
 fn load_model(cli: &Cli) -> Result<InternVlModel> {
     let device = Device::parse(&cli.device)?;
-    let model = match (&cli.model, &cli.synthetic) {
-        (_, Some(name)) => {
-            eprintln!("making the synthetic {name} (random weights) ...");
-            internvl::synthetic::model(name)
-                .with_context(|| format!("making the synthetic {name}"))?
-        }
-        (Some(dir), None) => {
-            eprintln!("loading {} ...", dir.display());
-            let mut printer = internvl::progress::ProgressPrinter::stderr();
-            InternVlModel::load_with_progress(dir, &mut |p| printer.report(p))
-                .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
-        }
-        (None, None) => {
-            eprintln!(
-                "no --model given: serving the {}",
-                embedded::INTERNVL_DESCRIPTION
-            );
-            embedded::internvl_model().context("loading the embedded checkpoint")?
-        }
-    };
-    if device == Device::Cpu {
-        return Ok(model);
-    }
-    eprintln!("moving the model to {device} ...");
-    model
-        .to_device(device)
-        .with_context(|| format!("moving the model to {device}"))
+    let source = ModelSource::from_args(cli.model.as_deref(), cli.synthetic.as_deref());
+    source
+        .load(device)
+        .with_context(|| format!("loading {} on {device}", source.describe()))
 }
 
 /// The KV cache's memory: `--kv-cache-gib`, else 4 GiB on the CPU, else a share of the GPU's free memory.

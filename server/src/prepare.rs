@@ -13,10 +13,13 @@ use internvl::image::{load_image, ImageError, ImageOptions};
 use internvl::{GenerationConfig, InternVlModel};
 use tokio::sync::mpsc;
 
-use crate::api::{Conversation, RequestImage};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{Conversation, GenerationFields, RequestImage};
 use crate::error::ApiError;
+use crate::reply::{Kind, Reply};
 use crate::worker::{Event, Job};
-use crate::{Inner, Options};
+use crate::{stop_strings, unix_now, Inner, Options};
 
 /// An image's bytes, read, with its tile limit.
 pub struct ImageData {
@@ -175,6 +178,65 @@ pub async fn submit(
             "the model thread ended the request early",
         )),
     }
+}
+
+/// What a request gives the model, prepared.
+pub struct ModelInput {
+    pub prompt_ids: Vec<u32>,
+    pub pixels: Option<Tensor>,
+    /// Text the answer starts with (`echo`).
+    pub prefix: String,
+}
+
+/// The shared tail of both endpoints: checks the length against the context, queues the job and answers,
+/// streamed or whole as the request asks.
+pub async fn answer(
+    state: &Inner,
+    kind: Kind,
+    input: ModelInput,
+    generation: &GenerationFields,
+    sampling: SamplingParams,
+    default_max_tokens: Option<usize>,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let max_new_tokens = max_new_tokens(
+        input.prompt_ids.len(),
+        generation.max_tokens,
+        default_max_tokens,
+        state.worker.context,
+    )?;
+    let (prompt_tokens, events) = submit(
+        state,
+        Prepared {
+            prompt_ids: input.prompt_ids,
+            pixels: input.pixels,
+            max_new_tokens,
+            sampling,
+            stop: stop_strings(generation.stop.as_ref()),
+            ignore_eos: generation.ignore_eos,
+            received,
+        },
+    )
+    .await?;
+    let reply = Reply {
+        kind,
+        id: state.new_id(match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Text => "cmpl",
+        }),
+        created: unix_now(),
+        model: state.options.served_model_name.clone(),
+        prompt_tokens,
+        prefix: input.prefix,
+    };
+    if generation.stream {
+        let include_usage = generation
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        return Ok(reply.stream(events, include_usage).into_response());
+    }
+    reply.collect(events).await
 }
 
 #[cfg(test)]
