@@ -20,12 +20,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let inner = &state.0;
-    let bytes = admit(inner, &headers, body).await?;
-    let req: ChatCompletionRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body is not a valid chat completion request: {e}"
-        ))
-    })?;
+    let req: ChatCompletionRequest = admit(inner, &headers, body, "chat completion").await?;
     check_model(inner, &req.model)?;
     let params = sampling(&req.generation)?;
     let mut conversation = api::conversation(req.messages, inner.options.max_images)?;

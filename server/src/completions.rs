@@ -55,12 +55,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let inner = &state.0;
-    let bytes = admit(inner, &headers, body).await?;
-    let req: CompletionRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body is not a valid completion request: {e}"
-        ))
-    })?;
+    let req: CompletionRequest = admit(inner, &headers, body, "completion").await?;
     check_model(inner, &req.model)?;
     if req.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(ApiError::bad_param(

@@ -241,12 +241,14 @@ pub(crate) async fn read_body(
         .map_err(|_| ApiError::too_large(limit))
 }
 
-/// The checks every generation request passes first: the key, the load, the body.
-pub(crate) async fn admit(
+/// The checks every generation request passes first: the key, the load, the body; then the body parsed as
+/// `T` (`what` names the request kind in the error).
+pub(crate) async fn admit<T: serde::de::DeserializeOwned>(
     state: &Inner,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Vec<u8>, ApiError> {
+    what: &str,
+) -> Result<T, ApiError> {
     check_key(state, headers)?;
     let capacity = state.worker.engine.max_running + state.options.max_queue;
     if state.worker.pending() >= capacity {
@@ -254,7 +256,12 @@ pub(crate) async fn admit(
             "the server is at capacity ({capacity} requests running or queued); retry later"
         )));
     }
-    read_body(state, headers, body).await
+    let bytes = read_body(state, headers, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not a valid {what} request: {e}"
+        ))
+    })
 }
 
 fn random_seed() -> u64 {
