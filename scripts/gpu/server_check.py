@@ -47,7 +47,7 @@ def main():
     deadline = time.time() + 120
     for line in proc.stderr:
         print(line.rstrip(), flush=True)
-        if "serving" in line or time.time() > deadline:
+        if " on http://" in line or time.time() > deadline:  # the listener is bound
             break
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     base = f"http://127.0.0.1:{port}"

@@ -39,7 +39,7 @@ def start_server(binary, port):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     for line in proc.stderr:
-        if "serving" in line:
+        if " on http://" in line:  # printed once the listener is bound
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
             return proc
         if time.time() > deadline:
