@@ -169,10 +169,12 @@ impl Runner<'_> {
                 // after the unwind, which is what makes the AssertUnwindSafe sound.
                 match panic::catch_unwind(AssertUnwindSafe(|| self.engine.step())) {
                     Ok(events) => {
+                        // The gauges first, so a client that sees this step's tokens sees them too.
+                        self.metrics.observe_step(&self.engine);
+                        self.metrics.observe_engine(&self.engine);
                         for event in events {
                             self.handle(event);
                         }
-                        self.metrics.observe_step(&self.engine);
                     }
                     Err(payload) => {
                         if !self.recover(payload) {

@@ -132,8 +132,9 @@ fn past_the_batch_and_the_queue_requests_get_503_until_a_client_leaves_and_frees
     let r = post_json(addr, "/v1/completions", &completion("Hello", 4));
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "server_overloaded");
-    let busy = metrics(addr);
-    assert_eq!(metric(&busy, "internvl_running_requests"), Some(1.0));
+    wait_for_metrics(addr, "the long request is running", |m| {
+        metric(m, "internvl_running_requests") == Some(1.0)
+    });
     // The client goes away: its sequence is cancelled and every block comes back.
     drop(open);
     let body = wait_for_metrics(addr, "the cancelled request is gone", |m| {
