@@ -156,11 +156,16 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
 
 /// The kept tokens with renormalized probabilities, most likely first.
 pub fn top_k_top_p_probs(logits: &[f32], top_k: usize, top_p: f32) -> Vec<(usize, f32)> {
+    // Larger logit first, then smaller index: a total order, so the selection below and a full sort agree.
+    let by_rank = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if top_k > 0 {
+    if top_k > 0 && top_k < order.len() {
+        // Only the k best are needed: select them in O(vocab), then sort those k (a full sort of a
+        // 150k-token vocabulary costs milliseconds per token).
+        order.select_nth_unstable_by(top_k - 1, by_rank);
         order.truncate(top_k);
     }
+    order.sort_unstable_by(by_rank);
     let max = logits[order[0]];
     let mut probs: Vec<(usize, f32)> = order
         .iter()
@@ -189,6 +194,34 @@ pub fn top_k_top_p_probs(logits: &[f32], top_k: usize, top_p: f32) -> Vec<(usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selecting_the_top_k_gives_the_order_and_probabilities_of_a_full_sort() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for vocab in [1usize, 7, 1000, 151_674] {
+            // Coarse values: many ties, which the index order must break as the full sort does.
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| (rng.gen_range(-6.0f32..6.0) * 2.0).round() / 2.0)
+                .collect();
+            let mut full: Vec<usize> = (0..vocab).collect();
+            full.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            for top_k in [1usize, 40, 64, vocab] {
+                let got = top_k_top_p_probs(&logits, top_k, 1.0);
+                let ids: Vec<usize> = got.iter().map(|p| p.0).collect();
+                assert_eq!(ids, full[..top_k.min(vocab)], "vocab {vocab} top_k {top_k}");
+                // The same exponentials, summed in the same order: the same probabilities, bit for bit.
+                let kept = &full[..top_k.min(vocab)];
+                let e: Vec<f32> = kept
+                    .iter()
+                    .map(|&i| (logits[i] - logits[kept[0]]).exp())
+                    .collect();
+                let total: f32 = e.iter().sum();
+                let want: Vec<f32> = e.iter().map(|v| v / total).collect();
+                let probs: Vec<f32> = got.iter().map(|p| p.1).collect();
+                assert_eq!(probs, want);
+            }
+        }
+    }
 
     #[test]
     fn argmax_rows_chooses_as_the_greedy_sampler_does() {

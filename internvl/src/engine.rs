@@ -16,6 +16,7 @@ use awq_kernels::ops::scatter_rows;
 use awq_kernels::sampling::{argmax_rows, Sampler};
 use awq_kernels::Tensor;
 use qwen2::{ForwardOptions, SeqInput};
+use rayon::prelude::*;
 
 use crate::{
     Error, FinishReason, GenerationConfig, IncrementalDecoder, InternVlModel, Result, TextModel,
@@ -480,12 +481,11 @@ fn next_tokens(seqs: &mut [Sequence], logits: &Tensor) -> Result<Vec<u32>> {
     }
     let values = logits.to_f32_vec()?;
     let vocab = values.len() / seqs.len().max(1);
+    // Each sequence samples on its own (0.4 ms for top-k 40 over a 150k vocabulary, 5 ms when top-p needs
+    // a full sort): spread over the cores.
     Ok(seqs
-        .iter_mut()
-        .enumerate()
-        .map(|(i, s)| {
-            s.sampler
-                .sample(&values[i * vocab..(i + 1) * vocab], &s.history)
-        })
+        .par_iter_mut()
+        .zip(values.par_chunks(vocab.max(1)))
+        .map(|(s, row)| s.sampler.sample(row, &s.history))
         .collect())
 }
