@@ -247,6 +247,14 @@ impl<'m> Engine<'m> {
     fn admit(&mut self, events: &mut Vec<StepEvent>) {
         let mut batch: Vec<Sequence> = Vec::new();
         let mut tokens = 0;
+        // Blocks the running sequences take in this step's decode: a newcomer must leave them free, or the
+        // decode would preempt it right away and it would be prefilled again and again.
+        let block = self.config.block_size;
+        let decode_needs = self
+            .running
+            .iter()
+            .filter(|s| s.table.len() == s.table.blocks().len() * block)
+            .count();
         while self.running.len() + batch.len() < self.config.max_running {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
@@ -254,6 +262,11 @@ impl<'m> Engine<'m> {
             let len = seq.history.len();
             let over_budget = !batch.is_empty() && tokens + len > PREFILL_TOKENS_PER_STEP;
             if over_budget || self.cache.reserve(&mut seq.table, len).is_err() {
+                self.waiting.push_front(seq);
+                break;
+            }
+            if self.cache.free_blocks() < decode_needs {
+                self.cache.release(&mut seq.table);
                 self.waiting.push_front(seq);
                 break;
             }
