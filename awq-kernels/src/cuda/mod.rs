@@ -12,6 +12,35 @@ use cudarc::nvrtc::Ptx;
 use crate::{Error, Result};
 
 pub mod attention;
+/// Runs `$body` with `$T` bound to the Rust element type of a float dtype and `$sfx` to its kernel suffix
+/// (the launchers of `ops.rs` and `rowwise.rs`).
+macro_rules! float_dispatch {
+    ($dtype:expr, $op:literal, |$T:ident, $sfx:ident| $body:block) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                type $T = f32;
+                let $sfx = "f32";
+                $body
+            }
+            $crate::DType::F16 => {
+                type $T = half::f16;
+                let $sfx = "f16";
+                $body
+            }
+            $crate::DType::BF16 => {
+                type $T = half::bf16;
+                let $sfx = "bf16";
+                $body
+            }
+            other => Err($crate::Error::DType {
+                op: $op,
+                expected: $crate::DType::F16,
+                got: other,
+            }),
+        }
+    };
+}
+
 pub mod buffer;
 pub mod ops;
 pub mod rowwise;

@@ -14,34 +14,6 @@ use crate::{DType, Error, Result, Tensor};
 const MODULE: &str = "ops";
 const THREADS: u32 = 256;
 
-/// Runs `$body` with `$T` bound to the Rust element type of a float dtype and `$sfx` to its kernel suffix.
-macro_rules! float_dispatch {
-    ($dtype:expr, $op:literal, |$T:ident, $sfx:ident| $body:block) => {
-        match $dtype {
-            DType::F32 => {
-                type $T = f32;
-                let $sfx = "f32";
-                $body
-            }
-            DType::F16 => {
-                type $T = f16;
-                let $sfx = "f16";
-                $body
-            }
-            DType::BF16 => {
-                type $T = bf16;
-                let $sfx = "bf16";
-                $body
-            }
-            other => Err(Error::DType {
-                op: $op,
-                expected: DType::F16,
-                got: other,
-            }),
-        }
-    };
-}
-
 fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((n as u32).div_ceil(THREADS).max(1), 1, 1),

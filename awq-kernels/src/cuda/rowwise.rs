@@ -5,41 +5,12 @@
 use std::sync::Arc;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use half::{bf16, f16};
 
 use super::buffer::GpuBuffer;
 use super::{cuda_error, Gpu};
 use crate::{DType, Error, Result, Tensor};
 
 const MODULE: &str = "rowwise";
-
-/// Runs `$body` with `$T` bound to the Rust element type of a float dtype and `$sfx` to its kernel suffix.
-macro_rules! float_dispatch {
-    ($dtype:expr, $op:literal, |$T:ident, $sfx:ident| $body:block) => {
-        match $dtype {
-            DType::F32 => {
-                type $T = f32;
-                let $sfx = "f32";
-                $body
-            }
-            DType::F16 => {
-                type $T = f16;
-                let $sfx = "f16";
-                $body
-            }
-            DType::BF16 => {
-                type $T = bf16;
-                let $sfx = "bf16";
-                $body
-            }
-            other => Err(Error::DType {
-                op: $op,
-                expected: DType::F16,
-                got: other,
-            }),
-        }
-    };
-}
 
 /// Whether rows of `width` elements of `dtype` take the 16-byte path (every row 16-byte aligned).
 fn vector_rows(dtype: DType, width: usize) -> bool {
