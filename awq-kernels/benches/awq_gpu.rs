@@ -8,7 +8,8 @@
 //! enqueues the call, so the start event fires when the GPU reaches the call, not while it waits for the host
 //! (with an idle GPU the host's launch latency, several microseconds, would be timed too). One line per cell:
 //! `RESULT {"impl":"awq","k":8192,"n":10240,"m":1,"dtype":"f16","us":12.34,...}`; at m = 64 and 256 both
-//! paths are also printed (`awq_stream`, `awq_dequant_gemm`) to check the threshold of `choose_path`.
+//! paths are also printed (`awq_stream`, `awq_dequant_gemm`) to check the threshold of `choose_path`, and at every
+//! m ≤ 64 the cp.async-pipelined streaming kernel (`awq_pipe`) beside the dispatched one.
 //! `--quick` runs m ∈ {1, 16, 1024} only.
 
 use std::sync::Arc;
@@ -139,6 +140,11 @@ fn run() -> Res<()> {
         for &m in ms {
             let us = time::<f16>(&gpu, &ws, m, AwqPath::Auto)?;
             report("awq", k, n, m, "f16", us, bytes);
+            // The cp.async-pipelined streaming kernel beside the dispatched one, on every decode shape.
+            if m <= STREAM_MAX_M {
+                let us = time::<f16>(&gpu, &ws, m, AwqPath::Pipe)?;
+                report("awq_pipe", k, n, m, "f16", us, bytes);
+            }
             if m == 64 || m == 256 {
                 let us = time::<f16>(&gpu, &ws, m, AwqPath::DequantGemm)?;
                 report("awq_dequant_gemm", k, n, m, "f16", us, bytes);

@@ -43,6 +43,10 @@
 //    arrive (an atomic counter per column block, threadfence pattern) sums the S2 partials in split order,
 //    adds the bias, rounds once and writes y, then resets its counter to 0 for the next launch. So y is
 //    written by one launch, and the result is deterministic (fixed summation order).
+//  - awq_pipe_<T>_mt<MT>_sw<SW>_st<ST>: the same kernel (same plan, same warp <-> group assignment, same
+//    order of mma, same finish: bit-identical y) with the weights, scales and zeros of whole groups moved by
+//    a per-warp cp.async ring of ST stages in shared memory, so a warp has ST - 1 groups (4 KB each at
+//    G = 128) in flight while it multiplies the oldest, without holding registers for them.
 //  - awq_dequant_<T>: repacked weights -> dense W [N, K] (T, row-major), the input of a cuBLAS GEMM for
 //    large M (x · Wᵀ, the TN GEMM torch's F.linear runs). Each thread dequantizes one lane-chunk (32
 //    values) and writes eight 8-byte pieces; a warp writes whole 32-byte sectors.
@@ -146,36 +150,10 @@ static __device__ __forceinline__ u32 dq(u32 q, int sh, u32 nz, u32 s) {
     return D::fma2(D::fma2(p, D::ONE2, nz), s, NEG_ZERO2);
 }
 
-template <class D, int MT, int SW, int CB>
-static __device__ __forceinline__ void stream_kernel(
-    const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
-    const u32* __restrict__ zr, const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
-    float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K, int NS, int G, int gpw,
-    int S2) {
-    typedef typename D::T T;
-    constexpr int KW = 8 / SW;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int s = warp % SW;
-    const int kl = warp / SW;
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int strip = blockIdx.x * SW + s;
-    const bool strip_ok = strip < NS;
-    const int NG = K / G;
-    const int KC = K / 16;
-    const int cpg = G / 16;
-
-    float acc[MT][8][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[mt][j][r] = 0.0f;
-
-    // Row pointers of the A fragments: rows >= M read a zero row (K zeros), so no load is predicated.
-    const T* xr[MT][2];
+// Row pointers of the A fragments of lane (g, t): rows >= M read a zero row (K zeros), so no load is predicated.
+template <class D, int MT>
+static __device__ __forceinline__ void a_rows(const typename D::T* (&xr)[MT][2], const typename D::T* x,
+                                              const typename D::T* zero_row, int M, int K, int g, int t) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -183,64 +161,68 @@ static __device__ __forceinline__ void stream_kernel(
             const int row = mt * 16 + g + 8 * h;
             xr[mt][h] = (row < M ? x + (size_t)row * K : zero_row) + 4 * t;
         }
+}
 
-    if (strip_ok) {
-        const int gbeg = blockIdx.y * gpw * KW;
-        for (int i = 0; i < gpw; ++i) {
-            const int grp = gbeg + kl + KW * i;
-            if (grp >= NG) break;
-            const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
-            const uint4 sv = __ldg(sc + sidx);
-            const u32 zw = __ldg(zr + sidx);
-            u32 s2v[8], nz2v[8];
+// One chunk (16 values of k at koff) of one strip: the lane's A fragments from x (through L1), its 16-byte
+// weight piece q dequantized in registers with the group's scales s2v and -(MAGIC + zero) nz2v, 8·MT mma.
+template <class D, int MT>
+static __device__ __forceinline__ void chunk_mma(float (&acc)[MT][8][4], const typename D::T* const (&xr)[MT][2],
+                                                 int koff, const uint4& q, const u32 (&s2v)[8],
+                                                 const u32 (&nz2v)[8]) {
+    u32 a[MT][4];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                s2v[j] = splat_scale(sv, j);
-                nz2v[j] = neg_zero<D>(zw, j);
-            }
-            // cpg is a multiple of CB (the host picks CB), so every batch is full.
-            for (int cb = 0; cb < cpg; cb += CB) {
-                const int kc = grp * cpg + cb;
-                const uint4* wp = qw + ((size_t)strip * KC + kc) * 32 + lane;
-                uint4 q[CB];
+    for (int mt = 0; mt < MT; ++mt) {
+        const uint2 v0 = __ldg(reinterpret_cast<const uint2*>(xr[mt][0] + koff));
+        const uint2 v1 = __ldg(reinterpret_cast<const uint2*>(xr[mt][1] + koff));
+        a[mt][0] = v0.x;
+        a[mt][1] = v1.x;
+        a[mt][2] = v0.y;
+        a[mt][3] = v1.y;
+    }
+    const u32 qq[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-                for (int c = 0; c < CB; ++c) q[c] = ld_stream(wp + c * 32);
-                const int koff = kc * 16;
+    for (int w = 0; w < 4; ++w) {
+        const int j0 = 2 * w, j1 = 2 * w + 1;
+        const u32 b00 = dq<D>(qq[w], 0, nz2v[j0], s2v[j0]);
+        const u32 b01 = dq<D>(qq[w], 4, nz2v[j0], s2v[j0]);
+        const u32 b10 = dq<D>(qq[w], 8, nz2v[j1], s2v[j1]);
+        const u32 b11 = dq<D>(qq[w], 12, nz2v[j1], s2v[j1]);
 #pragma unroll
-                for (int c = 0; c < CB; ++c) {
-                    u32 a[MT][4];
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        const uint2 v0 = __ldg(reinterpret_cast<const uint2*>(xr[mt][0] + koff + c * 16));
-                        const uint2 v1 = __ldg(reinterpret_cast<const uint2*>(xr[mt][1] + koff + c * 16));
-                        a[mt][0] = v0.x;
-                        a[mt][1] = v1.x;
-                        a[mt][2] = v0.y;
-                        a[mt][3] = v1.y;
-                    }
-                    const u32 qq[4] = {q[c].x, q[c].y, q[c].z, q[c].w};
-#pragma unroll
-                    for (int w = 0; w < 4; ++w) {
-                        const int j0 = 2 * w, j1 = 2 * w + 1;
-                        const u32 b00 = dq<D>(qq[w], 0, nz2v[j0], s2v[j0]);
-                        const u32 b01 = dq<D>(qq[w], 4, nz2v[j0], s2v[j0]);
-                        const u32 b10 = dq<D>(qq[w], 8, nz2v[j1], s2v[j1]);
-                        const u32 b11 = dq<D>(qq[w], 12, nz2v[j1], s2v[j1]);
-#pragma unroll
-                        for (int mt = 0; mt < MT; ++mt) {
-                            D::mma(acc[mt][j0], a[mt], b00, b01);
-                            D::mma(acc[mt][j1], a[mt], b10, b11);
-                        }
-                    }
-                }
-            }
+        for (int mt = 0; mt < MT; ++mt) {
+            D::mma(acc[mt][j0], a[mt], b00, b01);
+            D::mma(acc[mt][j1], a[mt], b10, b11);
         }
     }
+}
 
+// The group's scale and -(MAGIC + zero) pairs of the lane's 8 columns, from its scale vector and zero word.
+template <class D>
+static __device__ __forceinline__ void group_constants(const uint4& sv, u32 zw, u32 (&s2v)[8], u32 (&nz2v)[8]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        s2v[j] = splat_scale(sv, j);
+        nz2v[j] = neg_zero<D>(zw, j);
+    }
+}
+
+// After the main loop of a streaming kernel: the KW k-lanes of each strip are summed, then y is written
+// (S2 == 1) or the block's partial tile is stored and the last block of the column block sums the S2
+// partials in split order. `red` holds 4 warps' fragments (4 · 1024 floats); `s_last` one shared word.
+template <class D, int MT, int SW>
+static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*red)[8 * 4 * 32], u32* s_last,
+                                              const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
+                                              float* __restrict__ partials, u32* __restrict__ counters, int M,
+                                              int N, int S2, int strip, bool strip_ok) {
+    constexpr int KW = 8 / SW;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int s = warp % SW;
+    const int kl = warp / SW;
+    const int g = lane >> 2;
+    const int t = lane & 3;
     // Sum the KW k-lanes of each strip into k-lane 0: a fixed tree through shared memory, one m-tile at a
     // time. Buffer b holds one warp's fragments, element (j·4 + r)·32 + lane (conflict-free).
     if (KW > 1) {
-        __shared__ float red[4][8 * 4 * 32];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -309,12 +291,11 @@ static __device__ __forceinline__ void stream_kernel(
                             make_float2(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
                 }
     }
-    __shared__ u32 s_last;
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) s_last = (atomicAdd(counters + blockIdx.x, 1u) == (u32)(S2 - 1)) ? 1u : 0u;
+    if (threadIdx.x == 0) *s_last = (atomicAdd(counters + blockIdx.x, 1u) == (u32)(S2 - 1)) ? 1u : 0u;
     __syncthreads();
-    if (s_last == 0u) return;
+    if (*s_last == 0u) return;
     __threadfence();
 
     // The last block of this column block: y = Σ_split partial (in split order) + bias.
@@ -357,6 +338,61 @@ static __device__ __forceinline__ void stream_kernel(
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 
+template <class D, int MT, int SW, int CB>
+static __device__ __forceinline__ void stream_kernel(
+    const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
+    const u32* __restrict__ zr, const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
+    float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K, int NS, int G, int gpw,
+    int S2) {
+    typedef typename D::T T;
+    constexpr int KW = 8 / SW;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int s = warp % SW;
+    const int kl = warp / SW;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int strip = blockIdx.x * SW + s;
+    const bool strip_ok = strip < NS;
+    const int NG = K / G;
+    const int KC = K / 16;
+    const int cpg = G / 16;
+
+    float acc[MT][8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][j][r] = 0.0f;
+    const T* xr[MT][2];
+    a_rows<D, MT>(xr, x, zero_row, M, K, g, t);
+
+    if (strip_ok) {
+        const int gbeg = blockIdx.y * gpw * KW;
+        for (int i = 0; i < gpw; ++i) {
+            const int grp = gbeg + kl + KW * i;
+            if (grp >= NG) break;
+            const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
+            u32 s2v[8], nz2v[8];
+            group_constants<D>(__ldg(sc + sidx), __ldg(zr + sidx), s2v, nz2v);
+            // cpg is a multiple of CB (the host picks CB), so every batch is full.
+            for (int cb = 0; cb < cpg; cb += CB) {
+                const int kc = grp * cpg + cb;
+                const uint4* wp = qw + ((size_t)strip * KC + kc) * 32 + lane;
+                uint4 q[CB];
+#pragma unroll
+                for (int c = 0; c < CB; ++c) q[c] = ld_stream(wp + c * 32);
+#pragma unroll
+                for (int c = 0; c < CB; ++c) chunk_mma<D, MT>(acc, xr, (kc + c) * 16, q[c], s2v, nz2v);
+            }
+        }
+    }
+    __shared__ float red[4][8 * 4 * 32];
+    __shared__ u32 s_last;
+    finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, strip, strip_ok);
+}
+
 #define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                                                                  \
     extern "C" __global__ void __launch_bounds__(256, MINB) awq_stream_##NAME##_mt##MT##_sw##SW##_cb##CB(     \
         const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
@@ -387,6 +423,132 @@ static __device__ __forceinline__ void stream_kernel(
 
 AWQ_STREAM_ALL(F16, f16)
 AWQ_STREAM_ALL(BF16, bf16)
+
+// cp.async helpers (sm_80+): a 16-byte global -> shared copy that bypasses L1 (the weights are read once),
+// and the group bookkeeping.
+static __device__ __forceinline__ u32 smem_u32(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+static __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// uint4 slots of one pipeline stage of one warp: a whole group of one strip, i.e. cpg chunks of 32 lanes'
+// 16-byte weight pieces, then the group's scales (8 × 16 bytes: slot cpg·32 + g is lane g·4+t's scale
+// vector) and zeros (8 words in 2 slots).
+static __device__ __forceinline__ int pipe_stage_slots(int cpg) { return cpg * 32 + 10; }
+
+// The streaming kernel with the weights moved by a per-warp cp.async ring of ST stages in shared memory
+// instead of registers: a warp has up to ST - 1 whole groups in flight while it multiplies the oldest, and
+// the loads hold no registers (the register double-buffer of the streaming kernel was limited by the
+// 128-register cap; PERF-NOTES.md). Same warp <-> group assignment, same chunk order, same finish: the
+// result is bit-identical to awq_stream_* with the same plan. Each lane copies, and later reads, its own
+// weight pieces; lanes 0..9 copy the group's scales and zeros, which all lanes read after a __syncwarp.
+// Dynamic shared memory: 8 warps × ST stages × pipe_stage_slots(cpg) × 16 bytes (≥ the 16 KB the finish
+// reuses for its k-lane sum, once every warp is past its loop).
+template <class D, int MT, int SW, int ST>
+static __device__ __forceinline__ void pipe_kernel(
+    const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw,
+    const uint4* __restrict__ sc, const u32* __restrict__ zr, const typename D::T* __restrict__ bias,
+    typename D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,
+    int NS, int G, int gpw, int S2) {
+    typedef typename D::T T;
+    constexpr int KW = 8 / SW;
+    extern __shared__ uint4 ring_all[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int s = warp % SW;
+    const int kl = warp / SW;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int strip = blockIdx.x * SW + s;
+    const bool strip_ok = strip < NS;
+    const int NG = K / G;
+    const int KC = K / 16;
+    const int cpg = G / 16;
+    const int slots = pipe_stage_slots(cpg);
+    uint4* ring = ring_all + (size_t)warp * ST * slots;
+
+    float acc[MT][8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][j][r] = 0.0f;
+    const T* xr[MT][2];
+    a_rows<D, MT>(xr, x, zero_row, M, K, g, t);
+
+    if (strip_ok) {
+        const int gbeg = blockIdx.y * gpw * KW;
+        // The warp's groups: gbeg + kl + KW·i for i < n.
+        const int first = gbeg + kl;
+        const int n = first < NG ? min(gpw, (NG - 1 - first) / KW + 1) : 0;
+        auto issue = [&](int i) {
+            uint4* st = ring + (i % ST) * slots;
+            const int grp = first + KW * i;
+            const uint4* wp = qw + ((size_t)strip * KC + (size_t)grp * cpg) * 32 + lane;
+            for (int c = 0; c < cpg; ++c) cp_async16(st + c * 32 + lane, wp + c * 32);
+            const size_t gidx = (size_t)strip * NG + grp;
+            if (lane < 8)
+                cp_async16(st + cpg * 32 + lane, sc + gidx * 8 + lane);
+            else if (lane < 10)
+                cp_async16(st + cpg * 32 + lane, reinterpret_cast<const uint4*>(zr + gidx * 8) + (lane - 8));
+        };
+        // Start the ring: groups 0 .. ST-2, one cp.async group each (empty groups past the end keep the
+        // count that wait_group relies on).
+#pragma unroll
+        for (int p = 0; p < ST - 1; ++p) {
+            if (p < n) issue(p);
+            cp_async_commit();
+        }
+        for (int i = 0; i < n; ++i) {
+            cp_async_wait<ST - 2>();  // group i landed (this lane's copies) ...
+            __syncwarp();             // ... and every lane's, and every lane is done with stage (i - 1) % ST
+            if (i + ST - 1 < n) issue(i + ST - 1);
+            cp_async_commit();
+            const uint4* st = ring + (i % ST) * slots;
+            u32 s2v[8], nz2v[8];
+            group_constants<D>(st[cpg * 32 + g], reinterpret_cast<const u32*>(st + cpg * 32 + 8)[g], s2v, nz2v);
+            const int kc0 = (first + KW * i) * cpg;
+            for (int c = 0; c < cpg; ++c) chunk_mma<D, MT>(acc, xr, (kc0 + c) * 16, st[c * 32 + lane], s2v, nz2v);
+        }
+        cp_async_wait<0>();
+    }
+    // The ring is reused for the k-lane sum: every warp must be past its loop first.
+    __syncthreads();
+    __shared__ u32 s_last;
+    finish<D, MT, SW>(acc, reinterpret_cast<float(*)[8 * 4 * 32]>(ring_all), &s_last, bias, y, partials, counters,
+                      M, N, S2, strip, strip_ok);
+}
+
+#define AWQ_PIPE(D, NAME, MT, SW, ST, MINB)                                                                    \
+    extern "C" __global__ void __launch_bounds__(256, MINB) awq_pipe_##NAME##_mt##MT##_sw##SW##_st##ST(       \
+        const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
+        const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
+        D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
+        int NS, int G, int gpw, int S2) {                                                                      \
+        pipe_kernel<D, MT, SW, ST>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K, NS, G, gpw,   \
+                                   S2);                                                                        \
+    }
+
+// MT = 1: 3 stages of a 128-group (8 warps × 3 × 4.2 KB = 102 KB), two blocks per SM on Hopper (228 KB).
+// MT = 2, 4 run one block per SM (registers), so 4 stages.
+#define AWQ_PIPE_ALL(D, NAME)        \
+    AWQ_PIPE(D, NAME, 1, 1, 3, 2)    \
+    AWQ_PIPE(D, NAME, 1, 2, 3, 2)    \
+    AWQ_PIPE(D, NAME, 2, 1, 4, 1)    \
+    AWQ_PIPE(D, NAME, 2, 2, 4, 1)    \
+    AWQ_PIPE(D, NAME, 4, 1, 4, 1)    \
+    AWQ_PIPE(D, NAME, 4, 2, 4, 1)
+
+AWQ_PIPE_ALL(F16, f16)
+AWQ_PIPE_ALL(BF16, bf16)
 
 // Dense W [N, K] from the repacked weights: thread i handles lane-chunk i (lane = i % 32, chunk = i / 32,
 // strip = chunk / (K/16), kc = chunk % (K/16)).

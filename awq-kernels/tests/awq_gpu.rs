@@ -4,10 +4,11 @@
 //!   the CPU dequantization (scales rounded to the activation type).
 //! - The dequantization kernel: bit-identical to round_T(CPU dequantization); this pins the layout as the
 //!   kernels read it (nibble order, strips, scales, zeros).
-//! - `awq_linear`, both paths (the streaming tensor-core kernel and dequantize + cuBLAS) and the dispatched
-//!   one, on random shapes (proptest) and on fixed shapes that reach every kernel variant: m-tiles 1/2/4,
+//! - `awq_linear`, every path (the streaming tensor-core kernel, its cp.async-pipelined twin, dequantize +
+//!   cuBLAS) and the dispatched one, on random shapes (proptest) and on fixed shapes that reach every kernel variant: m-tiles 1/2/4,
 //!   one or two strips per block, split-K with 1 to 8 splits, partial last strips, groups 32..256, large m.
-//!   Outputs are poisoned with NaN first; every element must be written and finite.
+//!   Outputs are poisoned with NaN first; every element must be written and finite. The pipelined kernel
+//!   must also give the streaming kernel's bits exactly (same plan, same order of operations).
 //!
 //! Tolerance (the FA3 rule: at most about twice the error of the same computation done naively in the low
 //! precision). The oracle `ref` is the CPU reference in f32 on the same T-rounded inputs (its own error is
@@ -392,7 +393,10 @@ fn random_shapes_match_the_cpu_reference_on_both_paths() {
                 bias,
                 seed,
             };
-            for path in [AwqPath::Auto, AwqPath::DequantGemm] {
+            for path in [AwqPath::Auto, AwqPath::DequantGemm, AwqPath::Pipe] {
+                if path == AwqPath::Pipe && m > 64 {
+                    continue;
+                }
                 let r = if use_bf16 {
                     check::<bf16>(&gpu, case, path)
                 } else {
@@ -426,6 +430,7 @@ fn split_k_and_every_m_tile_match() {
             seed: (m * 31 + k) as u64,
         };
         check_both_dtypes(&gpu, case, AwqPath::Stream);
+        check_both_dtypes(&gpu, case, AwqPath::Pipe);
     }
 }
 
@@ -449,6 +454,116 @@ fn wide_layers_use_two_strips_per_block_and_match() {
             seed: (m + n) as u64,
         };
         check_both_dtypes(&gpu, case, AwqPath::Stream);
+        check_both_dtypes(&gpu, case, AwqPath::Pipe);
+    }
+}
+
+/// y of one forced path on the GPU for the case's random inputs, as raw bits (the kernels' own output, no
+/// tolerance involved).
+fn gpu_bits<T: AwqFloat>(gpu: &Arc<Gpu>, case: Case, path: AwqPath) -> Vec<u16>
+where
+    CudaBlas: Gemm<T>,
+{
+    let Case {
+        m,
+        k,
+        n,
+        group,
+        bias,
+        seed,
+    } = case;
+    let layer = Layer::<T>::random(k, n, group, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let x: Vec<T> = (0..m * k)
+        .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
+        .collect();
+    let b: Option<Vec<T>> = bias.then(|| {
+        (0..n)
+            .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
+            .collect()
+    });
+    let w = AwqGpuWeights::upload(
+        gpu,
+        &layer.qweight,
+        &layer.qzeros,
+        &layer.scales,
+        k,
+        n,
+        group,
+        T::DTYPE,
+    )
+    .unwrap();
+    let stream = gpu.stream();
+    let xd = stream.clone_htod(&x).unwrap();
+    let bd = b.as_ref().map(|b| stream.clone_htod(b).unwrap());
+    let mut yd = stream
+        .clone_htod(&vec![T::from_f32(f32::NAN); m * n])
+        .unwrap();
+    let bv = bd.as_ref().map(|b| b.as_view());
+    awq_linear_with(
+        gpu,
+        &xd.as_view(),
+        m,
+        &w,
+        bv.as_ref(),
+        &mut yd.as_view_mut(),
+        path,
+    )
+    .unwrap();
+    gpu.synchronize().unwrap();
+    let y: Vec<T> = stream.clone_dtoh(&yd).unwrap();
+    y.iter()
+        .map(|v| u16::from_le_bytes(bytemuck::bytes_of(v).try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn the_pipelined_kernel_is_bit_identical_to_the_streaming_one() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    // Same plan, same warp <-> group assignment, same order of mma: the same bits, on every m-tile count,
+    // one and two strips per block, split-K, every group size (256 at m > 16 falls back to the register
+    // kernel where its four stages exceed shared memory), a layer whose k-lanes get unequal group counts.
+    for (m, k, n, group, bias) in [
+        (1, 8192, 512, 128, false),
+        (4, 3584, 4160, 128, true),
+        (16, 1024, 72, 32, true),
+        (17, 2048, 200, 64, false),
+        (33, 1280, 4104, 128, true),
+        (64, 512, 136, 16, false),
+        (2, 4096, 64, 256, true),
+        (40, 2048, 64, 256, false),
+        (1, 1664, 8, 128, true),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias,
+            seed: (7 * m + n + k) as u64,
+        };
+        for dtype in [DType::F16, DType::BF16] {
+            let (stream, pipe) = match dtype {
+                DType::F16 => (
+                    gpu_bits::<f16>(&gpu, case, AwqPath::Stream),
+                    gpu_bits::<f16>(&gpu, case, AwqPath::Pipe),
+                ),
+                _ => (
+                    gpu_bits::<bf16>(&gpu, case, AwqPath::Stream),
+                    gpu_bits::<bf16>(&gpu, case, AwqPath::Pipe),
+                ),
+            };
+            assert_eq!(stream.len(), m * n);
+            if let Some(i) = (0..stream.len()).find(|&i| stream[i] != pipe[i]) {
+                panic!(
+                    "{case:?} {dtype:?}: y[{}][{}] bits {:#06x} (pipe) vs {:#06x} (stream)",
+                    i / n,
+                    i % n,
+                    pipe[i],
+                    stream[i]
+                );
+            }
+        }
     }
 }
 

@@ -52,7 +52,7 @@ def main():
         p = peer.get((k, n, m))
         ptf = 2 * m * n * k / p / 1e6 if p else float("nan")
         speed = p / us if p else float("nan")
-        path = {"awq": "auto", "awq_stream": "stream", "awq_dequant_gemm": "dequant+cuBLAS"}.get(r["impl"], r["impl"])
+        path = {"awq": "auto", "awq_stream": "stream", "awq_pipe": "pipe (cp.async)", "awq_dequant_gemm": "dequant+cuBLAS"}.get(r["impl"], r["impl"])
         print(f"| {k} x {n} | {m} | {r['dtype']} | {path} | {us:.1f} | {tbs:.2f} | {100 * tbs / copy_tbs:.0f}% | {tflops:.0f} | "
               f"{p if p else float('nan'):.1f} | {ptf:.0f} | {speed:.2f}x |")
 

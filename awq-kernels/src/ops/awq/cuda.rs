@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
     DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -361,8 +361,14 @@ impl AwqGpuWeights {
 pub enum AwqPath {
     /// [`choose_path`] decides.
     Auto,
-    /// The weight-streaming tensor-core kernel (m ≤ [`STREAM_MAX_M`]).
+    /// The weight-streaming tensor-core kernel (m ≤ [`STREAM_MAX_M`]), weights loaded into registers.
     Stream,
+    /// The same kernel with the weights moved through a per-warp cp.async ring in shared memory (whole
+    /// groups in flight, no registers held by the loads); bit-identical to [`AwqPath::Stream`]. Not chosen by
+    /// [`choose_path`] until a GPU run shows it faster (`PERF-NOTES.md`); `AWQ_DECODE_KERNEL=pipe` selects it
+    /// for a whole process (end-to-end comparisons). Where a group's stages exceed the GPU's shared memory
+    /// the register kernel runs instead.
+    Pipe,
     /// Dequantize W into a dense workspace, then a cuBLAS GEMM (any m).
     DequantGemm,
 }
@@ -374,10 +380,36 @@ pub enum AwqPath {
 /// dequantization is ≤ 20% of the GEMM. The bench prints both paths at m = 64 and 256 to check this threshold.
 pub fn choose_path(m: usize, _k: usize, _n: usize) -> AwqPath {
     if m <= STREAM_MAX_M {
-        AwqPath::Stream
+        decode_kernel()
     } else {
         AwqPath::DequantGemm
     }
+}
+
+/// The streaming kernel [`choose_path`] uses: [`AwqPath::Stream`], or [`AwqPath::Pipe`] when the environment
+/// variable `AWQ_DECODE_KERNEL` is `pipe` (read once per process).
+pub fn decode_kernel() -> AwqPath {
+    static CHOICE: std::sync::OnceLock<AwqPath> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("AWQ_DECODE_KERNEL").as_deref() {
+        Ok("pipe") => AwqPath::Pipe,
+        _ => AwqPath::Stream,
+    })
+}
+
+/// Pipeline stages of `awq_pipe_*` for `mt` m-tiles (the kernel names carry it).
+fn pipe_stages(mt: usize) -> usize {
+    if mt == 1 {
+        3
+    } else {
+        4
+    }
+}
+
+/// Dynamic shared memory of `awq_pipe_*`: 8 warps × stages × (group/16 chunks of 32 × 16 bytes + 160 bytes of
+/// scales and zeros). At least the 16 KB its final k-lane sum reuses.
+pub fn pipe_shared_bytes(mt: usize, group: usize) -> usize {
+    let slots = (group / CHUNK_K) * 32 + 10;
+    (8 * pipe_stages(mt) * slots * 16).max(4 * 8 * 4 * 32 * 4)
 }
 
 /// Launch geometry of the streaming kernel.
@@ -436,6 +468,8 @@ pub fn stream_plan(m: usize, strips: usize, groups: usize, group: usize, sms: us
 struct Workspace {
     stream: Arc<CudaStream>,
     sms: usize,
+    /// The most dynamic shared memory a block may opt into on this GPU.
+    max_shared: usize,
     /// Split-K partial tiles (f32); contents are always written before they are read.
     partials: Option<CudaSlice<f32>>,
     /// One arrival counter per column block; zero between launches (the last block resets its own).
@@ -474,9 +508,16 @@ fn with_workspace<R>(gpu: &Gpu, f: impl FnOnce(&mut Workspace) -> Result<R>) -> 
                 .context()
                 .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_err(|e| cuda_error("reading the multiprocessor count", e))?;
+            let max_shared = gpu
+                .context()
+                .attribute(
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                )
+                .map_err(|e| cuda_error("reading the shared memory limit", e))?;
             all.push(Workspace {
                 stream: Arc::clone(gpu.stream()),
                 sms: sms.max(1) as usize,
+                max_shared: max_shared.max(0) as usize,
                 partials: None,
                 counters: None,
                 dense: None,
@@ -583,37 +624,81 @@ where
         AwqPath::Auto => choose_path(m, k, n),
         p => p,
     };
-    if path == AwqPath::Stream && m > STREAM_MAX_M {
+    if matches!(path, AwqPath::Stream | AwqPath::Pipe) && m > STREAM_MAX_M {
         return Err(Error::shape(
             OP,
             format!("the streaming kernel takes at most {STREAM_MAX_M} rows, got {m}"),
         ));
     }
     with_workspace(gpu, |ws| match path {
-        AwqPath::Stream => launch_stream(gpu, ws, x, m, w, bias, y),
+        AwqPath::Stream => launch_stream(gpu, ws, (x, m, w, bias), y, false),
+        AwqPath::Pipe => launch_stream(gpu, ws, (x, m, w, bias), y, true),
         _ => launch_dequant_gemm(gpu, ws, x, m, w, bias, y),
     })
 }
 
+/// The inputs of one linear: x with its m rows, the weights, the bias.
+type Operands<'a, T> = (
+    &'a CudaView<'a, T>,
+    usize,
+    &'a AwqGpuWeights,
+    Option<&'a CudaView<'a, T>>,
+);
+
 fn launch_stream<T: AwqFloat>(
     gpu: &Gpu,
     ws: &mut Workspace,
-    x: &CudaView<T>,
-    m: usize,
-    w: &AwqGpuWeights,
-    bias: Option<&CudaView<T>>,
+    (x, m, w, bias): Operands<'_, T>,
     y: &mut CudaViewMut<T>,
+    pipelined: bool,
 ) -> Result<()> {
     let stream = Arc::clone(gpu.stream());
     let plan = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms);
-    let name = format!(
-        "awq_stream_{}_mt{}_sw{}_cb{}",
-        T::NAME,
-        plan.mt,
-        plan.sw,
-        plan.cb
-    );
+    // The stages of a large group may not fit (group 256 at mt ≥ 2: 267 KB); the register kernel computes the
+    // same bits.
+    let pipelined = pipelined && pipe_shared_bytes(plan.mt, w.group) <= ws.max_shared;
+    let (name, shared_mem_bytes) = if pipelined {
+        let name = format!(
+            "awq_pipe_{}_mt{}_sw{}_st{}",
+            T::NAME,
+            plan.mt,
+            plan.sw,
+            pipe_stages(plan.mt)
+        );
+        (name, pipe_shared_bytes(plan.mt, w.group))
+    } else {
+        let name = format!(
+            "awq_stream_{}_mt{}_sw{}_cb{}",
+            T::NAME,
+            plan.mt,
+            plan.sw,
+            plan.cb
+        );
+        (name, 0)
+    };
     let func = ws.function(gpu, &name)?;
+    if shared_mem_bytes > 0 {
+        // Beyond the default 48 KB a kernel must opt in.
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared_mem_bytes as i32,
+        )
+        .map_err(|e| {
+            cuda_error(
+                &format!(
+                    "{name}: {shared_mem_bytes} bytes of shared memory (group {})",
+                    w.group
+                ),
+                e,
+            )
+        })?;
+        // Two blocks of ~102 KB share an SM only if the driver gives shared memory the largest carveout.
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+            100,
+        )
+        .map_err(|e| cuda_error(&format!("{name}: shared memory carveout"), e))?;
+    }
     // Rows m..16·mt of the A fragments read this row of zeros (k 16-bit values).
     ensure(&stream, &mut ws.zero_row, w.k, "zero row")?;
     if plan.splits > 1 {
@@ -670,7 +755,7 @@ fn launch_stream<T: AwqFloat>(
     let cfg = LaunchConfig {
         grid_dim: (plan.cols as u32, plan.splits as u32, 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: shared_mem_bytes as u32,
     };
     let mut b = stream.launch_builder(&func);
     b.arg(&xp)
@@ -685,7 +770,8 @@ fn launch_stream<T: AwqFloat>(
     for v in &ints {
         b.arg(v);
     }
-    // SAFETY: the argument list matches `awq_stream_*` in kernels/awq_gemm.cu (9 pointers, 7 ints); x holds
+    // SAFETY: the argument list matches `awq_stream_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
+    // 7 ints; the pipe kernels get the dynamic shared memory `pipe_shared_bytes` sized for this group); x holds
     // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
     // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes
     // `from_repacked` checked for (k, n, group), pointers are 8-byte aligned (checked above; the weight
@@ -886,6 +972,18 @@ mod tests {
                 "group {group}, m {m}"
             );
         }
+    }
+
+    #[test]
+    fn two_pipelined_blocks_fit_an_sm_at_group_128() {
+        // Hopper: 228 KB of shared memory per SM, 1 KB of it reserved per block, 16 bytes static (s_last).
+        let per_block = pipe_shared_bytes(1, 128) + 1024 + 16;
+        assert_eq!(pipe_shared_bytes(1, 128), 8 * 3 * (8 * 32 + 10) * 16);
+        assert!(2 * per_block <= 228 * 1024, "{per_block}");
+        // The smallest group still leaves room for the k-lane sum that reuses the ring.
+        assert_eq!(pipe_shared_bytes(1, 16), 16384);
+        // Group 256 at mt >= 2 needs more than an H100 block may have: the register kernel runs instead.
+        assert!(pipe_shared_bytes(2, 256) > 227 * 1024);
     }
 
     #[test]
