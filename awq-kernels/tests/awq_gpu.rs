@@ -117,29 +117,87 @@ struct Case {
     seed: u64,
 }
 
+/// The random inputs of a case: the layer, x [m, k] and the bias, in T.
+struct Inputs<T> {
+    layer: Layer<T>,
+    x: Vec<T>,
+    bias: Option<Vec<T>>,
+}
+
+impl<T: AwqFloat> Inputs<T> {
+    fn random(case: Case) -> Self {
+        let Case {
+            m,
+            k,
+            n,
+            group,
+            seed,
+            ..
+        } = case;
+        let layer = Layer::<T>::random(k, n, group, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let x: Vec<T> = (0..m * k)
+            .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
+            .collect();
+        let bias = case.bias.then(|| {
+            (0..n)
+                .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
+                .collect()
+        });
+        Inputs { layer, x, bias }
+    }
+
+    /// y through `path` on the GPU, into an output poisoned with NaN first.
+    fn run_gpu(&self, gpu: &Arc<Gpu>, case: Case, path: AwqPath) -> Result<Vec<T>, String>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        let Case { m, k, n, group, .. } = case;
+        let layer = &self.layer;
+        let w = AwqGpuWeights::upload(
+            gpu,
+            &layer.qweight,
+            &layer.qzeros,
+            &layer.scales,
+            k,
+            n,
+            group,
+            T::DTYPE,
+        )
+        .map_err(|e| e.to_string())?;
+        let stream = gpu.stream();
+        let xd = stream.clone_htod(&self.x).map_err(|e| format!("{e:?}"))?;
+        let bd = match &self.bias {
+            Some(b) => Some(stream.clone_htod(b).map_err(|e| format!("{e:?}"))?),
+            None => None,
+        };
+        let mut yd = stream
+            .clone_htod(&vec![T::from_f32(f32::NAN); m * n])
+            .map_err(|e| format!("{e:?}"))?;
+        let bv = bd.as_ref().map(|b| b.as_view());
+        awq_linear_with(
+            gpu,
+            &xd.as_view(),
+            m,
+            &w,
+            bv.as_ref(),
+            &mut yd.as_view_mut(),
+            path,
+        )
+        .map_err(|e| e.to_string())?;
+        gpu.synchronize().map_err(|e| e.to_string())?;
+        stream.clone_dtoh(&yd).map_err(|e| format!("{e:?}"))
+    }
+}
+
 /// Runs `case` on the GPU through `path` and checks it against the CPU reference.
 fn check<T: AwqFloat>(gpu: &Arc<Gpu>, case: Case, path: AwqPath) -> Result<(), String>
 where
     CudaBlas: Gemm<T>,
 {
-    let Case {
-        m,
-        k,
-        n,
-        group,
-        bias,
-        seed,
-    } = case;
-    let layer = Layer::<T>::random(k, n, group, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-    let x: Vec<T> = (0..m * k)
-        .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
-        .collect();
-    let b: Option<Vec<T>> = bias.then(|| {
-        (0..n)
-            .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
-            .collect()
-    });
+    let Case { m, k, n, .. } = case;
+    let inputs = Inputs::<T>::random(case);
+    let (layer, x, b) = (&inputs.layer, &inputs.x, &inputs.bias);
 
     // CPU oracle on the same (T-rounded) inputs, in f32.
     let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
@@ -148,40 +206,7 @@ where
     cpu::awq_linear(&xf, m, layer.weights(), bf.as_deref(), &mut want);
     let wd = cpu::dequantize(layer.weights()); // [n, k], exact (q - z)·s
 
-    // GPU.
-    let w = AwqGpuWeights::upload(
-        gpu,
-        &layer.qweight,
-        &layer.qzeros,
-        &layer.scales,
-        k,
-        n,
-        group,
-        T::DTYPE,
-    )
-    .map_err(|e| e.to_string())?;
-    let stream = gpu.stream();
-    let xd = stream.clone_htod(&x).map_err(|e| format!("{e:?}"))?;
-    let bd = match &b {
-        Some(b) => Some(stream.clone_htod(b).map_err(|e| format!("{e:?}"))?),
-        None => None,
-    };
-    let mut yd = stream
-        .clone_htod(&vec![T::from_f32(f32::NAN); m * n])
-        .map_err(|e| format!("{e:?}"))?;
-    let bv = bd.as_ref().map(|b| b.as_view());
-    awq_linear_with(
-        gpu,
-        &xd.as_view(),
-        m,
-        &w,
-        bv.as_ref(),
-        &mut yd.as_view_mut(),
-        path,
-    )
-    .map_err(|e| e.to_string())?;
-    gpu.synchronize().map_err(|e| e.to_string())?;
-    let got: Vec<T> = stream.clone_dtoh(&yd).map_err(|e| format!("{e:?}"))?;
+    let got = inputs.run_gpu(gpu, case, path)?;
 
     let u = unit_roundoff(T::DTYPE);
     // cuBLAS adds C (the bias rows, beta = 1) after rounding the product to T (seen on an H200): that is the
@@ -458,60 +483,12 @@ fn wide_layers_use_two_strips_per_block_and_match() {
     }
 }
 
-/// y of one forced path on the GPU for the case's random inputs, as raw bits (the kernels' own output, no
-/// tolerance involved).
+/// y of one forced path on the GPU for the case's random inputs, as raw bits.
 fn gpu_bits<T: AwqFloat>(gpu: &Arc<Gpu>, case: Case, path: AwqPath) -> Vec<u16>
 where
     CudaBlas: Gemm<T>,
 {
-    let Case {
-        m,
-        k,
-        n,
-        group,
-        bias,
-        seed,
-    } = case;
-    let layer = Layer::<T>::random(k, n, group, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-    let x: Vec<T> = (0..m * k)
-        .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
-        .collect();
-    let b: Option<Vec<T>> = bias.then(|| {
-        (0..n)
-            .map(|_| T::from_f32(rng.gen_range(-1.0f32..1.0)))
-            .collect()
-    });
-    let w = AwqGpuWeights::upload(
-        gpu,
-        &layer.qweight,
-        &layer.qzeros,
-        &layer.scales,
-        k,
-        n,
-        group,
-        T::DTYPE,
-    )
-    .unwrap();
-    let stream = gpu.stream();
-    let xd = stream.clone_htod(&x).unwrap();
-    let bd = b.as_ref().map(|b| stream.clone_htod(b).unwrap());
-    let mut yd = stream
-        .clone_htod(&vec![T::from_f32(f32::NAN); m * n])
-        .unwrap();
-    let bv = bd.as_ref().map(|b| b.as_view());
-    awq_linear_with(
-        gpu,
-        &xd.as_view(),
-        m,
-        &w,
-        bv.as_ref(),
-        &mut yd.as_view_mut(),
-        path,
-    )
-    .unwrap();
-    gpu.synchronize().unwrap();
-    let y: Vec<T> = stream.clone_dtoh(&yd).unwrap();
+    let y = Inputs::<T>::random(case).run_gpu(gpu, case, path).unwrap();
     y.iter()
         .map(|v| u16::from_le_bytes(bytemuck::bytes_of(v).try_into().unwrap()))
         .collect()
