@@ -3,7 +3,8 @@
 //!
 //! - `greedy`: temperature 0 (what the engine does on the device instead, with `argmax_rows`).
 //! - `top_k40_t0.7`: lmdeploy's server defaults (top-k selection in O(vocab), then a sort of 40).
-//! - `top_p0.9_t0.7`: top-k off, top-p 0.9 (a full sort of the vocabulary).
+//! - `top_p0.9_t0.7`: top-k off, top-p 0.9 (the best tokens ranked until they hold the mass).
+//! - `t1.0`: temperature only (OpenAI's defaults: no ranking at all).
 //!
 //! `cargo bench -p awq-kernels --bench sampling_cpu` (about 20 s).
 
@@ -39,6 +40,13 @@ fn sampling(c: &mut Criterion) {
             SamplingParams {
                 temperature: 0.7,
                 top_p: 0.9,
+                ..SamplingParams::default()
+            },
+        ),
+        (
+            "t1.0",
+            SamplingParams {
+                temperature: 1.0,
                 ..SamplingParams::default()
             },
         ),

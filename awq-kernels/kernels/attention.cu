@@ -90,15 +90,16 @@ static __device__ __forceinline__ u32 smem_addr(const void* p) {
 
 // 16 bytes global -> shared, bypassing L1 (.cg: tiles are read once per CTA; reuse across CTAs is in L2).
 // With valid = false nothing is read and the 16 bytes are zero-filled (src-size 0), so a row past the end
-// contributes 0, never stale data or NaN.
+// contributes 0, never stale data or NaN. The "memory" clobbers keep the compiler from moving plain shared
+// memory accesses across the copies and waits.
 static __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
     int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
 }
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 static __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 static __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {

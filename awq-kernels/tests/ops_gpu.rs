@@ -293,3 +293,27 @@ fn argmax_rows_on_the_gpu_equals_the_cpu_choice_with_ties_nan_and_a_full_vocabul
         }
     }
 }
+
+#[test]
+fn ops_over_zero_rows_do_nothing_as_on_the_cpu() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    // CUDA refuses a zero-sized grid; the launchers skip such launches, so an empty batch is not an error.
+    for dtype in DTYPES {
+        let empty = Tensor::from_vec(Vec::<f32>::new(), &[0, 64]).unwrap();
+        let x = on_gpu(&empty, dtype);
+        let w = on_gpu(&Tensor::from_vec(vec![1.0f32; 64], &[64]).unwrap(), dtype);
+        let y = rms_norm(&x, &w, 1e-6).unwrap();
+        assert_eq!(y.shape(), &[0, 64]);
+        let y = awq_kernels::ops::norm::layer_norm(&x, &w, &w, 1e-6).unwrap();
+        assert_eq!(y.shape(), &[0, 64]);
+        let mut x2 = x.clone();
+        let y = awq_kernels::ops::norm::add_rms_norm(&mut x2, &x, &w, 1e-6).unwrap();
+        assert_eq!(y.shape(), &[0, 64]);
+        assert_eq!(
+            awq_kernels::ops::activation::gelu(&x).unwrap().shape(),
+            &[0, 64]
+        );
+        assert_eq!(silu_mul(&x, &x).unwrap().shape(), &[0, 64]);
+        assert!(awq_kernels::sampling::argmax_rows(&x).unwrap().is_empty());
+    }
+}

@@ -19,6 +19,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use super::buffer::GpuBuffer;
+use super::launch;
 use super::{cuda_error, Gpu};
 use crate::ops::attention::{AttnSeq, SeqRows};
 use crate::{DType, Error, Result, Tensor};
@@ -344,7 +345,7 @@ pub fn flash_attention_into(
         // row (contiguous rows or whole cache blocks); the block tables hold a block for every key
         // (AttnBatch::paged); out has q's size and dtype; the grid covers max q_len, h and b, and the
         // dynamic shared memory matches the kernel's 5·64·d·2 bytes (opted in above).
-        unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })
 }
@@ -507,7 +508,7 @@ pub fn decode_attention_into(
         // most 16 rows; with splits > 1 the workspace holds b·h·splits partials of d floats (the plan
         // matches this batch), and chunk·splits covers the longest sequence; shared memory is the kernel's
         // 3·2·64·d·2 bytes (opted in above).
-        unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         if plan.splits > 1 {
             let cname = format!("decode_combine_{sfx}");
             let cf = gpu.function(MODULE, &cname)?;
@@ -530,7 +531,7 @@ pub fn decode_attention_into(
             // SAFETY: the split kernel (queued before on the same stream) wrote the first
             // ceil(kv_len / chunk) partials of every (sequence, head), which is what the combine reads; out
             // rows are the batch's query rows, checked above.
-            unsafe { l.launch(cfg) }.map_err(launch_err(&cname))?;
+            unsafe { launch(&mut l, cfg) }.map_err(launch_err(&cname))?;
         }
         Ok(())
     })

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchArgs, LaunchConfig,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::{Error, Result};
@@ -39,6 +41,24 @@ macro_rules! float_dispatch {
             }),
         }
     };
+}
+
+/// Launches `args` with `cfg`, or does nothing when the grid is empty: a kernel over zero rows or elements
+/// has nothing to compute, and CUDA refuses a zero-sized grid.
+///
+/// # Safety
+/// As `LaunchArgs::launch`: the arguments match the kernel's signature and every access it makes is in
+/// bounds of the buffers passed.
+pub(crate) unsafe fn launch(
+    args: &mut LaunchArgs<'_>,
+    cfg: LaunchConfig,
+) -> std::result::Result<(), DriverError> {
+    let (x, y, z) = cfg.grid_dim;
+    if x == 0 || y == 0 || z == 0 {
+        return Ok(());
+    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { args.launch(cfg) }.map(|_| ())
 }
 
 pub mod buffer;

@@ -8,6 +8,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use super::buffer::{GpuBuffer, GpuElement};
+use super::launch;
 use super::{cuda_error, Gpu};
 use crate::{DType, Error, Result, Tensor};
 
@@ -57,7 +58,7 @@ pub fn embedding(ids: &[u32], table: &Tensor) -> Result<Tensor> {
         let mut b = gpu.stream().launch_builder(&f);
         b.arg(tab).arg(idv).arg(o).arg(&w);
         // SAFETY: table is [vocab, width], ids are range-checked by the caller, out is [ids, width].
-        unsafe { b.launch(rows(ids.len(), THREADS)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut b, rows(ids.len(), THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, &[ids.len(), width])
@@ -80,7 +81,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, width: usize) -> Result<T
         let mut b = gpu.stream().launch_builder(&f);
         b.arg(xs).arg(ws).arg(o).arg(&w).arg(&eps);
         // SAFETY: x and out hold rows_n * width elements, weight holds width (checked by the caller).
-        unsafe { b.launch(rows(rows_n, THREADS)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut b, rows(rows_n, THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, x.shape())
@@ -99,7 +100,7 @@ pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(ab.slice_mut::<T>()?).arg(bb.slice::<T>()?).arg(&n);
         // SAFETY: a and b hold n elements (same shape, checked by the caller).
-        unsafe { l.launch(elementwise(n as usize)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, elementwise(n as usize)) }.map_err(launch_err(&name))?;
         Ok(())
     })
 }
@@ -119,7 +120,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(g).arg(u).arg(out.slice_mut::<T>()?).arg(&n);
         // SAFETY: gate, up and out hold n elements.
-        unsafe { l.launch(elementwise(n as usize)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, elementwise(n as usize)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, gate.shape())
@@ -142,7 +143,7 @@ pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
             .arg(&total)
             .arg(&n);
         // SAFETY: y holds total elements, a multiple of bias' n elements.
-        unsafe { l.launch(elementwise(total as usize)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, elementwise(total as usize)) }.map_err(launch_err(&name))?;
         Ok(())
     })
 }
@@ -173,7 +174,7 @@ pub fn rope_inplace(x: &mut Tensor, positions: &[usize], inv_freq: &[f32]) -> Re
         };
         // SAFETY: x is [t, heads, d] with d even and d/2 <= 1024 threads; positions has t entries and
         // inv_freq d/2.
-        unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })
 }
@@ -205,7 +206,7 @@ pub fn kv_write(
             .arg(slots_gpu.slice::<i32>()?)
             .arg(&w);
         // SAFETY: k, v are [slots.len(), width]; every slot is inside the cache (reserved by the caller).
-        unsafe { l.launch(rows(slots.len(), THREADS)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, rows(slots.len(), THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })
 }
@@ -265,7 +266,7 @@ pub fn paged_attention(
             shared_mem_bytes: 0,
         };
         // SAFETY: every row's table and positions were validated by the caller against the cache size.
-        unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, q.shape())
@@ -287,7 +288,7 @@ pub fn gather_rows(x: &Tensor, row_ids: &[i32]) -> Result<Tensor> {
             .arg(out.slice_mut::<T>()?)
             .arg(&w);
         // SAFETY: every row id is < x.dim(0) (the caller's rows), out is [row_ids, width].
-        unsafe { l.launch(rows(row_ids.len(), THREADS)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, rows(row_ids.len(), THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, &[row_ids.len(), width])

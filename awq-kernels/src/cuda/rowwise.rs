@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::buffer::GpuBuffer;
+use super::launch;
 use super::{cuda_error, Gpu};
 use crate::{DType, Error, Result, Tensor};
 
@@ -84,7 +85,7 @@ pub fn add_rms_norm(
             .arg(&vec);
         // SAFETY: x, residual and out hold rows·width elements of T, weight holds width (checked by the
         // caller); with vec = 1 width·sizeof(T) is a multiple of 16, so every row is 16-byte aligned.
-        unsafe { l.launch(row_config(rows, dtype, width)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, row_config(rows, dtype, width)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, &shape)
@@ -120,7 +121,7 @@ pub fn layer_norm(
             .arg(&vec);
         // SAFETY: x and out hold rows·width elements, weight and bias width (checked by the caller); the
         // vector path only with 16-byte rows.
-        unsafe { l.launch(row_config(rows, dtype, width)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, row_config(rows, dtype, width)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, x.shape())
@@ -151,7 +152,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         // SAFETY: x and out hold n elements of T in fresh (256-byte aligned) allocations, so the
         // 16-byte accesses of the first n / V vectors are aligned; the n % V < 256 tail is written by
         // block 0's first threads.
-        unsafe { l.launch(cfg) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, x.shape())
@@ -182,7 +183,8 @@ pub fn scatter_rows(x: &mut Tensor, rows: &[i32], src: &Tensor, width: usize) ->
             .arg(&vec);
         // SAFETY: every row id is < x's row count (checked by the caller), src holds rows.len()·width
         // elements; the vector path only with 16-byte rows.
-        unsafe { l.launch(row_config(rows.len(), dtype, width)) }.map_err(launch_err(&name))?;
+        unsafe { launch(&mut l, row_config(rows.len(), dtype, width)) }
+            .map_err(launch_err(&name))?;
         Ok(())
     })
 }

@@ -8,6 +8,7 @@ use half::{bf16, f16};
 
 use super::buffer::GpuBuffer;
 use super::cuda_error;
+use super::launch;
 use crate::{DType, Device, Error, Result, Tensor};
 
 const MODULE: &str = "sampling";
@@ -17,10 +18,10 @@ const MODULE: &str = "sampling";
 pub fn argmax_rows(logits: &Tensor, rows: usize, width: usize) -> Result<Vec<u32>> {
     let xb = logits.gpu_buffer()?;
     let gpu = Arc::clone(&xb.gpu);
-    let mut out = GpuBuffer::output(&gpu, DType::U32, rows)?;
     if rows == 0 {
         return Ok(Vec::new());
     }
+    let mut out = GpuBuffer::output(&gpu, DType::U32, rows)?;
     let config = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         // A vocabulary row (~150k values) takes 1024 threads about 150 loads each.
@@ -35,7 +36,7 @@ pub fn argmax_rows(logits: &Tensor, rows: usize, width: usize) -> Result<Vec<u32
             l.arg(xb.slice::<$T>()?).arg(out.slice_mut::<u32>()?).arg(&w);
             // SAFETY: logits hold rows·width elements of the launched type (checked by the caller), out
             // holds rows u32; one block per row reads only its own row.
-            unsafe { l.launch(config) }.map_err(|e| cuda_error(concat!("launching ", $name), e))?;
+            unsafe { launch(&mut l, config) }.map_err(|e| cuda_error(concat!("launching ", $name), e))?;
         }};
     }
     match logits.dtype() {

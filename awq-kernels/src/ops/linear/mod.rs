@@ -125,6 +125,16 @@ impl Linear {
         })
     }
 
+    /// A bias-free dense layer over a weight `[n, k]` already where it will compute (e.g. a device copy of
+    /// an embedding table that a tied lm_head shares).
+    pub fn dense_on_device(weight: Tensor) -> Linear {
+        #[cfg(feature = "cuda")]
+        if weight.device() != crate::Device::Cpu {
+            return Linear::DenseGpu { weight, bias: None };
+        }
+        Linear::Dense { weight, bias: None }
+    }
+
     pub fn in_features(&self) -> usize {
         match self {
             Linear::Dense { weight, .. } => weight.dim(1),
