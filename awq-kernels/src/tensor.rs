@@ -315,13 +315,14 @@ impl Tensor {
         })
     }
 
-    /// This CPU tensor converted to float `dtype` (no copy when it already is).
+    /// This tensor converted to float `dtype` (no copy when it already is one), on the same device; on a GPU
+    /// the values make a round trip through the host (model loading, not the forward pass).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype {
             return Ok(self.clone());
         }
         let values = self.to_f32_vec()?;
-        match dtype {
+        let converted = match dtype {
             DType::F32 => Tensor::from_vec(values, &self.shape),
             DType::F16 => {
                 Tensor::from_vec(values.into_iter().map(f16::from_f32).collect(), &self.shape)
@@ -333,6 +334,12 @@ impl Tensor {
             other => Err(Error::Unsupported(format!(
                 "cannot convert a tensor to {other}"
             ))),
+        }?;
+        // The conversion runs on the host; the result goes back where the tensor was.
+        if self.device() == Device::Cpu {
+            Ok(converted)
+        } else {
+            converted.to_device(self.device())
         }
     }
 

@@ -317,3 +317,15 @@ fn ops_over_zero_rows_do_nothing_as_on_the_cpu() {
         assert!(awq_kernels::sampling::argmax_rows(&x).unwrap().is_empty());
     }
 }
+
+#[test]
+fn converting_a_gpu_tensor_keeps_it_on_the_gpu() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    let cpu = Tensor::from_vec(vec![1.5f32, -2.25, 65504.0, 1e-3], &[2, 2]).unwrap();
+    let g = on_gpu(&cpu, DType::F32).to_dtype(DType::BF16).unwrap();
+    assert_eq!((g.device(), g.dtype()), (GPU, DType::BF16));
+    assert_eq!(
+        g.to_f32_vec().unwrap(),
+        cpu.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap()
+    );
+}
