@@ -87,6 +87,34 @@ const MODULES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Makes the device's default memory pool (the one `cuMemAllocAsync` draws from) keep what is freed
+/// instead of returning it to the driver at every synchronization (its default release threshold is 0): the
+/// buffers of one decode step are then reused by the next without the driver mapping memory again, which is
+/// the caching allocator a forward pass needs. Best effort: a driver without memory pools allocates
+/// synchronously and has nothing to configure.
+fn keep_freed_memory_pooled(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    if ctx.bind_to_thread().is_err() {
+        return;
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
+    let got = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if got != sys::CUresult::CUDA_SUCCESS || pool.is_null() {
+        return;
+    }
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the release threshold attribute takes a pointer to a u64, which `threshold` is; `pool` is the
+    // device's default pool returned above.
+    let _ = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    };
+}
+
 pub(crate) fn cuda_error(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
@@ -113,6 +141,12 @@ impl Gpu {
                 Error::Cuda("no CUDA driver found (libcuda.so); is this a GPU machine?".into())
             })?
             .map_err(|e| cuda_error(&format!("opening GPU {ordinal}"), e))?;
+        // SAFETY: every buffer and kernel of this crate lives on the one stream below, so stream order
+        // alone orders each use of a buffer after its allocation and before its free; the two events
+        // cudarc would otherwise create (and destroy) with every allocation, thousands per decode step,
+        // would only cost driver calls.
+        unsafe { ctx.disable_event_tracking() };
+        keep_freed_memory_pooled(&ctx);
         let stream = ctx.default_stream();
         Ok(Arc::new(Gpu {
             ctx,
