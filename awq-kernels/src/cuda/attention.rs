@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
@@ -306,13 +306,8 @@ pub fn flash_attention_into(
     let gpu = gpu_of(q)?;
     let sfx = suffix(op, q.dtype())?;
     let name = format!("flash_fwd_{sfx}_d{d}");
-    let f = gpu.function(MODULE, &name)?;
     let smem = 5 * BM * d * 2;
-    f.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
-    )
-    .map_err(|e| cuda_error(&format!("shared memory size of {name}"), e))?;
+    let f = gpu.function_with_shared(MODULE, &name, smem)?;
     let m_blocks = batch.max_q_len.div_ceil(BM).max(1);
     let cfg = LaunchConfig {
         grid_dim: (m_blocks as u32, h as u32, batch.b as u32),
@@ -467,13 +462,8 @@ pub fn decode_attention_into(
     let gpu = gpu_of(q)?;
     let sfx = suffix(op, q.dtype())?;
     let name = format!("decode_split_{sfx}_d{d}");
-    let f = gpu.function(MODULE, &name)?;
     let smem = DECODE_STAGES * 2 * BN * d * 2;
-    f.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
-    )
-    .map_err(|e| cuda_error(&format!("shared memory size of {name}"), e))?;
+    let f = gpu.function_with_shared(MODULE, &name, smem)?;
     let cfg = LaunchConfig {
         grid_dim: (plan.splits as u32, h_kv as u32, batch.b as u32),
         block_dim: (THREADS, 1, 1),

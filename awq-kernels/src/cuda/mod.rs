@@ -124,6 +124,9 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Kernels already looked up ("module::name"), with the dynamic shared memory they were opted into:
+    /// a decode step launches about a thousand kernels, each lookup or attribute call would be a driver call.
+    functions: Mutex<HashMap<String, (CudaFunction, usize)>>,
     blas: OnceLock<Arc<cudarc::cublas::CudaBlas>>,
 }
 
@@ -152,6 +155,7 @@ impl Gpu {
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
         }))
     }
@@ -206,7 +210,44 @@ impl Gpu {
 
     /// Kernel `name` from module `module` (a file name of `kernels/` without `.cu`).
     pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
-        let mut modules = self.modules.lock().expect("module cache lock");
+        self.function_with_shared(module, name, 0)
+    }
+
+    /// [`Gpu::function`] opted into `shared_bytes` of dynamic shared memory (needed above 48 KB); the
+    /// attribute is set once per kernel and size, not at every launch.
+    pub fn function_with_shared(
+        &self,
+        module: &'static str,
+        name: &str,
+        shared_bytes: usize,
+    ) -> Result<CudaFunction> {
+        let key = format!("{module}::{name}");
+        let mut functions = self
+            .functions
+            .lock()
+            .map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
+        if let Some((f, opted)) = functions.get(&key) {
+            if *opted >= shared_bytes {
+                return Ok(f.clone());
+            }
+        }
+        let f = self.load_function(module, name)?;
+        if shared_bytes > 0 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_bytes as i32,
+            )
+            .map_err(|e| cuda_error(&format!("{name}: {shared_bytes} bytes of shared memory"), e))?;
+        }
+        functions.insert(key, (f.clone(), shared_bytes));
+        Ok(f)
+    }
+
+    fn load_function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        let mut modules = self
+            .modules
+            .lock()
+            .map_err(|_| Error::Cuda("module cache lock poisoned".into()))?;
         let m = match modules.get(module) {
             Some(m) => Arc::clone(m),
             None => {

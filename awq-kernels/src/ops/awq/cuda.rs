@@ -490,6 +490,28 @@ impl Workspace {
         self.functions.insert(name.to_string(), f.clone());
         Ok(f)
     }
+
+    /// A pipelined kernel opted into `shared_bytes` of dynamic shared memory, with the largest shared
+    /// memory carveout (two blocks of ~102 KB share an SM only then); both set once, not per launch.
+    fn pipe_function(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        shared_bytes: usize,
+    ) -> Result<CudaFunction> {
+        let key = format!("{name}@{shared_bytes}");
+        if let Some(f) = self.functions.get(&key) {
+            return Ok(f.clone());
+        }
+        let f = gpu.function_with_shared(MODULE, name, shared_bytes)?;
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+            100,
+        )
+        .map_err(|e| cuda_error(&format!("{name}: shared memory carveout"), e))?;
+        self.functions.insert(key, f.clone());
+        Ok(f)
+    }
 }
 
 static WORKSPACES: Mutex<Vec<Workspace>> = Mutex::new(Vec::new());
@@ -676,29 +698,11 @@ fn launch_stream<T: AwqFloat>(
         );
         (name, 0)
     };
-    let func = ws.function(gpu, &name)?;
-    if shared_mem_bytes > 0 {
-        // Beyond the default 48 KB a kernel must opt in.
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            shared_mem_bytes as i32,
-        )
-        .map_err(|e| {
-            cuda_error(
-                &format!(
-                    "{name}: {shared_mem_bytes} bytes of shared memory (group {})",
-                    w.group
-                ),
-                e,
-            )
-        })?;
-        // Two blocks of ~102 KB share an SM only if the driver gives shared memory the largest carveout.
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-            100,
-        )
-        .map_err(|e| cuda_error(&format!("{name}: shared memory carveout"), e))?;
-    }
+    let func = if shared_mem_bytes > 0 {
+        ws.pipe_function(gpu, &name, shared_mem_bytes)?
+    } else {
+        ws.function(gpu, &name)?
+    };
     // Rows m..16·mt of the A fragments read this row of zeros (k 16-bit values).
     ensure(&stream, &mut ws.zero_row, w.k, "zero row")?;
     if plan.splits > 1 {
