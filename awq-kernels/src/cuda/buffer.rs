@@ -72,10 +72,15 @@ pub fn poison_outputs(on: bool) {
 }
 
 impl GpuBuffer {
-    /// A buffer for an op to write all of: zeroed, or NaN-filled when [`poison_outputs`] is on.
+    /// A buffer for an op to write all of: left uninitialized (no memset launch per op in the decode loop),
+    /// or NaN-filled when [`poison_outputs`] is on, which is how the GPU tests check that every op writes
+    /// every element of its output.
     pub fn output(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<GpuBuffer> {
+        if !POISON_OUTPUTS.load(Ordering::Relaxed) {
+            return GpuBuffer::uninit(gpu, dtype, len);
+        }
         let mut b = GpuBuffer::zeros(gpu, dtype, len)?;
-        if POISON_OUTPUTS.load(Ordering::Relaxed) && len > 0 {
+        if len > 0 {
             let stream = Arc::clone(gpu.stream());
             let bytes = len * dtype.size();
             let (ptr, _sync) = match &mut b.data {
@@ -93,6 +98,34 @@ impl GpuBuffer {
             .map_err(|e| cuda_error("poisoning an output", e))?;
         }
         Ok(b)
+    }
+
+    /// A buffer of `len` elements whose contents are whatever the memory held.
+    fn uninit(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<GpuBuffer> {
+        let s = gpu.stream();
+        let e = |err| cuda_error("allocating device memory", err);
+        // SAFETY: device memory is never read by the host without a copy, and `output`'s callers write all
+        // `len` elements on the stream before anything reads them (the poisoned GPU tests check that), so
+        // no value of the old contents is ever observed.
+        let data = unsafe {
+            match dtype {
+                DType::F32 => GpuData::F32(s.alloc(len).map_err(e)?),
+                DType::F16 => GpuData::F16(s.alloc(len).map_err(e)?),
+                DType::BF16 => GpuData::BF16(s.alloc(len).map_err(e)?),
+                DType::I32 => GpuData::I32(s.alloc(len).map_err(e)?),
+                DType::U32 => GpuData::U32(s.alloc(len).map_err(e)?),
+                DType::U8 => GpuData::U8(s.alloc(len).map_err(e)?),
+                DType::I64 => {
+                    return Err(Error::Unsupported(
+                        "i64 tensors stay on the CPU (no GPU op takes them)".into(),
+                    ))
+                }
+            }
+        };
+        Ok(GpuBuffer {
+            gpu: Arc::clone(gpu),
+            data,
+        })
     }
 
     /// A zero-filled buffer of `len` elements.
