@@ -70,6 +70,39 @@ __device__ void silu_mul(const T* __restrict__ g, const T* __restrict__ u, T* __
     if (i < n) { float v = to_f32(g[i]); out[i] = from_f32<T>(v / (1.0f + __expf(-v)) * to_f32(u[i])); }
 }
 
+// The fused gate|up projection of a gated MLP: x [rows, 2·half] -> out[r][j] = silu(x[r][j]) · x[r][half + j]
+// (the same formula as silu_mul).
+template <typename T>
+__device__ void silu_mul_halves(const T* __restrict__ x, T* __restrict__ out, long long total, int half) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) {
+        const long long r = i / half;
+        const int j = (int)(i - r * half);
+        const T* row = x + r * 2 * (long long)half;
+        float v = to_f32(row[j]);
+        out[i] = from_f32<T>(v / (1.0f + __expf(-v)) * to_f32(row[half + j]));
+    }
+}
+
+// The fused q|k|v projection split into its three parts: x [rows, w0 + w1 + w2] -> a [rows, w0],
+// b [rows, w1], c [rows, w2]; one thread per element of x.
+template <typename T>
+__device__ void split_columns3(const T* __restrict__ x, T* __restrict__ a, T* __restrict__ b, T* __restrict__ c,
+                               long long total, int w0, int w1, int w2) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int width = w0 + w1 + w2;
+    const long long r = i / width;
+    const int col = (int)(i - r * width);
+    const T v = x[i];
+    if (col < w0)
+        a[r * w0 + col] = v;
+    else if (col < w0 + w1)
+        b[r * w1 + (col - w0)] = v;
+    else
+        c[r * w2 + (col - w0 - w1)] = v;
+}
+
 // y[m, n] += bias[n]
 template <typename T>
 __device__ void add_bias(T* __restrict__ y, const T* __restrict__ bias, long long total, int n) {
@@ -158,6 +191,13 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
     extern "C" __global__ void add_inplace_##name(T* a, const T* b, long long n) { add_inplace<T>(a, b, n); } \
     extern "C" __global__ void silu_mul_##name(const T* g, const T* u, T* out, long long n) {                \
         silu_mul<T>(g, u, out, n);                                                                           \
+    }                                                                                                        \
+    extern "C" __global__ void silu_mul_halves_##name(const T* x, T* out, long long total, int half) {       \
+        silu_mul_halves<T>(x, out, total, half);                                                             \
+    }                                                                                                        \
+    extern "C" __global__ void split_columns3_##name(const T* x, T* a, T* b, T* c, long long total, int w0,  \
+                                                     int w1, int w2) {                                       \
+        split_columns3<T>(x, a, b, c, total, w0, w1, w2);                                                    \
     }                                                                                                        \
     extern "C" __global__ void add_bias_##name(T* y, const T* bias, long long total, int n) {                \
         add_bias<T>(y, bias, total, n);                                                                      \

@@ -13,8 +13,13 @@ use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
 use awq_kernels::ops::attention::{paged_attention, AttnSeq};
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::ops::{
-    activation::silu_mul, add_inplace, embedding::embedding, gather_rows, norm::rms_norm,
+    activation::{silu_mul, silu_mul_halves},
+    add_inplace,
+    embedding::embedding,
+    gather_rows,
+    norm::rms_norm,
     rope::rope_inplace,
+    split_columns3,
 };
 use awq_kernels::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -328,4 +333,40 @@ fn converting_a_gpu_tensor_keeps_it_on_the_gpu() {
         g.to_f32_vec().unwrap(),
         cpu.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap()
     );
+}
+
+#[test]
+fn fused_projection_helpers_match_the_cpu() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for dtype in DTYPES {
+        // q|k|v of Qwen2.5-72B-like widths (scaled down) and odd ones; gate|up halves.
+        for &(rows, widths) in &[
+            (1usize, [64usize, 16, 16]),
+            (9, [896, 128, 128]),
+            (4, [3, 5, 1]),
+        ] {
+            let width: usize = widths.iter().sum();
+            let x = random(&mut rng, &[rows, width], dtype, 2.0);
+            let got = split_columns3(&on_gpu(&x, dtype), widths).unwrap();
+            let want = split_columns3(&x, widths).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                // A copy: exact.
+                assert_eq!(g.device(), GPU);
+                assert_eq!(
+                    g.to_f32_vec().unwrap(),
+                    w.to_f32_vec().unwrap(),
+                    "{dtype} {widths:?}"
+                );
+            }
+            let halves = random(&mut rng, &[rows, 2 * width], dtype, 3.0);
+            assert_close(
+                "silu_mul_halves",
+                &silu_mul_halves(&on_gpu(&halves, dtype)).unwrap(),
+                &silu_mul_halves(&halves).unwrap(),
+                dtype,
+            );
+        }
+    }
 }

@@ -7,23 +7,83 @@ use awq_kernels::ops::attention::AttnSeq;
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::ops::norm::{add_rms_norm, rms_norm};
 use awq_kernels::ops::{
-    activation, add_inplace, embedding::embedding, gather_rows, rope::rope_inplace,
+    activation, add_inplace, embedding::embedding, gather_rows, rope::rope_inplace, split_columns3,
 };
 use awq_kernels::{DType, DTypeRule, Device, Tensor, TensorSpec, WeightsScope};
 
 use crate::attention::ForwardAttention;
 use crate::{Error, Qwen2Config, Result};
 
+/// The projections that read the same input: q, k, v or gate, up. As loaded they are separate layers; on a
+/// GPU (or after [`Qwen2::with_fused_projections`]) they are one layer whose output holds theirs side by
+/// side, so one GEMM streams all their weights (for Qwen2.5-72B: q|k|v 8192 x 10240 and gate|up 8192 x
+/// 59136 instead of five launches of which k and v are too short to reach the memory bandwidth).
+#[derive(Clone)]
+enum Projections {
+    Separate(Vec<Linear>),
+    Fused {
+        linear: Box<Linear>,
+        widths: Vec<usize>,
+    },
+}
+
+impl Projections {
+    fn fuse(&self) -> Result<Projections> {
+        Ok(match self {
+            Projections::Separate(parts) => {
+                let refs: Vec<&Linear> = parts.iter().collect();
+                Projections::Fused {
+                    linear: Box::new(Linear::concat_out(&refs)?),
+                    widths: parts.iter().map(Linear::out_features).collect(),
+                }
+            }
+            fused => fused.clone(),
+        })
+    }
+
+    fn to_device(&self, device: Device, dtype: DType) -> Result<Projections> {
+        Ok(match self {
+            Projections::Separate(parts) => Projections::Separate(
+                parts
+                    .iter()
+                    .map(|p| p.to_device(device, dtype))
+                    .collect::<std::result::Result<_, _>>()?,
+            ),
+            Projections::Fused { linear, widths } => Projections::Fused {
+                linear: Box::new(linear.to_device(device, dtype)?),
+                widths: widths.clone(),
+            },
+        })
+    }
+
+    /// q, k, v of `x`.
+    fn forward3(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        Ok(match self {
+            Projections::Separate(p) => [p[0].forward(x)?, p[1].forward(x)?, p[2].forward(x)?],
+            Projections::Fused { linear, widths } => {
+                split_columns3(&linear.forward(x)?, [widths[0], widths[1], widths[2]])?
+            }
+        })
+    }
+
+    /// silu(gate(x)) · up(x).
+    fn gated(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Projections::Separate(p) => activation::silu_mul(&p[0].forward(x)?, &p[1].forward(x)?)?,
+            Projections::Fused { linear, .. } => activation::silu_mul_halves(&linear.forward(x)?)?,
+        })
+    }
+}
+
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj, v_proj.
+    qkv: Projections,
     o_proj: Linear,
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate_proj, up_proj.
+    gate_up: Projections,
     down_proj: Linear,
 }
 
@@ -138,27 +198,19 @@ impl Qwen2 {
             layers.push(DecoderLayer {
                 input_layernorm: l.get_float("input_layernorm.weight", &[h])?,
                 self_attn: Attention {
-                    q_proj: Linear::load(&attn.pp("q_proj"), h, q_out, true, c.awq)?,
-                    k_proj: Linear::load(&attn.pp("k_proj"), h, kv_out, true, c.awq)?,
-                    v_proj: Linear::load(&attn.pp("v_proj"), h, kv_out, true, c.awq)?,
+                    qkv: Projections::Separate(vec![
+                        Linear::load(&attn.pp("q_proj"), h, q_out, true, c.awq)?,
+                        Linear::load(&attn.pp("k_proj"), h, kv_out, true, c.awq)?,
+                        Linear::load(&attn.pp("v_proj"), h, kv_out, true, c.awq)?,
+                    ]),
                     o_proj: Linear::load(&attn.pp("o_proj"), q_out, h, false, c.awq)?,
                 },
                 post_attention_layernorm: l.get_float("post_attention_layernorm.weight", &[h])?,
                 mlp: Mlp {
-                    gate_proj: Linear::load(
-                        &mlp.pp("gate_proj"),
-                        h,
-                        c.intermediate_size,
-                        false,
-                        c.awq,
-                    )?,
-                    up_proj: Linear::load(
-                        &mlp.pp("up_proj"),
-                        h,
-                        c.intermediate_size,
-                        false,
-                        c.awq,
-                    )?,
+                    gate_up: Projections::Separate(vec![
+                        Linear::load(&mlp.pp("gate_proj"), h, c.intermediate_size, false, c.awq)?,
+                        Linear::load(&mlp.pp("up_proj"), h, c.intermediate_size, false, c.awq)?,
+                    ]),
                     down_proj: Linear::load(
                         &mlp.pp("down_proj"),
                         c.intermediate_size,
@@ -219,6 +271,16 @@ impl Qwen2 {
         Ok(x.to_dtype(self.dtype)?.to_device(self.device)?)
     }
 
+    /// This model with each layer's q|k|v and gate|up projections fused into one layer apiece, as
+    /// [`Qwen2::to_device`] arranges them on a GPU; on the CPU the outputs are the same, bit for bit.
+    pub fn with_fused_projections(mut self) -> Result<Qwen2> {
+        for layer in &mut self.layers {
+            layer.self_attn.qkv = layer.self_attn.qkv.fuse()?;
+            layer.mlp.gate_up = layer.mlp.gate_up.fuse()?;
+        }
+        Ok(self)
+    }
+
     /// The model on `device`. On a GPU it computes in the checkpoint's float dtype (f16 or bf16; f16 when
     /// the config does not say), with f32 accumulation inside the kernels.
     pub fn to_device(&self, device: Device) -> Result<Qwen2> {
@@ -236,6 +298,15 @@ impl Qwen2 {
             Ok(x.to_dtype(dtype)?.to_device(device)?)
         };
         let l = |x: &Linear| -> Result<Linear> { Ok(x.to_device(device, dtype)?) };
+        // On a GPU the projections sharing an input become one GEMM each (fused on the host one layer at
+        // a time, so the host holds one layer's copy at most).
+        let p = |x: &Projections| -> Result<Projections> {
+            if device == Device::Cpu {
+                Ok(x.clone())
+            } else {
+                x.fuse()?.to_device(device, dtype)
+            }
+        };
         let layers = self
             .layers
             .iter()
@@ -243,15 +314,12 @@ impl Qwen2 {
                 Ok(DecoderLayer {
                     input_layernorm: t(&layer.input_layernorm)?,
                     self_attn: Attention {
-                        q_proj: l(&layer.self_attn.q_proj)?,
-                        k_proj: l(&layer.self_attn.k_proj)?,
-                        v_proj: l(&layer.self_attn.v_proj)?,
+                        qkv: p(&layer.self_attn.qkv)?,
                         o_proj: l(&layer.self_attn.o_proj)?,
                     },
                     post_attention_layernorm: t(&layer.post_attention_layernorm)?,
                     mlp: Mlp {
-                        gate_proj: l(&layer.mlp.gate_proj)?,
-                        up_proj: l(&layer.mlp.up_proj)?,
+                        gate_up: p(&layer.mlp.gate_up)?,
                         down_proj: l(&layer.mlp.down_proj)?,
                     },
                 })
@@ -388,15 +456,9 @@ impl Qwen2 {
                 }
             };
             let attn = &layer.self_attn;
-            let mut q =
-                attn.q_proj
-                    .forward(&a)?
-                    .reshape(&[t, c.num_attention_heads, c.head_dim])?;
-            let mut k =
-                attn.k_proj
-                    .forward(&a)?
-                    .reshape(&[t, c.num_key_value_heads, c.head_dim])?;
-            let v = attn.v_proj.forward(&a)?; // [t, h_kv * d]
+            let [q, k, v] = attn.qkv.forward3(&a)?; // v: [t, h_kv * d]
+            let mut q = q.reshape(&[t, c.num_attention_heads, c.head_dim])?;
+            let mut k = k.reshape(&[t, c.num_key_value_heads, c.head_dim])?;
             rope_inplace(&mut q, &positions, c.rope_theta)?;
             rope_inplace(&mut k, &positions, c.rope_theta)?;
             let stride = c.num_key_value_heads * c.head_dim;
@@ -411,7 +473,7 @@ impl Qwen2 {
                 c.rms_norm_eps,
             )?;
             let m = &layer.mlp;
-            let gated = activation::silu_mul(&m.gate_proj.forward(&a)?, &m.up_proj.forward(&a)?)?;
+            let gated = m.gate_up.gated(&a)?;
             pending = Some(m.down_proj.forward(&gated)?);
         }
         for (s, &past) in seqs.iter_mut().zip(&starts) {

@@ -203,6 +203,31 @@ fn awq_72b_like_decoding_with_the_cache_matches_and_greedy_tokens_are_equal() {
 }
 
 #[test]
+fn fused_projections_give_the_same_logits_bit_for_bit() {
+    // The GPU runs q|k|v and gate|up as one GEMM each; on the CPU the fused layers must change nothing.
+    for name in [
+        "qwen2-0.5b-like",
+        "qwen2-0.5b-like-awq",
+        "qwen2-72b-like-awq",
+    ] {
+        let f = Fixture::load(name);
+        let ids = f.ids("prompt_ids");
+        let options = ForwardOptions {
+            all_logits: true,
+            keep_layer_outputs: false,
+        };
+        let separate = prefill(&f, &ids, options).logits.to_f32_vec().unwrap();
+        let fused = Fixture {
+            model: Fixture::load(name).model.with_fused_projections().unwrap(),
+            reference: Arc::clone(&f.reference),
+        };
+        let got = prefill(&fused, &ids, options).logits.to_f32_vec().unwrap();
+        assert!(got == separate, "{name}: fused logits differ");
+        assert_close("fused prompt_logits", &got, &f.floats("prompt_logits"));
+    }
+}
+
+#[test]
 fn two_sequences_in_one_batch_give_the_same_logits_as_alone() {
     let f = Fixture::load("qwen2-0.5b-like");
     let prompt = f.ids("prompt_ids");

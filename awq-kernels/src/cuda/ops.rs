@@ -126,6 +126,67 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Tensor::from_gpu_buffer(out, gate.shape())
 }
 
+/// `silu(x[.., :half]) * x[.., half:]` over rows of `2 · half` (the fused gate|up projection).
+pub fn silu_mul_halves(x: &Tensor, rows: usize, half: usize) -> Result<Tensor> {
+    let gpu = gpu_of(x)?;
+    let total = (rows * half) as i64;
+    let h = half as i32;
+    let mut out = GpuBuffer::output(&gpu, x.dtype(), rows * half)?;
+    float_dispatch!(x.dtype(), "silu_mul_halves", |T, sfx| {
+        let name = format!("silu_mul_halves_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(x.gpu_buffer()?.slice::<T>()?)
+            .arg(out.slice_mut::<T>()?)
+            .arg(&total)
+            .arg(&h);
+        // SAFETY: x holds rows·2·half elements (checked by the caller), out rows·half; thread i reads row
+        // i / half of x and writes element i of out.
+        unsafe { launch(&mut l, elementwise(total as usize)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("x has a last dimension") = half;
+    Tensor::from_gpu_buffer(out, &shape)
+}
+
+/// The columns of `x` [rows, w0 + w1 + w2] as three tensors [rows, w_i], in one launch.
+pub fn split_columns3(x: &Tensor, rows: usize, widths: [usize; 3]) -> Result<[Tensor; 3]> {
+    let gpu = gpu_of(x)?;
+    let width: usize = widths.iter().sum();
+    let total = (rows * width) as i64;
+    let w = widths.map(|v| v as i32);
+    let mut outs = [
+        GpuBuffer::output(&gpu, x.dtype(), rows * widths[0])?,
+        GpuBuffer::output(&gpu, x.dtype(), rows * widths[1])?,
+        GpuBuffer::output(&gpu, x.dtype(), rows * widths[2])?,
+    ];
+    float_dispatch!(x.dtype(), "split_columns3", |T, sfx| {
+        let name = format!("split_columns3_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let [a, b, c] = &mut outs;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(x.gpu_buffer()?.slice::<T>()?)
+            .arg(a.slice_mut::<T>()?)
+            .arg(b.slice_mut::<T>()?)
+            .arg(c.slice_mut::<T>()?)
+            .arg(&total)
+            .arg(&w[0])
+            .arg(&w[1])
+            .arg(&w[2]);
+        // SAFETY: x holds rows·(w0 + w1 + w2) elements (checked by the caller) and output i rows·w_i; each
+        // element of x is copied to exactly one in-bounds element of one output.
+        unsafe { launch(&mut l, elementwise(total as usize)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    let [a, b, c] = outs;
+    Ok([
+        Tensor::from_gpu_buffer(a, &[rows, widths[0]])?,
+        Tensor::from_gpu_buffer(b, &[rows, widths[1]])?,
+        Tensor::from_gpu_buffer(c, &[rows, widths[2]])?,
+    ])
+}
+
 /// `y[m, n] += bias[n]`.
 pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
     let gpu = gpu_of(y)?;

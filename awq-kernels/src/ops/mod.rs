@@ -94,6 +94,43 @@ pub fn gather_rows(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(out, &[rows.len(), c])
 }
 
+/// The columns of a 2-D tensor `[r, w0 + w1 + w2]` as three tensors `[r, w_i]` (the q, k and v of a fused
+/// projection), on the tensor's device (one launch on a GPU).
+pub fn split_columns3(x: &Tensor, widths: [usize; 3]) -> Result<[Tensor; 3]> {
+    let op = "split_columns3";
+    let &[r, c] = x.shape() else {
+        return Err(Error::shape(
+            op,
+            format!("expected [r, c], got {:?}", x.shape()),
+        ));
+    };
+    if widths.iter().sum::<usize>() != c {
+        return Err(Error::shape(
+            op,
+            format!("widths {widths:?} do not add up to {c} columns"),
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        return crate::cuda::ops::split_columns3(x, r, widths);
+    }
+    let data = f32_slice(op, x)?;
+    let mut parts = widths.map(|w| Vec::with_capacity(r * w));
+    for row in data.chunks_exact(c.max(1)).take(r) {
+        let mut start = 0;
+        for (part, &w) in parts.iter_mut().zip(&widths) {
+            part.extend_from_slice(&row[start..start + w]);
+            start += w;
+        }
+    }
+    let [a, b, cc] = parts;
+    Ok([
+        Tensor::from_vec(a, &[r, widths[0]])?,
+        Tensor::from_vec(b, &[r, widths[1]])?,
+        Tensor::from_vec(cc, &[r, widths[2]])?,
+    ])
+}
+
 /// Overwrites row `rows[i]` of `x` `[r, c]` with row `i` of `src` `[rows.len(), c]` (InternVL's image rows
 /// written into the `<IMG_CONTEXT>` positions of the token embeddings). CPU: f32; GPU: `x` and `src` of
 /// one float dtype. Rows are expected to be distinct (on the GPU, which copy of a repeated row lands is
@@ -215,6 +252,24 @@ pub fn softmax_row(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_columns3_returns_each_column_range() {
+        let x: Vec<f32> = (0..3 * 7).map(|v| v as f32).collect();
+        let [a, b, c] = split_columns3(&Tensor::from_vec(x, &[3, 7]).unwrap(), [4, 1, 2]).unwrap();
+        assert_eq!(
+            a.to_f32_vec().unwrap(),
+            [0., 1., 2., 3., 7., 8., 9., 10., 14., 15., 16., 17.]
+        );
+        assert_eq!(b.to_f32_vec().unwrap(), [4., 11., 18.]);
+        assert_eq!(c.to_f32_vec().unwrap(), [5., 6., 12., 13., 19., 20.]);
+        assert_eq!(
+            (a.shape(), b.shape(), c.shape()),
+            (&[3, 4][..], &[3, 1][..], &[3, 2][..])
+        );
+        let x = Tensor::from_vec(vec![0.0f32; 6], &[2, 3]).unwrap();
+        assert!(split_columns3(&x, [1, 1, 2]).is_err());
+    }
 
     #[test]
     fn softmax_of_a_row_matches_hand_values_and_ignores_a_shift() {

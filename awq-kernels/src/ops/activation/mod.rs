@@ -23,6 +23,30 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, gate.shape())
 }
 
+/// `silu(x[.., :h]) * x[.., h:]` for `x` `[.., 2h]`: the gated MLP on the output of a fused gate|up
+/// projection (the same values as [`silu_mul`] on the two halves).
+pub fn silu_mul_halves(x: &Tensor) -> Result<Tensor> {
+    let op = "silu_mul_halves";
+    let (rows, width) = super::rows_and_width(op, x)?;
+    if width % 2 != 0 {
+        return Err(Error::shape(op, format!("odd last dimension {width}")));
+    }
+    let half = width / 2;
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        return crate::cuda::ops::silu_mul_halves(x, rows, half);
+    }
+    let data = f32_slice(op, x)?;
+    let mut out = Vec::with_capacity(rows * half);
+    for row in data.chunks_exact(width.max(1)) {
+        let (gate, up) = row.split_at(half);
+        out.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u));
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("x has a last dimension") = half;
+    Tensor::from_vec(out, &shape)
+}
+
 /// Exact GELU, `x/2 * (1 + erf(x/√2))` (InternViT and mlp1 use the erf form, not the tanh one).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
@@ -46,6 +70,25 @@ pub fn gelu_erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silu_mul_halves_equals_silu_mul_of_the_two_halves() {
+        let x: Vec<f32> = (0..2 * 10).map(|i| (i as f32 - 7.5) * 0.37).collect();
+        let fused = Tensor::from_vec(x.clone(), &[2, 10]).unwrap();
+        let got = silu_mul_halves(&fused).unwrap();
+        assert_eq!(got.shape(), &[2, 5]);
+        let (gate, up): (Vec<f32>, Vec<f32>) = (
+            x.chunks(10).flat_map(|r| r[..5].to_vec()).collect(),
+            x.chunks(10).flat_map(|r| r[5..].to_vec()).collect(),
+        );
+        let want = silu_mul(
+            &Tensor::from_vec(gate, &[2, 5]).unwrap(),
+            &Tensor::from_vec(up, &[2, 5]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+        assert!(silu_mul_halves(&Tensor::from_vec(vec![1.0f32; 3], &[1, 3]).unwrap()).is_err());
+    }
 
     #[test]
     fn silu_and_gelu_match_hand_values() {

@@ -125,6 +125,89 @@ impl Linear {
         })
     }
 
+    /// One layer computing the outputs of `parts` side by side: `forward(x)` = [part₀(x) | part₁(x) | …]
+    /// (the q, k and v projections, or gate and up, fused into one GEMM: one launch and a longer weight
+    /// stream instead of several short ones). Host layers of one kind with the same input width (and group
+    /// for AWQ); a bias of zeros stands in for a part without one when another has one.
+    pub fn concat_out(parts: &[&Linear]) -> Result<Linear> {
+        let op = "Linear::concat_out";
+        let Some(first) = parts.first() else {
+            return Err(Error::shape(op, "no layers to fuse"));
+        };
+        let k = first.in_features();
+        if parts.iter().any(|p| p.in_features() != k) {
+            return Err(Error::shape(op, "layers with different input widths"));
+        }
+        let bias = |biases: Vec<(Option<&Vec<f32>>, usize)>| -> Option<Vec<f32>> {
+            biases.iter().any(|b| b.0.is_some()).then(|| {
+                biases
+                    .iter()
+                    .flat_map(|&(b, n)| b.cloned().unwrap_or_else(|| vec![0.0; n]))
+                    .collect()
+            })
+        };
+        match first {
+            Linear::Dense { .. } => {
+                let mut weights = Vec::new();
+                let mut biases = Vec::new();
+                for p in parts {
+                    let Linear::Dense { weight, bias } = p else {
+                        return Err(Error::Unsupported(format!(
+                            "{op}: dense and other layers mixed"
+                        )));
+                    };
+                    weights.push(weight);
+                    biases.push((bias.as_ref(), weight.dim(0)));
+                }
+                Ok(Linear::Dense {
+                    weight: join_2d(&weights, true)?,
+                    bias: bias(biases),
+                })
+            }
+            Linear::Awq { group, .. } => {
+                let (mut qw, mut qz, mut sc, mut biases, mut n_total) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+                for p in parts {
+                    let Linear::Awq {
+                        qweight,
+                        qzeros,
+                        scales,
+                        bias,
+                        n,
+                        group: g,
+                        ..
+                    } = p
+                    else {
+                        return Err(Error::Unsupported(format!(
+                            "{op}: AWQ and other layers mixed"
+                        )));
+                    };
+                    if g != group {
+                        return Err(Error::shape(op, "AWQ layers with different group sizes"));
+                    }
+                    qw.push(qweight);
+                    qz.push(qzeros);
+                    sc.push(scales);
+                    biases.push((bias.as_ref(), *n));
+                    n_total += n;
+                }
+                Ok(Linear::Awq {
+                    qweight: join_2d(&qw, false)?,
+                    qzeros: join_2d(&qz, false)?,
+                    scales: join_2d(&sc, false)?,
+                    bias: bias(biases),
+                    k,
+                    n: n_total,
+                    group: *group,
+                })
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(Error::Unsupported(format!(
+                "{op}: fuse the layers before moving them to a GPU"
+            ))),
+        }
+    }
+
     /// A bias-free dense layer over a weight `[n, k]` already where it will compute (e.g. a device copy of
     /// an embedding table that a tied lm_head shares).
     pub fn dense_on_device(weight: Tensor) -> Linear {
@@ -329,4 +412,166 @@ where
         bias.as_ref(),
         &mut y.view_mut::<T>()?,
     )
+}
+
+/// 2-D host tensors of one dtype joined along rows (`rows = true`: [Σ r_i, c]) or columns ([r, Σ c_i]).
+fn join_2d(parts: &[&Tensor], rows: bool) -> Result<Tensor> {
+    let op = "Linear::concat_out";
+    let dtype = parts[0].dtype();
+    let mut shapes = Vec::new();
+    for t in parts {
+        let &[r, c] = t.shape() else {
+            return Err(Error::shape(
+                op,
+                format!("expected 2-D weights, got {:?}", t.shape()),
+            ));
+        };
+        if t.dtype() != dtype {
+            return Err(Error::DType {
+                op,
+                expected: dtype,
+                got: t.dtype(),
+            });
+        }
+        shapes.push((r, c));
+    }
+    let size = dtype.size();
+    let (r0, _) = shapes[0];
+    let mut bytes = Vec::with_capacity(parts.iter().map(|t| t.bytes().len()).sum());
+    let shape = if rows {
+        let c0 = shapes[0].1;
+        if shapes.iter().any(|&(_, c)| c != c0) {
+            return Err(Error::shape(op, "stacked weights of different widths"));
+        }
+        for t in parts {
+            bytes.extend_from_slice(t.bytes());
+        }
+        [shapes.iter().map(|s| s.0).sum(), c0]
+    } else {
+        if shapes.iter().any(|&(r, _)| r != r0) {
+            return Err(Error::shape(
+                op,
+                "side-by-side weights of different heights",
+            ));
+        }
+        for row in 0..r0 {
+            for (t, &(_, c)) in parts.iter().zip(&shapes) {
+                bytes.extend_from_slice(&t.bytes()[row * c * size..(row + 1) * c * size]);
+            }
+        }
+        [r0, shapes.iter().map(|s| s.1).sum()]
+    };
+    Tensor::from_le_bytes(&bytes, dtype, &shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random_awq(rng: &mut ChaCha8Rng, k: usize, n: usize, group: usize, bias: bool) -> Linear {
+        let words = |count: usize, rng: &mut ChaCha8Rng| -> Vec<i32> {
+            (0..count).map(|_| rng.gen::<u32>() as i32).collect()
+        };
+        let scales: Vec<half::f16> = (0..k / group * n)
+            .map(|_| half::f16::from_f32(rng.gen_range(0.002f32..0.03)))
+            .collect();
+        Linear::Awq {
+            qweight: Tensor::from_vec(words(k * n / 8, rng), &[k, n / 8]).unwrap(),
+            qzeros: Tensor::from_vec(words(k / group * n / 8, rng), &[k / group, n / 8]).unwrap(),
+            scales: Tensor::from_vec(scales, &[k / group, n]).unwrap(),
+            bias: bias.then(|| (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()),
+            k,
+            n,
+            group,
+        }
+    }
+
+    fn random_dense(rng: &mut ChaCha8Rng, k: usize, n: usize, bias: bool) -> Linear {
+        let w: Vec<half::bf16> = (0..n * k)
+            .map(|_| half::bf16::from_f32(rng.gen_range(-0.1f32..0.1)))
+            .collect();
+        Linear::Dense {
+            weight: Tensor::from_vec(w, &[n, k]).unwrap(),
+            bias: bias.then(|| (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()),
+        }
+    }
+
+    /// The fused layer's output, split back, equals each part's own output bit for bit: every output column
+    /// is the same dot product over k, whatever its neighbours.
+    fn assert_fused_equals_parts(parts: &[Linear], x: &Tensor) {
+        let refs: Vec<&Linear> = parts.iter().collect();
+        let fused = Linear::concat_out(&refs).unwrap();
+        let n: usize = parts.iter().map(|p| p.out_features()).sum();
+        assert_eq!((fused.in_features(), fused.out_features()), (x.dim(1), n));
+        let got = fused.forward(x).unwrap().to_f32_vec().unwrap();
+        let m = x.dim(0);
+        let mut col = 0;
+        for p in parts {
+            let want = p.forward(x).unwrap().to_f32_vec().unwrap();
+            let w = p.out_features();
+            for r in 0..m {
+                assert_eq!(
+                    &got[r * n + col..r * n + col + w],
+                    &want[r * w..(r + 1) * w]
+                );
+            }
+            col += w;
+        }
+    }
+
+    #[test]
+    fn fused_awq_projections_compute_each_part() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // q, k, v of a GQA layer (k and v narrower, all with biases), and gate, up without.
+        let qkv = [
+            random_awq(&mut rng, 256, 128, 64, true),
+            random_awq(&mut rng, 256, 32, 64, true),
+            random_awq(&mut rng, 256, 32, 64, true),
+        ];
+        let gate_up = [
+            random_awq(&mut rng, 256, 96, 64, false),
+            random_awq(&mut rng, 256, 96, 64, false),
+        ];
+        for m in [1, 5] {
+            let x: Vec<f32> = (0..m * 256).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let x = Tensor::from_vec(x, &[m, 256]).unwrap();
+            assert_fused_equals_parts(&qkv, &x);
+            assert_fused_equals_parts(&gate_up, &x);
+        }
+        // A part without a bias next to parts with one gets zeros.
+        let mixed = [
+            random_awq(&mut rng, 128, 16, 64, true),
+            random_awq(&mut rng, 128, 8, 64, false),
+        ];
+        let x = Tensor::from_vec(vec![0.5f32; 128], &[1, 128]).unwrap();
+        assert_fused_equals_parts(&mixed, &x);
+    }
+
+    #[test]
+    fn fused_dense_projections_compute_each_part() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let parts = [
+            random_dense(&mut rng, 64, 48, true),
+            random_dense(&mut rng, 64, 16, false),
+            random_dense(&mut rng, 64, 16, true),
+        ];
+        let x: Vec<f32> = (0..3 * 64).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        assert_fused_equals_parts(&parts, &Tensor::from_vec(x, &[3, 64]).unwrap());
+    }
+
+    #[test]
+    fn layers_that_cannot_be_fused_are_refused() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let a = random_awq(&mut rng, 256, 16, 64, false);
+        let other_k = random_awq(&mut rng, 128, 16, 64, false);
+        let other_group = random_awq(&mut rng, 256, 16, 128, false);
+        let dense = random_dense(&mut rng, 256, 16, false);
+        assert!(Linear::concat_out(&[]).is_err());
+        assert!(Linear::concat_out(&[&a, &other_k]).is_err());
+        assert!(Linear::concat_out(&[&a, &other_group]).is_err());
+        assert!(Linear::concat_out(&[&a, &dense]).is_err());
+        assert!(Linear::concat_out(&[&dense, &a]).is_err());
+    }
 }
