@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch: Vec<usize>,
+    /// The AWQ decode kernels to time the decode with, one after the other on the same loaded model
+    /// (`stream`, `pipe`; GPU only).
+    #[arg(long, value_delimiter = ',', default_value = "stream")]
+    awq_decode_kernels: Vec<String>,
     /// Timed decode steps per batch size.
     #[arg(long, default_value_t = 32)]
     decode_steps: usize,
@@ -42,6 +46,28 @@ pub struct BenchArgs {
     /// Also print one JSON object per figure.
     #[arg(long)]
     json: bool,
+}
+
+/// Selects the AWQ streaming kernel for the decode steps that follow (`stream` is the default everywhere).
+fn choose_awq_decode_kernel(name: &str) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        use awq_kernels::ops::awq::cuda::{set_decode_kernel, AwqPath};
+        match name {
+            "stream" => set_decode_kernel(AwqPath::Stream),
+            "pipe" => set_decode_kernel(AwqPath::Pipe),
+            other => anyhow::bail!("unknown AWQ decode kernel `{other}` (stream, pipe)"),
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        anyhow::ensure!(
+            name == "stream",
+            "AWQ decode kernel `{name}`: only `stream` without the cuda feature"
+        );
+        Ok(())
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -167,47 +193,51 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // Decode: `batch` text-only sequences; the timed steps each decode one token of every sequence.
     let text_prompt = prompt_ids(&model, 0, &question)?;
-    for &batch in &args.batch {
-        let mut per_step = Vec::new();
-        for run in 0..=args.repeats {
-            for _ in 0..batch {
-                engine.add(SeqRequest {
-                    prompt_ids: text_prompt.clone(),
-                    pixels: None,
-                    config: greedy(args.decode_steps + 2),
-                })?;
+    for kernel in &args.awq_decode_kernels {
+        choose_awq_decode_kernel(kernel)?;
+        for &batch in &args.batch {
+            let mut per_step = Vec::new();
+            for run in 0..=args.repeats {
+                for _ in 0..batch {
+                    engine.add(SeqRequest {
+                        prompt_ids: text_prompt.clone(),
+                        pixels: None,
+                        config: greedy(args.decode_steps + 2),
+                    })?;
+                }
+                // The first step prefills everyone; the second is the first batched decode (warm-up).
+                engine.step();
+                engine.step();
+                let t0 = Instant::now();
+                let tokens = drain(&mut engine, batch)?;
+                let elapsed = t0.elapsed().as_secs_f64();
+                anyhow::ensure!(
+                    tokens == batch * args.decode_steps,
+                    "expected {} tokens in the timed steps, saw {tokens}",
+                    batch * args.decode_steps
+                );
+                if run > 0 {
+                    per_step.push(elapsed / args.decode_steps as f64);
+                }
             }
-            // The first step prefills everyone; the second is the first batched decode (warm-up).
-            engine.step();
-            engine.step();
-            let t0 = Instant::now();
-            let tokens = drain(&mut engine, batch)?;
-            let elapsed = t0.elapsed().as_secs_f64();
-            anyhow::ensure!(
-                tokens == batch * args.decode_steps,
-                "expected {} tokens in the timed steps, saw {tokens}",
-                batch * args.decode_steps
-            );
-            if run > 0 {
-                per_step.push(elapsed / args.decode_steps as f64);
-            }
-        }
-        let step = median(per_step);
-        rows.push(json!({
+            let step = median(per_step);
+            rows.push(json!({
             "figure": "decode_tokens_per_s", "model": args.synthetic, "device": args.device,
-            "batch": batch, "context": text_prompt.len() + args.decode_steps,
+            "batch": batch, "context": text_prompt.len() + args.decode_steps, "awq_kernel": kernel,
             "step_ms": step * 1e3, "value": batch as f64 / step, "per_sequence": 1.0 / step,
         }));
+        }
     }
 
     println!(
-        "{:<28} {:>8} {:>12} {:>14}",
-        "figure", "batch", "step ms", "value"
+        "{:<28} {:>8} {:>8} {:>12} {:>14}",
+        "figure", "kernel", "batch", "step ms", "value"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>8} {:>12} {:>14.3}",
+            "{:<28} {:>8} {:>8} {:>12} {:>14.3}",
             r["figure"].as_str().unwrap_or(""),
+            r["awq_kernel"].as_str().unwrap_or("-"),
             r["batch"].as_u64().map_or("-".into(), |b| b.to_string()),
             r["step_ms"]
                 .as_f64()

@@ -39,7 +39,9 @@ cat "$OUT/gpu.txt"
 if [ -n "$E2E" ]; then
     failed=0
     echo "== internvl bench-e2e --synthetic $E2E" | tee "$OUT/e2e.log"
-    timeout 420 ./internvl bench-e2e --synthetic "$E2E" --device cuda --json >> "$OUT/e2e.log" 2>&1 \
+    # Decode timed with the measured AWQ kernel and with the cp.async-pipelined one, on the same model.
+    timeout 420 ./internvl bench-e2e --synthetic "$E2E" --device cuda --awq-decode-kernels stream,pipe \
+        --json >> "$OUT/e2e.log" 2>&1 \
         || { echo "bench-e2e failed"; failed=1; }
     for shape in 1b 4b; do
         echo "== transformers peer $shape" | tee -a "$OUT/e2e.log"

@@ -387,14 +387,44 @@ pub fn choose_path(m: usize, _k: usize, _n: usize) -> AwqPath {
 }
 
 /// The streaming kernel [`choose_path`] uses: [`AwqPath::Stream`], or [`AwqPath::Pipe`] when the environment
-/// variable `AWQ_DECODE_KERNEL` is `pipe` (read once per process).
+/// variable `AWQ_DECODE_KERNEL` is `pipe` (read at the first call) or after [`set_decode_kernel`].
 pub fn decode_kernel() -> AwqPath {
-    static CHOICE: std::sync::OnceLock<AwqPath> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| match std::env::var("AWQ_DECODE_KERNEL").as_deref() {
-        Ok("pipe") => AwqPath::Pipe,
-        _ => AwqPath::Stream,
-    })
+    use std::sync::atomic::Ordering;
+    match DECODE_KERNEL.load(Ordering::Relaxed) {
+        DECODE_STREAM => AwqPath::Stream,
+        DECODE_PIPE => AwqPath::Pipe,
+        _ => {
+            let chosen = match std::env::var("AWQ_DECODE_KERNEL").as_deref() {
+                Ok("pipe") => DECODE_PIPE,
+                _ => DECODE_STREAM,
+            };
+            // Only the first reader sets it from the environment; a set_decode_kernel in between wins.
+            let _ = DECODE_KERNEL.compare_exchange(
+                DECODE_UNSET,
+                chosen,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            decode_kernel()
+        }
+    }
 }
+
+/// Chooses the streaming kernel for every later decode-sized call of this process (the end-to-end bench
+/// compares them on one loaded model). Other paths are ignored.
+pub fn set_decode_kernel(path: AwqPath) {
+    let v = match path {
+        AwqPath::Stream => DECODE_STREAM,
+        AwqPath::Pipe => DECODE_PIPE,
+        _ => return,
+    };
+    DECODE_KERNEL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+const DECODE_UNSET: u8 = 0;
+const DECODE_STREAM: u8 = 1;
+const DECODE_PIPE: u8 = 2;
+static DECODE_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(DECODE_UNSET);
 
 /// Pipeline stages of `awq_pipe_*` for `mt` m-tiles (the kernel names carry it).
 fn pipe_stages(mt: usize) -> usize {
