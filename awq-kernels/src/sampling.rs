@@ -80,7 +80,7 @@ impl Sampler {
         logits.iter_mut().for_each(|v| *v *= inv_t);
         let r: f32 = self.rng.gen::<f32>();
         let (top_k, top_p) = (self.params.top_k, self.params.top_p);
-        if (top_k == 0 || top_k >= logits.len()) && top_p >= 1.0 {
+        if top_k == 0 && top_p >= 1.0 {
             // Every token stays a candidate: no ranking needed, the inverse CDF in index order.
             return sample_all(&logits, r) as u32;
         }
@@ -93,6 +93,36 @@ impl Sampler {
             }
         }
         probs.last().map(|&(id, _)| id as u32).unwrap_or(0)
+    }
+}
+
+impl Sampler {
+    /// The token [`Sampler::sample`] would choose, from the candidates [`top_k_rows`] gave for this
+    /// sequence (its top-k with its temperature): the same random draw, the same probabilities, the same
+    /// token. Only for sampling settings with a temperature > 0, a top-k of 1..=[`TOP_K_ROWS_MAX`] and no
+    /// repetition penalty ([`SamplingParams::ranks_on_device`]).
+    pub fn sample_ranked(&mut self, ranked: &[(u32, f32)]) -> u32 {
+        let r: f32 = self.rng.gen::<f32>();
+        let ranked: Vec<(usize, f32)> = ranked.iter().map(|&(i, v)| (i as usize, v)).collect();
+        let probs = ranked_probs(&ranked, self.params.top_p);
+        let mut acc = 0.0f32;
+        for &(id, p) in &probs {
+            acc += p;
+            if r < acc {
+                return id as u32;
+            }
+        }
+        probs.last().map(|&(id, _)| id as u32).unwrap_or(0)
+    }
+}
+
+impl SamplingParams {
+    /// Whether the candidates can be ranked where the logits are ([`top_k_rows`] + [`Sampler::sample_ranked`]):
+    /// a temperature > 0, a top-k of 1..=[`TOP_K_ROWS_MAX`], no repetition penalty.
+    pub fn ranks_on_device(&self) -> bool {
+        self.temperature > 0.0
+            && (1..=TOP_K_ROWS_MAX).contains(&self.top_k)
+            && self.repetition_penalty == 1.0
     }
 }
 
@@ -194,18 +224,14 @@ pub fn top_k_top_p_probs(logits: &[f32], top_k: usize, top_p: f32) -> Vec<(usize
     if logits.is_empty() {
         return Vec::new();
     }
-    if (top_k > 0 && top_k < logits.len()) || top_p >= 1.0 {
-        let ranked = best(logits, top_k);
-        if !logits[ranked[0]].is_finite() {
-            return vec![(ranked[0], 1.0)];
-        }
-        let mut probs = softmax_of(logits, &ranked);
-        if top_p < 1.0 {
-            let keep = top_p_count(&probs, top_p).unwrap_or(probs.len());
-            probs.truncate(keep);
-            renormalize(&mut probs);
-        }
-        return probs;
+    // A top-k (even one past the vocabulary) ranks its candidates and takes the softmax over them alone,
+    // in rank order, the computation `Sampler::sample_ranked` repeats on device-ranked candidates.
+    if top_k > 0 || top_p >= 1.0 {
+        let ranked: Vec<(usize, f32)> = best(logits, top_k)
+            .into_iter()
+            .map(|i| (i, logits[i]))
+            .collect();
+        return ranked_probs(&ranked, top_p);
     }
     let max = max_of(logits);
     if !max.is_finite() {
@@ -266,15 +292,76 @@ fn best(logits: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
-/// Softmax over the `ranked` tokens only (the best first), summed in that order.
-fn softmax_of(logits: &[f32], ranked: &[usize]) -> Vec<(usize, f32)> {
-    let max = logits[ranked[0]];
-    let mut probs: Vec<(usize, f32)> = ranked
-        .iter()
-        .map(|&i| (i, (logits[i] - max).exp()))
-        .collect();
+/// The probabilities of the `ranked` candidates (token, logit), best first: softmax over them only, summed in
+/// that order, then the top-p cut. A first logit that is not finite (all -inf, or +inf) keeps only it.
+fn ranked_probs(ranked: &[(usize, f32)], top_p: f32) -> Vec<(usize, f32)> {
+    let Some(&(first, max)) = ranked.first() else {
+        return Vec::new();
+    };
+    if !max.is_finite() {
+        return vec![(first, 1.0)];
+    }
+    let mut probs: Vec<(usize, f32)> = ranked.iter().map(|&(i, v)| (i, (v - max).exp())).collect();
     renormalize(&mut probs);
+    if top_p < 1.0 {
+        let keep = top_p_count(&probs, top_p).unwrap_or(probs.len());
+        probs.truncate(keep);
+        renormalize(&mut probs);
+    }
     probs
+}
+
+/// The most candidates [`top_k_rows`] returns per row (the device kernel's fixed width).
+pub const TOP_K_ROWS_MAX: usize = 64;
+
+/// For each row of `logits` `[rows, vocab]` (CPU or GPU, any float dtype): its `k[r]` best values after
+/// the sampler's scaling, `(NaN ? -inf : v) · inv_temperature[r]` in f32, as (token, scaled value), larger
+/// value first (IEEE total order), then smaller token: exactly the candidates [`Sampler::sample`] ranks for
+/// a top-k of `k[r]` (at most [`TOP_K_ROWS_MAX`]). On a GPU only these pairs reach the host
+/// ([`Sampler::sample_ranked`] then chooses as `sample` would).
+pub fn top_k_rows(
+    logits: &crate::Tensor,
+    inv_temperature: &[f32],
+    k: &[usize],
+) -> crate::Result<Vec<Vec<(u32, f32)>>> {
+    let &[rows, width] = logits.shape() else {
+        return Err(crate::Error::shape(
+            "top_k_rows",
+            format!("logits must be [rows, vocab], got {:?}", logits.shape()),
+        ));
+    };
+    if inv_temperature.len() != rows || k.len() != rows {
+        return Err(crate::Error::shape(
+            "top_k_rows",
+            format!(
+                "{rows} rows but {} temperatures and {} k",
+                inv_temperature.len(),
+                k.len()
+            ),
+        ));
+    }
+    if let Some(&bad) = k.iter().find(|&&v| v == 0 || v > TOP_K_ROWS_MAX) {
+        return Err(crate::Error::Unsupported(format!(
+            "top_k_rows: k = {bad}, expected 1..={TOP_K_ROWS_MAX}"
+        )));
+    }
+    #[cfg(feature = "cuda")]
+    if logits.device() != crate::Device::Cpu {
+        return crate::cuda::sampling::top_k_rows(logits, rows, width, inv_temperature, k);
+    }
+    let values = logits.to_f32_vec()?;
+    Ok((0..rows)
+        .map(|r| {
+            let scaled: Vec<f32> = values[r * width..(r + 1) * width]
+                .iter()
+                .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v } * inv_temperature[r])
+                .collect();
+            best(&scaled, k[r].min(width))
+                .into_iter()
+                .map(|i| (i as u32, scaled[i]))
+                .collect()
+        })
+        .collect())
 }
 
 /// How many of the ranked tokens top-p keeps: tokens are kept until the mass before them reaches top_p
@@ -382,6 +469,50 @@ mod tests {
         // The peaked case really keeps few tokens, the flat one nearly all.
         let flat: Vec<f32> = (0..1000).map(|i| (i % 7) as f32 * 1e-3).collect();
         assert!(top_k_top_p_probs(&flat, 0, 0.9).len() > 850);
+    }
+
+    #[test]
+    fn sampling_from_the_ranked_candidates_chooses_what_sampling_the_row_chooses() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        for case in 0..40 {
+            let vocab = [5usize, 300, 5000][case % 3];
+            let coarse = case % 2 == 0;
+            let row: Vec<f32> = (0..vocab)
+                .map(|i| {
+                    let v = rng.gen_range(-5.0f32..5.0);
+                    match i % 53 {
+                        7 => f32::NAN,
+                        11 => f32::NEG_INFINITY,
+                        _ if coarse => (v * 2.0).round() / 2.0, // ties
+                        _ => v,
+                    }
+                })
+                .collect();
+            let params = SamplingParams {
+                temperature: [0.3f32, 0.7, 1.0, 1.9][case % 4],
+                top_k: [1usize, 7, 40, 64][case / 4 % 4],
+                top_p: [1.0f32, 0.9, 0.5][case % 3],
+                seed: case as u64,
+                ..Default::default()
+            };
+            assert!(params.ranks_on_device());
+            let logits = crate::Tensor::from_vec(row.clone(), &[1, vocab]).unwrap();
+            let ranked =
+                &top_k_rows(&logits, &[1.0 / params.temperature], &[params.top_k]).unwrap()[0];
+            assert_eq!(ranked.len(), params.top_k.min(vocab));
+            let (mut whole, mut candidates) = (Sampler::new(params), Sampler::new(params));
+            for _ in 0..50 {
+                assert_eq!(
+                    whole.sample(&row, &[]),
+                    candidates.sample_ranked(ranked),
+                    "case {case}"
+                );
+            }
+        }
+        let bad = crate::Tensor::from_vec(vec![0.0f32; 4], &[2, 2]).unwrap();
+        assert!(top_k_rows(&bad, &[1.0], &[1, 1]).is_err());
+        assert!(top_k_rows(&bad, &[1.0, 1.0], &[1, 65]).is_err());
+        assert!(top_k_rows(&bad, &[1.0, 1.0], &[0, 1]).is_err());
     }
 
     #[test]

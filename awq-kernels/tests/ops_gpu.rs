@@ -370,3 +370,61 @@ fn fused_projection_helpers_match_the_cpu() {
         }
     }
 }
+
+#[test]
+fn top_k_rows_on_the_gpu_equals_the_cpu_ranking_with_ties_nan_and_signed_zeros() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for dtype in DTYPES {
+        for (rows, width) in [(1usize, 5usize), (3, 1000), (4, 4099), (8, 151_674)] {
+            let mut values: Vec<f32> = (0..rows * width)
+                .map(|i| {
+                    let v = rng.gen_range(-8.0f32..8.0);
+                    if i % 2 == 0 {
+                        (v * 4.0).round() / 4.0 // coarse: ties at the k-th place
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            // NaN, -inf, both zeros as the best values of row 0, a row of equal values.
+            values[0] = f32::NAN;
+            if width > 4 {
+                values[1] = f32::NEG_INFINITY;
+                values[2] = 20.0;
+                values[3] = 20.0;
+            }
+            if rows > 1 {
+                values[width..2 * width].fill(-0.0);
+                values[width + width / 2] = 0.0;
+            }
+            if rows > 2 {
+                values[2 * width..3 * width].fill(1.5);
+            }
+            let cpu = Tensor::from_vec(values, &[rows, width])
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let inv_t: Vec<f32> = (0..rows)
+                .map(|r| [1.0, 1.0 / 0.7, 2.5, 1.0 / 3.0][r % 4])
+                .collect();
+            let k: Vec<usize> = (0..rows).map(|r| [1usize, 7, 40, 64][r % 4]).collect();
+            let want = awq_kernels::sampling::top_k_rows(&cpu, &inv_t, &k).unwrap();
+            let got = awq_kernels::sampling::top_k_rows(&cpu.to_device(GPU).unwrap(), &inv_t, &k)
+                .unwrap();
+            for r in 0..rows {
+                let (g, w) = (&got[r], &want[r]);
+                assert_eq!(g.len(), w.len(), "{dtype} {rows}x{width} row {r}");
+                for (a, b) in g.iter().zip(w) {
+                    // The same tokens in the same order, and the same f32 values bit for bit.
+                    assert_eq!(
+                        (a.0, a.1.to_bits()),
+                        (b.0, b.1.to_bits()),
+                        "{dtype} {rows}x{width} row {r}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 use awq_kernels::kv_cache::{BlockTable, PagedKvCache};
 use awq_kernels::ops::scatter_rows;
-use awq_kernels::sampling::{argmax_rows, Sampler};
+use awq_kernels::sampling::{argmax_rows, top_k_rows, Sampler};
 use awq_kernels::Tensor;
 use qwen2::{ForwardOptions, SeqInput};
 use rayon::prelude::*;
@@ -491,6 +491,40 @@ impl<'m> Engine<'m> {
 fn next_tokens(seqs: &mut [Sequence], logits: &Tensor) -> Result<Vec<u32>> {
     if seqs.iter().all(|s| s.sampler.params().is_plain_greedy()) {
         return Ok(argmax_rows(logits)?);
+    }
+    // On a GPU, sequences sampling with a top-k (lmdeploy's server default is 40) have their candidates
+    // ranked on the device: k pairs per sequence come back instead of the vocabulary row, and the sampler
+    // chooses among them exactly as it would from the row. Greedy sequences in the batch take their best
+    // candidate (k = 1), which differs from the argmax only when the largest logit is a zero of both signs.
+    if logits.device() != awq_kernels::Device::Cpu
+        && seqs.iter().all(|s| {
+            let p = s.sampler.params();
+            p.is_plain_greedy() || p.ranks_on_device()
+        })
+    {
+        let (inv_t, k): (Vec<f32>, Vec<usize>) = seqs
+            .iter()
+            .map(|s| {
+                let p = s.sampler.params();
+                if p.is_plain_greedy() {
+                    (1.0, 1)
+                } else {
+                    (1.0 / p.temperature, p.top_k)
+                }
+            })
+            .unzip();
+        let ranked = top_k_rows(logits, &inv_t, &k)?;
+        return Ok(seqs
+            .iter_mut()
+            .zip(&ranked)
+            .map(|(s, r)| {
+                if s.sampler.params().is_plain_greedy() {
+                    r.first().map_or(0, |c| c.0)
+                } else {
+                    s.sampler.sample_ranked(r)
+                }
+            })
+            .collect());
     }
     let values = logits.to_f32_vec()?;
     let vocab = values.len() / seqs.len().max(1);
