@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// (`stream`, `pipe`; GPU only).
     #[arg(long, value_delimiter = ',', default_value = "stream")]
     awq_decode_kernels: Vec<String>,
+    /// How the timed decode steps choose tokens: `greedy`, and/or `top_k40` (temperature 0.7, top-k 40:
+    /// lmdeploy's server defaults, which on a GPU rank the candidates on the device).
+    #[arg(long, value_delimiter = ',', default_value = "greedy")]
+    decode_sampling: Vec<String>,
     /// Timed decode steps per batch size.
     #[arg(long, default_value_t = 32)]
     decode_steps: usize,
@@ -147,6 +151,56 @@ fn greedy(max_new_tokens: usize) -> GenerationConfig {
     }
 }
 
+/// The generation settings of a `--decode-sampling` name.
+fn decode_config(name: &str, max_new_tokens: usize) -> Result<GenerationConfig> {
+    let mut config = greedy(max_new_tokens);
+    match name {
+        "greedy" => {}
+        "top_k40" => {
+            config.sampling.temperature = 0.7;
+            config.sampling.top_k = 40;
+        }
+        other => anyhow::bail!("unknown decode sampling `{other}` (greedy, top_k40)"),
+    }
+    Ok(config)
+}
+
+/// The median time of one decode step of `batch` sequences of `prompt` (each step decodes one token of
+/// every sequence), over `--repeats` runs after a warm-up run.
+fn time_decode(
+    engine: &mut Engine,
+    prompt: &[u32],
+    batch: usize,
+    config: GenerationConfig,
+    args: &BenchArgs,
+) -> Result<f64> {
+    let mut per_step = Vec::new();
+    for run in 0..=args.repeats {
+        for _ in 0..batch {
+            engine.add(SeqRequest {
+                prompt_ids: prompt.to_vec(),
+                pixels: None,
+                config: config.clone(),
+            })?;
+        }
+        // The first step prefills everyone; the second is the first batched decode (warm-up).
+        engine.step();
+        engine.step();
+        let t0 = Instant::now();
+        let tokens = drain(engine, batch)?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            tokens == batch * args.decode_steps,
+            "expected {} tokens in the timed steps, saw {tokens}",
+            batch * args.decode_steps
+        );
+        if run > 0 {
+            per_step.push(elapsed / args.decode_steps as f64);
+        }
+    }
+    Ok(median(per_step))
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = Device::parse(&args.device)?;
     let started = Instant::now();
@@ -195,49 +249,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let text_prompt = prompt_ids(&model, 0, &question)?;
     for kernel in &args.awq_decode_kernels {
         choose_awq_decode_kernel(kernel)?;
-        for &batch in &args.batch {
-            let mut per_step = Vec::new();
-            for run in 0..=args.repeats {
-                for _ in 0..batch {
-                    engine.add(SeqRequest {
-                        prompt_ids: text_prompt.clone(),
-                        pixels: None,
-                        config: greedy(args.decode_steps + 2),
-                    })?;
-                }
-                // The first step prefills everyone; the second is the first batched decode (warm-up).
-                engine.step();
-                engine.step();
-                let t0 = Instant::now();
-                let tokens = drain(&mut engine, batch)?;
-                let elapsed = t0.elapsed().as_secs_f64();
-                anyhow::ensure!(
-                    tokens == batch * args.decode_steps,
-                    "expected {} tokens in the timed steps, saw {tokens}",
-                    batch * args.decode_steps
-                );
-                if run > 0 {
-                    per_step.push(elapsed / args.decode_steps as f64);
-                }
+        for sampling in &args.decode_sampling {
+            for &batch in &args.batch {
+                let config = decode_config(sampling, args.decode_steps + 2)?;
+                let step = time_decode(&mut engine, &text_prompt, batch, config, &args)?;
+                rows.push(json!({
+                    "figure": "decode_tokens_per_s", "model": args.synthetic, "device": args.device,
+                    "batch": batch, "context": text_prompt.len() + args.decode_steps,
+                    "awq_kernel": kernel, "sampling": sampling,
+                    "step_ms": step * 1e3, "value": batch as f64 / step, "per_sequence": 1.0 / step,
+                }));
             }
-            let step = median(per_step);
-            rows.push(json!({
-            "figure": "decode_tokens_per_s", "model": args.synthetic, "device": args.device,
-            "batch": batch, "context": text_prompt.len() + args.decode_steps, "awq_kernel": kernel,
-            "step_ms": step * 1e3, "value": batch as f64 / step, "per_sequence": 1.0 / step,
-        }));
         }
     }
 
     println!(
-        "{:<28} {:>8} {:>8} {:>12} {:>14}",
-        "figure", "kernel", "batch", "step ms", "value"
+        "{:<28} {:>8} {:>8} {:>8} {:>12} {:>14}",
+        "figure", "kernel", "sampling", "batch", "step ms", "value"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>8} {:>8} {:>12} {:>14.3}",
+            "{:<28} {:>8} {:>8} {:>8} {:>12} {:>14.3}",
             r["figure"].as_str().unwrap_or(""),
             r["awq_kernel"].as_str().unwrap_or("-"),
+            r["sampling"].as_str().unwrap_or("-"),
             r["batch"].as_u64().map_or("-".into(), |b| b.to_string()),
             r["step_ms"]
                 .as_f64()

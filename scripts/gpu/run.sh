@@ -39,9 +39,10 @@ cat "$OUT/gpu.txt"
 if [ -n "$E2E" ]; then
     failed=0
     echo "== internvl bench-e2e --synthetic $E2E" | tee "$OUT/e2e.log"
-    # Decode timed with the measured AWQ kernel and with the cp.async-pipelined one, on the same model.
+    # Decode timed with the measured AWQ kernel and with the cp.async-pipelined one, greedy and with
+    # lmdeploy's sampling defaults (candidates ranked on the device), on the same loaded model.
     timeout 420 ./internvl bench-e2e --synthetic "$E2E" --device cuda --awq-decode-kernels stream,pipe \
-        --json >> "$OUT/e2e.log" 2>&1 \
+        --decode-sampling greedy,top_k40 --json >> "$OUT/e2e.log" 2>&1 \
         || { echo "bench-e2e failed"; failed=1; }
     for shape in 1b 4b; do
         echo "== transformers peer $shape" | tee -a "$OUT/e2e.log"
