@@ -232,3 +232,10 @@ FOR_EACH_TYPE(INSTANTIATE)
 
 INSTANTIATE_CASTS(f16, __half)
 INSTANTIATE_CASTS(bf16, __nv_bfloat16)
+// Between the 16-bit types through f32 (exact), one rounding: what the host conversion does.
+extern "C" __global__ void cast_f16_to_bf16(const __half* src, __nv_bfloat16* dst, long long n) {
+    cast<__half, __nv_bfloat16>(src, dst, n);
+}
+extern "C" __global__ void cast_bf16_to_f16(const __nv_bfloat16* src, __half* dst, long long n) {
+    cast<__nv_bfloat16, __half>(src, dst, n);
+}

@@ -315,11 +315,15 @@ impl Tensor {
         })
     }
 
-    /// This tensor converted to float `dtype` (no copy when it already is one), on the same device; on a GPU
-    /// the values make a round trip through the host (model loading, not the forward pass).
+    /// This tensor converted to float `dtype` (no copy when it already is one), on the same device (a cast
+    /// kernel on a GPU; the same single rounding as on the host).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype {
             return Ok(self.clone());
+        }
+        #[cfg(feature = "cuda")]
+        if self.device() != Device::Cpu && dtype.is_float() && self.dtype.is_float() {
+            return crate::cuda::ops::cast(self, dtype);
         }
         let values = self.to_f32_vec()?;
         let converted = match dtype {

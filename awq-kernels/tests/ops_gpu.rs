@@ -324,15 +324,39 @@ fn ops_over_zero_rows_do_nothing_as_on_the_cpu() {
 }
 
 #[test]
-fn converting_a_gpu_tensor_keeps_it_on_the_gpu() {
+fn converting_a_gpu_tensor_keeps_it_on_the_gpu_and_rounds_as_the_host() {
     let Some(_gpu) = gpu_for_tests() else { return };
-    let cpu = Tensor::from_vec(vec![1.5f32, -2.25, 65504.0, 1e-3], &[2, 2]).unwrap();
-    let g = on_gpu(&cpu, DType::F32).to_dtype(DType::BF16).unwrap();
-    assert_eq!((g.device(), g.dtype()), (GPU, DType::BF16));
-    assert_eq!(
-        g.to_f32_vec().unwrap(),
-        cpu.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap()
-    );
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    // Values beyond f16's range and below its normal range, and ordinary ones.
+    let mut v: Vec<f32> = (0..1000).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+    v.extend([
+        1.5,
+        -2.25,
+        65504.0,
+        7e4,
+        -1e5,
+        1e-3,
+        3e-6,
+        0.0,
+        -0.0,
+        f32::INFINITY,
+    ]);
+    let n = v.len();
+    let cpu = Tensor::from_vec(v, &[n]).unwrap();
+    for from in DTYPES {
+        for to in DTYPES {
+            let src = cpu.to_dtype(from).unwrap();
+            let g = src.to_device(GPU).unwrap().to_dtype(to).unwrap();
+            assert_eq!((g.device(), g.dtype()), (GPU, to));
+            let want = src.to_dtype(to).unwrap();
+            assert_eq!(
+                g.to_device(Device::Cpu).unwrap().bytes(),
+                want.bytes(),
+                "{from} -> {to}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -273,13 +273,21 @@ impl InternVlModel {
         })
     }
 
-    /// The whole model on `device`: the language model computes in the checkpoint's float dtype there, and
-    /// the vision encoder and projector in the same dtype (as lmdeploy runs them).
+    /// The whole model on `device`. The language model computes in the checkpoint's float dtype there; the
+    /// vision encoder and projector in the 16-bit type their weights are stored in (bf16 for the official
+    /// checkpoints, in which InternViT was trained), else in the language model's. So an AWQ checkpoint whose
+    /// LLM computes in f16 does not squeeze the 6B encoder's bf16 weights and activations into f16's range
+    /// (an f16 vision tower overflowing to inf, then NaN logits, is a known failure of engines that cast it
+    /// to an AWQ model's dtype); the image rows are cast on the device before they join the embeddings.
     pub fn to_device(mut self, device: awq_kernels::Device) -> Result<InternVlModel> {
         self.text = self.text.to_device(device)?;
-        let dtype = self.text.llm.activation_dtype();
-        self.vit = self.vit.to_device(device, dtype)?;
-        self.projector = self.projector.to_device(device, dtype)?;
+        let llm_dtype = self.text.llm.activation_dtype();
+        let vision_dtype = match self.vit.stored_dtype() {
+            d @ (awq_kernels::DType::BF16 | awq_kernels::DType::F16) => d,
+            _ => llm_dtype,
+        };
+        self.vit = self.vit.to_device(device, vision_dtype)?;
+        self.projector = self.projector.to_device(device, vision_dtype)?;
         Ok(self)
     }
 
@@ -332,8 +340,12 @@ impl InternVlModel {
         }
         let mut x = self.text.llm.embed(ids)?;
         if let Some(r) = image_rows {
-            if x.device() == r.device() && x.dtype() == r.dtype() {
-                // Both on the GPU (or both f32 on the CPU): the rows are written in place.
+            if x.device() == r.device() && x.device() != awq_kernels::Device::Cpu {
+                // Both on the GPU: the rows, in the LLM's dtype, are written in place.
+                let r = r.to_dtype(x.dtype())?;
+                scatter_rows(&mut x, &positions, &r)?;
+            } else if x.device() == r.device() && x.dtype() == r.dtype() {
+                // Both f32 on the CPU.
                 scatter_rows(&mut x, &positions, r)?;
             } else {
                 // Mixed places: merge on the CPU in f32; generation moves the result to the model's device.

@@ -228,6 +228,11 @@ impl InternVit {
         self.device
     }
 
+    /// The float dtype the checkpoint stores the encoder's weights in (its position table's).
+    pub fn stored_dtype(&self) -> DType {
+        self.embeddings.position_embedding.dtype()
+    }
+
     /// The encoder on `device`, computing in `dtype` there (f16 or bf16 on a GPU; the CPU always computes
     /// in f32 from the checkpoint's tensors). Three rewrites make the GPU forward need no ops beyond
     /// matrix products, norms, GELU, attention and a residual add, each exact in real arithmetic:

@@ -126,6 +126,49 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Tensor::from_gpu_buffer(out, gate.shape())
 }
 
+/// `x` converted to the float `dtype` on its GPU (f32, f16, bf16; one rounding, as the host conversion).
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let gpu = gpu_of(x)?;
+    let n = x.elem_count() as i64;
+    let mut out = GpuBuffer::output(&gpu, dtype, n as usize)?;
+    let name = match (x.dtype(), dtype) {
+        (DType::F16, DType::F32) => "cast_f16_to_f32",
+        (DType::BF16, DType::F32) => "cast_bf16_to_f32",
+        (DType::F32, DType::F16) => "cast_f32_to_f16",
+        (DType::F32, DType::BF16) => "cast_f32_to_bf16",
+        (DType::F16, DType::BF16) => "cast_f16_to_bf16",
+        (DType::BF16, DType::F16) => "cast_bf16_to_f16",
+        (from, to) => {
+            return Err(Error::Unsupported(format!(
+                "casting a GPU tensor from {from} to {to}"
+            )))
+        }
+    };
+    let f = gpu.function(MODULE, name)?;
+    let src = x.gpu_buffer()?;
+    let mut l = gpu.stream().launch_builder(&f);
+    macro_rules! arg_src {
+        ($T:ty) => {
+            l.arg(src.slice::<$T>()?)
+        };
+    }
+    match x.dtype() {
+        DType::F16 => arg_src!(f16),
+        DType::BF16 => arg_src!(bf16),
+        _ => arg_src!(f32),
+    };
+    match dtype {
+        DType::F16 => l.arg(out.slice_mut::<f16>()?),
+        DType::BF16 => l.arg(out.slice_mut::<bf16>()?),
+        _ => l.arg(out.slice_mut::<f32>()?),
+    };
+    l.arg(&n);
+    // SAFETY: the kernel named for this (source, destination) pair reads n elements of the source type
+    // and writes n of the destination type; both buffers hold n elements of those types.
+    unsafe { launch(&mut l, elementwise(n as usize)) }.map_err(launch_err(name))?;
+    Tensor::from_gpu_buffer(out, x.shape())
+}
+
 /// `silu(x[.., :half]) * x[.., half:]` over rows of `2 · half` (the fused gate|up projection).
 pub fn silu_mul_halves(x: &Tensor, rows: usize, half: usize) -> Result<Tensor> {
     let gpu = gpu_of(x)?;
