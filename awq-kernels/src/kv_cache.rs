@@ -61,6 +61,14 @@ impl BlockTable {
     }
 }
 
+/// Cache slots checked against a pool (and uploaded once when the pool is on a GPU): the rows of one
+/// forward pass, written by every layer.
+pub struct KvSlots {
+    slots: Vec<usize>,
+    #[cfg(feature = "cuda")]
+    device: Option<crate::cuda::buffer::GpuBuffer>,
+}
+
 /// The pool of blocks shared by all sequences.
 pub struct PagedKvCache {
     config: KvCacheConfig,
@@ -197,7 +205,29 @@ impl PagedKvCache {
             .collect())
     }
 
-    /// Writes rows `i` of `keys` and `values` (`[t, h_kv * d]`, on the cache's device) into `slots[i]`.
+    /// Checks `slots` against the pool once and, on a GPU, uploads them once, for every layer's
+    /// [`Self::write_rows_prepared`] in a forward pass.
+    pub fn prepare_slots(&self, slots: &[usize]) -> Result<KvSlots> {
+        let capacity = self.config.num_blocks * self.config.block_size;
+        if let Some(&bad) = slots.iter().find(|&&s| s >= capacity) {
+            return Err(Error::shape(
+                "kv_cache.write_rows",
+                format!("slot {bad} outside the pool of {capacity}"),
+            ));
+        }
+        #[cfg(feature = "cuda")]
+        let device = match self.keys.first().map(Tensor::device) {
+            Some(Device::Cuda(_)) => Some(crate::cuda::ops::upload_slots(slots)?),
+            _ => None,
+        };
+        Ok(KvSlots {
+            slots: slots.to_vec(),
+            #[cfg(feature = "cuda")]
+            device,
+        })
+    }
+
+    /// Writes `keys` and `values` `[slots.len(), h_kv * d]` of layer `layer` into the given slots.
     pub fn write_rows(
         &mut self,
         layer: usize,
@@ -205,8 +235,20 @@ impl PagedKvCache {
         values: &Tensor,
         slots: &[usize],
     ) -> Result<()> {
+        let prepared = self.prepare_slots(slots)?;
+        self.write_rows_prepared(layer, keys, values, &prepared)
+    }
+
+    /// [`Self::write_rows`] with slots from [`Self::prepare_slots`].
+    pub fn write_rows_prepared(
+        &mut self,
+        layer: usize,
+        keys: &Tensor,
+        values: &Tensor,
+        prepared: &KvSlots,
+    ) -> Result<()> {
+        let slots = &prepared.slots;
         let stride = self.config.token_stride();
-        let capacity = self.config.num_blocks * self.config.block_size;
         if keys.shape() != [slots.len(), stride] || values.shape() != keys.shape() {
             return Err(Error::shape(
                 "kv_cache.write_rows",
@@ -218,17 +260,15 @@ impl PagedKvCache {
                 ),
             ));
         }
-        if let Some(&bad) = slots.iter().find(|&&s| s >= capacity) {
-            return Err(Error::shape(
-                "kv_cache.write_rows",
-                format!("slot {bad} outside the pool of {capacity}"),
-            ));
-        }
         #[cfg(feature = "cuda")]
         if keys.device() != Device::Cpu {
-            let slots: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+            let Some(slots_gpu) = &prepared.device else {
+                return Err(Error::Unsupported(
+                    "kv_cache.write_rows: the slots were prepared for a CPU pool".into(),
+                ));
+            };
             let (kc, vc) = (&mut self.keys[layer], &mut self.values[layer]);
-            return crate::cuda::ops::kv_write(keys, values, kc, vc, &slots, stride);
+            return crate::cuda::ops::kv_write(keys, values, kc, vc, slots_gpu, stride);
         }
         let (ks, vs) = (keys.as_slice::<f32>()?, values.as_slice::<f32>()?);
         let kc = self.keys[layer].as_mut_slice::<f32>()?;

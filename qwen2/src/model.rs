@@ -7,7 +7,11 @@ use awq_kernels::ops::attention::AttnSeq;
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::ops::norm::{add_rms_norm, rms_norm};
 use awq_kernels::ops::{
-    activation, add_inplace, embedding::embedding, gather_rows, rope::rope_inplace, split_columns3,
+    activation, add_inplace,
+    embedding::embedding,
+    gather_rows,
+    rope::{rope_inplace_prepared, RopeInputs},
+    split_columns3,
 };
 use awq_kernels::{DType, DTypeRule, Device, Tensor, TensorSpec, WeightsScope};
 
@@ -417,6 +421,9 @@ impl Qwen2 {
         for (s, &past) in seqs.iter().zip(&starts) {
             slots.extend(cache.slots(s.table, past, s.len)?);
         }
+        // Prepared (on a GPU: uploaded) once here, not by each layer.
+        let kv_slots = cache.prepare_slots(&slots)?;
+        let rope = RopeInputs::new(&positions, c.head_dim, c.rope_theta, self.device)?;
 
         // The attention rows of every sequence, the same in every layer (planned once; see `attention`).
         let mut attn_seqs = Vec::with_capacity(seqs.len());
@@ -459,10 +466,10 @@ impl Qwen2 {
             let [q, k, v] = attn.qkv.forward3(&a)?; // v: [t, h_kv * d]
             let mut q = q.reshape(&[t, c.num_attention_heads, c.head_dim])?;
             let mut k = k.reshape(&[t, c.num_key_value_heads, c.head_dim])?;
-            rope_inplace(&mut q, &positions, c.rope_theta)?;
-            rope_inplace(&mut k, &positions, c.rope_theta)?;
+            rope_inplace_prepared(&mut q, &rope)?;
+            rope_inplace_prepared(&mut k, &rope)?;
             let stride = c.num_key_value_heads * c.head_dim;
-            cache.write_rows(li, &k.reshape(&[t, stride])?, &v, &slots)?;
+            cache.write_rows_prepared(li, &k.reshape(&[t, stride])?, &v, &kv_slots)?;
             let o = attention.layer(&q, cache, li)?; // [t, h * d]
             let attn_out = attn.o_proj.forward(o)?;
 

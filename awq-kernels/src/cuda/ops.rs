@@ -253,12 +253,26 @@ pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
 }
 
 /// Rotary embedding in place on `x` `[t, heads, d]`, with `inv_freq` `[d/2]` from the CPU's table.
-pub fn rope_inplace(x: &mut Tensor, positions: &[usize], inv_freq: &[f32]) -> Result<()> {
+/// The positions (as i32) and `inv_freq` of a forward pass on the GPU, for every layer's [`rope_inplace`].
+pub fn upload_rope_inputs(positions: &[usize], inv_freq: &[f32]) -> Result<(GpuBuffer, GpuBuffer)> {
+    let gpu = Gpu::shared()?;
+    let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+    Ok((
+        upload_i32(&gpu, &pos)?,
+        GpuBuffer::from_slice(&gpu, inv_freq)?,
+    ))
+}
+
+/// Slot indices (as i32) on the GPU, for every layer's [`kv_write`].
+pub fn upload_slots(slots: &[usize]) -> Result<GpuBuffer> {
+    let gpu = Gpu::shared()?;
+    let slots: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+    upload_i32(&gpu, &slots)
+}
+
+pub fn rope_inplace(x: &mut Tensor, pos_gpu: &GpuBuffer, freq_gpu: &GpuBuffer) -> Result<()> {
     let gpu = gpu_of(x)?;
     let (t, heads, d) = (x.dim(0), x.dim(1), x.dim(2));
-    let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
-    let pos_gpu = upload_i32(&gpu, &pos)?;
-    let freq_gpu = GpuBuffer::from_slice(&gpu, inv_freq)?;
     let dtype = x.dtype();
     let xb = x.gpu_buffer_mut()?;
     float_dispatch!(dtype, "rope", |T, sfx| {
@@ -277,7 +291,7 @@ pub fn rope_inplace(x: &mut Tensor, positions: &[usize], inv_freq: &[f32]) -> Re
             shared_mem_bytes: 0,
         };
         // SAFETY: x is [t, heads, d] with d even and d/2 <= 1024 threads; positions has t entries and
-        // inv_freq d/2.
+        // inv_freq d/2 (checked by `rope_inplace_prepared` against the prepared inputs).
         unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })
@@ -289,11 +303,11 @@ pub fn kv_write(
     v: &Tensor,
     kc: &mut Tensor,
     vc: &mut Tensor,
-    slots: &[i32],
+    slots_gpu: &GpuBuffer,
     width: usize,
 ) -> Result<()> {
     let gpu = gpu_of(k)?;
-    let slots_gpu = upload_i32(&gpu, slots)?;
+    let rows_n = slots_gpu.len();
     let dtype = k.dtype();
     let (kb, vb) = (k.gpu_buffer()?, v.gpu_buffer()?);
     let kcb = kc.gpu_buffer_mut()?;
@@ -309,8 +323,9 @@ pub fn kv_write(
             .arg(vcb.slice_mut::<T>()?)
             .arg(slots_gpu.slice::<i32>()?)
             .arg(&w);
-        // SAFETY: k, v are [slots.len(), width]; every slot is inside the cache (reserved by the caller).
-        unsafe { launch(&mut l, rows(slots.len(), THREADS)) }.map_err(launch_err(&name))?;
+        // SAFETY: k, v are [slots, width] (checked by the caller against the prepared slots); every slot
+        // is inside the cache (checked when the slots were prepared).
+        unsafe { launch(&mut l, rows(rows_n, THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })
 }
