@@ -13,6 +13,8 @@ pub mod kv_cache;
 pub mod ops;
 pub mod sampling;
 pub mod tensor;
+#[doc(hidden)]
+pub mod testing;
 pub mod weights;
 
 pub use device::Device;

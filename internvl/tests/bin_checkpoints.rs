@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use awq_kernels::sampling::SamplingParams;
+use awq_kernels::testing::{copy_dir, temp_dir};
 use awq_kernels::weights::TensorProblem;
 use awq_kernels::{WeightFormat, Weights};
 use internvl::convert::{convert, ConvertOptions, Progress};
@@ -22,20 +23,6 @@ fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fixtures/bin")
         .join(rel)
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("internvl-bin-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    for e in std::fs::read_dir(src).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
-    }
 }
 
 fn greedy_tokens(dir: &Path, n: usize) -> Vec<u32> {

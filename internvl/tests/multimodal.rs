@@ -81,24 +81,6 @@ const PROMPTS: [(&str, &str); 3] = [
     ("video", "video"),
 ];
 
-/// Max abs error of `got` against `want`, relative to the largest reference magnitude; fails above `REL_TOL`.
-fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let mut worst = 0.0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err.is_finite(), "{what}[{i}]: got {g}, want {w}");
-        worst = worst.max(err);
-    }
-    assert!(
-        worst <= REL_TOL * scale,
-        "{what}: max abs error {worst} exceeds {} (scale {scale})",
-        REL_TOL * scale
-    );
-    worst / scale
-}
-
 fn load(variant: &str) -> InternVlModel {
     InternVlModel::load(&fixtures().join(variant)).unwrap()
 }
@@ -502,4 +484,9 @@ fn cancelling_frees_the_blocks_and_a_prompt_over_the_cache_is_refused() {
         matches!(err, Error::PromptTooLong { limit: 1024, .. }),
         "{err}"
     );
+}
+
+/// [`awq_kernels::testing::assert_close`] at this suite's tolerance.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
+    awq_kernels::testing::assert_close(what, got, want, REL_TOL)
 }

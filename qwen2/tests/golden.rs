@@ -64,23 +64,6 @@ impl Fixture {
     }
 }
 
-/// Asserts `got` is within `REL_TOL` of the largest reference magnitude, element by element; NaN fails.
-fn assert_close(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let mut worst = 0.0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err.is_finite(), "{what}[{i}]: got {g}, want {w}");
-        worst = worst.max(err);
-    }
-    assert!(
-        worst <= REL_TOL * scale,
-        "{what}: max abs error {worst} exceeds {} (scale {scale})",
-        REL_TOL * scale
-    );
-}
-
 fn prefill(f: &Fixture, ids: &[u32], options: ForwardOptions) -> qwen2::ForwardOutput {
     let mut cache = f.model.new_kv_cache(16, ids.len().div_ceil(16) + 1);
     let mut table = BlockTable::new();
@@ -275,4 +258,9 @@ fn the_expected_tensor_list_names_exactly_the_tensors_of_each_checkpoint() {
         expected.sort_unstable();
         assert_eq!(expected, weights.names(), "{name}");
     }
+}
+
+/// [`awq_kernels::testing::assert_close`] at this suite's tolerance.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
+    awq_kernels::testing::assert_close(what, got, want, REL_TOL)
 }

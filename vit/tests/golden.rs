@@ -47,25 +47,6 @@ fn load(name: &str) -> InternVit {
     InternVit::load(&config, &weights.scope("vision_model.")).unwrap()
 }
 
-/// Asserts `got` is within `REL_TOL` of the largest reference magnitude, element by element; returns the
-/// worst error relative to that magnitude.
-fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let mut worst = 0.0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err.is_finite(), "{what}[{i}]: got {g}, want {w}");
-        worst = worst.max(err);
-    }
-    assert!(
-        worst <= REL_TOL * scale,
-        "{what}: max abs error {worst} exceeds {} (scale {scale})",
-        REL_TOL * scale
-    );
-    worst / scale
-}
-
 fn check_vision_features(name: &str) {
     let model = load(name);
     let out = model.forward(&pixels("image_levels")).unwrap();
@@ -133,4 +114,9 @@ fn tiles_of_another_size_or_channel_count_are_refused_with_the_expected_shape() 
         .unwrap_err()
         .to_string();
     assert!(err.contains("[3, 448, 448]"), "{err}");
+}
+
+/// [`awq_kernels::testing::assert_close`] at this suite's tolerance.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
+    awq_kernels::testing::assert_close(what, got, want, REL_TOL)
 }
