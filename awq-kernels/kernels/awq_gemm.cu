@@ -520,7 +520,8 @@ static __device__ __forceinline__ void pipe_kernel(
         }
         cp_async_wait<0>();
     }
-    // The ring is reused for the k-lane sum: every warp must be past its loop first.
+    // The ring is reused for the k-lane sum (16 KB: the host sizes the ring to at least that, which matters
+    // only for groups of 16): every warp must be past its loop first.
     __syncthreads();
     __shared__ u32 s_last;
     finish<D, MT, SW>(acc, reinterpret_cast<float(*)[8 * 4 * 32]>(ring_all), &s_last, bias, y, partials, counters,

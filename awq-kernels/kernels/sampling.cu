@@ -100,7 +100,7 @@ __device__ void top_k_rows(const T* __restrict__ logits, const float* __restrict
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
 
     __shared__ unsigned hist[256];
-    __shared__ int s_bin, s_remaining, s_gt, s_ties;
+    __shared__ int s_bin, s_remaining, s_gt, s_ties, s_done;
     __shared__ int warp_ties[32];
     __shared__ unsigned long long cand[TOP_K_MAX];
 
@@ -171,9 +171,14 @@ __device__ void top_k_rows(const T* __restrict__ logits, const float* __restrict
         const int rank = s_ties + before + __popc(ballot & ((1u << lane) - 1u));
         if (eq && rank < remaining) cand[above + rank] = word;
         __syncthreads();
-        if (tid == 0) s_ties += total;
+        // Thread 0 decides while the counters are still: a warp that went on to the next chunk could
+        // otherwise raise s_gt under a slower warp still reading it, and the break would not be uniform.
+        if (tid == 0) {
+            s_ties += total;
+            s_done = (s_gt >= above && s_ties >= remaining) ? 1 : 0;
+        }
         __syncthreads();
-        if (s_gt >= above && s_ties >= remaining) break;  // uniform: shared values after a barrier
+        if (s_done) break;  // written again only after the next chunk's second barrier
     }
     __syncthreads();
 

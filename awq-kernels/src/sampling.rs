@@ -38,6 +38,10 @@ impl SamplingParams {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature must be a finite number >= 0");
         }
+        if self.temperature > 0.0 && !(1.0 / self.temperature).is_finite() {
+            // Dividing the logits by it would give infinities (and NaN for a zero logit).
+            return bad("temperature must be 0 (greedy) or at least 1e-38");
+        }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p must be in (0, 1]");
         }
@@ -121,6 +125,7 @@ impl SamplingParams {
     /// a temperature > 0, a top-k of 1..=[`TOP_K_ROWS_MAX`], no repetition penalty.
     pub fn ranks_on_device(&self) -> bool {
         self.temperature > 0.0
+            && (1.0 / self.temperature).is_finite()
             && (1..=TOP_K_ROWS_MAX).contains(&self.top_k)
             && self.repetition_penalty == 1.0
     }
@@ -643,6 +648,11 @@ mod tests {
         assert!(p.validate().is_err());
         let p = SamplingParams {
             temperature: -1.0,
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
+        let p = SamplingParams {
+            temperature: 1e-40,
             ..Default::default()
         };
         assert!(p.validate().is_err());

@@ -115,6 +115,23 @@ fn keep_freed_memory_pooled(ctx: &CudaContext) {
     };
 }
 
+/// Releases what the device's default memory pool holds beyond the buffers in use (best effort).
+fn trim_memory_pool(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    if ctx.bind_to_thread().is_err() {
+        return;
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
+    let got = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if got == sys::CUresult::CUDA_SUCCESS && !pool.is_null() {
+        // Pending frees must have happened before the pool can release their memory.
+        let _ = ctx.synchronize();
+        // SAFETY: `pool` is the device's default pool returned above.
+        let _ = unsafe { sys::cuMemPoolTrimTo(pool, 0) };
+    }
+}
+
 pub(crate) fn cuda_error(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
@@ -201,8 +218,10 @@ impl Gpu {
         self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 
-    /// Free and total device memory, in bytes (what the KV cache can be sized from after loading).
+    /// Free and total device memory, in bytes (what the KV cache can be sized from after loading). Memory
+    /// the pool keeps from freed buffers is handed back first, so it counts as free.
     pub fn memory(&self) -> Result<(usize, usize)> {
+        trim_memory_pool(&self.ctx);
         self.ctx
             .mem_get_info()
             .map_err(|e| crate::Error::Cuda(format!("querying device memory: {e}")))

@@ -15,9 +15,14 @@ use crate::{DType, Error, Result, Tensor};
 const MODULE: &str = "ops";
 const THREADS: u32 = 256;
 
+/// One thread per element. The block count is computed in 64 bits (a u32 element count would wrap past 4G
+/// elements); 2^31 - 1 blocks of 256 cover any tensor a GPU can hold.
 fn elementwise(n: usize) -> LaunchConfig {
+    let blocks = (n as u64)
+        .div_ceil(THREADS as u64)
+        .clamp(1, i32::MAX as u64) as u32;
     LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(THREADS).max(1), 1, 1),
+        grid_dim: (blocks, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }

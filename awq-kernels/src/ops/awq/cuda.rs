@@ -708,7 +708,8 @@ fn launch_stream<T: AwqFloat>(
     let plan = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms);
     // The stages of a large group may not fit (group 256 at mt ≥ 2: 267 KB); the register kernel computes the
     // same bits.
-    let pipelined = pipelined && pipe_shared_bytes(plan.mt, w.group) <= ws.max_shared;
+    // (+ 16: the kernel's static shared word, rounded up.)
+    let pipelined = pipelined && pipe_shared_bytes(plan.mt, w.group) + 16 <= ws.max_shared;
     let (name, shared_mem_bytes) = if pipelined {
         let name = format!(
             "awq_pipe_{}_mt{}_sw{}_st{}",
