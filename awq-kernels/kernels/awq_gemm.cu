@@ -163,6 +163,20 @@ static __device__ __forceinline__ void a_rows(const typename D::T* (&xr)[MT][2],
         }
 }
 
+// A warp's accumulators zeroed and its A-fragment row pointers set (the start of both streaming kernels).
+template <class D, int MT>
+static __device__ __forceinline__ void start_tile(float (&acc)[MT][8][4], const typename D::T* (&xr)[MT][2],
+                                                  const typename D::T* x, const typename D::T* zero_row, int M,
+                                                  int K, int g, int t) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][j][r] = 0.0f;
+    a_rows<D, MT>(xr, x, zero_row, M, K, g, t);
+}
+
 // One chunk (16 values of k at koff) of one strip: the lane's A fragments from x (through L1), its 16-byte
 // weight piece q dequantized in registers with the group's scales s2v and -(MAGIC + zero) nz2v, 8·MT mma.
 template <class D, int MT>
@@ -359,14 +373,8 @@ static __device__ __forceinline__ void stream_kernel(
     const int cpg = G / 16;
 
     float acc[MT][8][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[mt][j][r] = 0.0f;
     const T* xr[MT][2];
-    a_rows<D, MT>(xr, x, zero_row, M, K, g, t);
+    start_tile<D, MT>(acc, xr, x, zero_row, M, K, g, t);
 
     if (strip_ok) {
         const int gbeg = blockIdx.y * gpw * KW;
@@ -475,14 +483,8 @@ static __device__ __forceinline__ void pipe_kernel(
     uint4* ring = ring_all + (size_t)warp * ST * slots;
 
     float acc[MT][8][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[mt][j][r] = 0.0f;
     const T* xr[MT][2];
-    a_rows<D, MT>(xr, x, zero_row, M, K, g, t);
+    start_tile<D, MT>(acc, xr, x, zero_row, M, K, g, t);
 
     if (strip_ok) {
         const int gbeg = blockIdx.y * gpw * KW;

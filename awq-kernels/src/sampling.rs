@@ -88,15 +88,7 @@ impl Sampler {
             // Every token stays a candidate: no ranking needed, the inverse CDF in index order.
             return sample_all(&logits, r) as u32;
         }
-        let probs = top_k_top_p_probs(&logits, top_k, top_p);
-        let mut acc = 0.0f32;
-        for &(id, p) in &probs {
-            acc += p;
-            if r < acc {
-                return id as u32;
-            }
-        }
-        probs.last().map(|&(id, _)| id as u32).unwrap_or(0)
+        draw(&top_k_top_p_probs(&logits, top_k, top_p), r)
     }
 }
 
@@ -108,15 +100,7 @@ impl Sampler {
     pub fn sample_ranked(&mut self, ranked: &[(u32, f32)]) -> u32 {
         let r: f32 = self.rng.gen::<f32>();
         let ranked: Vec<(usize, f32)> = ranked.iter().map(|&(i, v)| (i as usize, v)).collect();
-        let probs = ranked_probs(&ranked, self.params.top_p);
-        let mut acc = 0.0f32;
-        for &(id, p) in &probs {
-            acc += p;
-            if r < acc {
-                return id as u32;
-            }
-        }
-        probs.last().map(|&(id, _)| id as u32).unwrap_or(0)
+        draw(&ranked_probs(&ranked, self.params.top_p), r)
     }
 }
 
@@ -129,6 +113,19 @@ impl SamplingParams {
             && (1..=TOP_K_ROWS_MAX).contains(&self.top_k)
             && self.repetition_penalty == 1.0
     }
+}
+
+/// The token of `probs` (most likely first) where the running sum first passes the uniform number `r`; the
+/// last one when rounding leaves the sum just short of r.
+fn draw(probs: &[(usize, f32)], r: f32) -> u32 {
+    let mut acc = 0.0f32;
+    for &(id, p) in probs {
+        acc += p;
+        if r < acc {
+            return id as u32;
+        }
+    }
+    probs.last().map(|&(id, _)| id as u32).unwrap_or(0)
 }
 
 /// A token drawn from softmax(`logits`) with the uniform number `r` in [0, 1): the first index whose

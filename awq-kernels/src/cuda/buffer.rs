@@ -102,43 +102,37 @@ impl GpuBuffer {
 
     /// A buffer of `len` elements whose contents are whatever the memory held.
     fn uninit(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<GpuBuffer> {
-        let s = gpu.stream();
-        let e = |err| cuda_error("allocating device memory", err);
-        // SAFETY: device memory is never read by the host without a copy, and `output`'s callers write all
-        // `len` elements on the stream before anything reads them (the poisoned GPU tests check that), so
-        // no value of the old contents is ever observed.
-        let data = unsafe {
-            match dtype {
-                DType::F32 => GpuData::F32(s.alloc(len).map_err(e)?),
-                DType::F16 => GpuData::F16(s.alloc(len).map_err(e)?),
-                DType::BF16 => GpuData::BF16(s.alloc(len).map_err(e)?),
-                DType::I32 => GpuData::I32(s.alloc(len).map_err(e)?),
-                DType::U32 => GpuData::U32(s.alloc(len).map_err(e)?),
-                DType::U8 => GpuData::U8(s.alloc(len).map_err(e)?),
-                DType::I64 => {
-                    return Err(Error::Unsupported(
-                        "i64 tensors stay on the CPU (no GPU op takes them)".into(),
-                    ))
-                }
-            }
-        };
-        Ok(GpuBuffer {
-            gpu: Arc::clone(gpu),
-            data,
-        })
+        GpuBuffer::allocate(gpu, dtype, len, false)
     }
 
     /// A zero-filled buffer of `len` elements.
     pub fn zeros(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<GpuBuffer> {
+        GpuBuffer::allocate(gpu, dtype, len, true)
+    }
+
+    fn allocate(gpu: &Arc<Gpu>, dtype: DType, len: usize, zeroed: bool) -> Result<GpuBuffer> {
         let s = gpu.stream();
         let e = |err| cuda_error("allocating device memory", err);
+        macro_rules! slice {
+            ($t:ty) => {
+                if zeroed {
+                    s.alloc_zeros::<$t>(len)
+                } else {
+                    // SAFETY: only `output` asks for unzeroed memory, and its callers write all `len`
+                    // elements on the stream before anything reads them (the poisoned GPU tests check
+                    // that), so no value of the old contents is ever observed.
+                    unsafe { s.alloc::<$t>(len) }
+                }
+                .map_err(e)?
+            };
+        }
         let data = match dtype {
-            DType::F32 => GpuData::F32(s.alloc_zeros(len).map_err(e)?),
-            DType::F16 => GpuData::F16(s.alloc_zeros(len).map_err(e)?),
-            DType::BF16 => GpuData::BF16(s.alloc_zeros(len).map_err(e)?),
-            DType::I32 => GpuData::I32(s.alloc_zeros(len).map_err(e)?),
-            DType::U32 => GpuData::U32(s.alloc_zeros(len).map_err(e)?),
-            DType::U8 => GpuData::U8(s.alloc_zeros(len).map_err(e)?),
+            DType::F32 => GpuData::F32(slice!(f32)),
+            DType::F16 => GpuData::F16(slice!(f16)),
+            DType::BF16 => GpuData::BF16(slice!(bf16)),
+            DType::I32 => GpuData::I32(slice!(i32)),
+            DType::U32 => GpuData::U32(slice!(u32)),
+            DType::U8 => GpuData::U8(slice!(u8)),
             DType::I64 => {
                 return Err(Error::Unsupported(
                     "i64 tensors stay on the CPU (no GPU op takes them)".into(),

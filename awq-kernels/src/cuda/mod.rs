@@ -87,49 +87,45 @@ const MODULES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Makes the device's default memory pool (the one `cuMemAllocAsync` draws from) keep what is freed
-/// instead of returning it to the driver at every synchronization (its default release threshold is 0): the
-/// buffers of one decode step are then reused by the next without the driver mapping memory again, which is
-/// the caching allocator a forward pass needs. Best effort: a driver without memory pools allocates
-/// synchronously and has nothing to configure.
-fn keep_freed_memory_pooled(ctx: &CudaContext) {
+/// The device's default memory pool (the one `cuMemAllocAsync` draws from), if the driver has pools.
+fn default_memory_pool(ctx: &CudaContext) -> Option<cudarc::driver::sys::CUmemoryPool> {
     use cudarc::driver::sys;
-    if ctx.bind_to_thread().is_err() {
-        return;
-    }
+    ctx.bind_to_thread().ok()?;
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
     let got = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
-    if got != sys::CUresult::CUDA_SUCCESS || pool.is_null() {
+    (got == sys::CUresult::CUDA_SUCCESS && !pool.is_null()).then_some(pool)
+}
+
+/// Makes the default memory pool keep what is freed instead of returning it to the driver at every
+/// synchronization (its default release threshold is 0): the buffers of one decode step are then reused by
+/// the next without the driver mapping memory again, which is the caching allocator a forward pass needs.
+/// Best effort: a driver without memory pools allocates synchronously and has nothing to configure.
+fn keep_freed_memory_pooled(ctx: &CudaContext) {
+    let Some(pool) = default_memory_pool(ctx) else {
         return;
-    }
+    };
     let mut threshold: u64 = u64::MAX;
     // SAFETY: the release threshold attribute takes a pointer to a u64, which `threshold` is; `pool` is the
-    // device's default pool returned above.
+    // device's default pool.
     let _ = unsafe {
-        sys::cuMemPoolSetAttribute(
+        cudarc::driver::sys::cuMemPoolSetAttribute(
             pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             (&mut threshold as *mut u64).cast(),
         )
     };
 }
 
-/// Releases what the device's default memory pool holds beyond the buffers in use (best effort).
+/// Releases what the default memory pool holds beyond the buffers in use (best effort).
 fn trim_memory_pool(ctx: &CudaContext) {
-    use cudarc::driver::sys;
-    if ctx.bind_to_thread().is_err() {
+    let Some(pool) = default_memory_pool(ctx) else {
         return;
-    }
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
-    let got = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
-    if got == sys::CUresult::CUDA_SUCCESS && !pool.is_null() {
-        // Pending frees must have happened before the pool can release their memory.
-        let _ = ctx.synchronize();
-        // SAFETY: `pool` is the device's default pool returned above.
-        let _ = unsafe { sys::cuMemPoolTrimTo(pool, 0) };
-    }
+    };
+    // Pending frees must have happened before the pool can release their memory.
+    let _ = ctx.synchronize();
+    // SAFETY: `pool` is the device's default pool.
+    let _ = unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, 0) };
 }
 
 pub(crate) fn cuda_error(what: &str, e: impl std::fmt::Debug) -> Error {

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use half::{bf16, f16};
 
 use super::buffer::GpuBuffer;
 use super::cuda_error;
 use super::launch;
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Result, Tensor};
 
 const MODULE: &str = "sampling";
 
@@ -29,28 +28,15 @@ pub fn argmax_rows(logits: &Tensor, rows: usize, width: usize) -> Result<Vec<u32
         shared_mem_bytes: 0,
     };
     let w = width as i32;
-    macro_rules! launch {
-        ($T:ty, $name:literal) => {{
-            let f = gpu.function(MODULE, $name)?;
-            let mut l = gpu.stream().launch_builder(&f);
-            l.arg(xb.slice::<$T>()?).arg(out.slice_mut::<u32>()?).arg(&w);
-            // SAFETY: logits hold rows·width elements of the launched type (checked by the caller), out
-            // holds rows u32; one block per row reads only its own row.
-            unsafe { launch(&mut l, config) }.map_err(|e| cuda_error(concat!("launching ", $name), e))?;
-        }};
-    }
-    match logits.dtype() {
-        DType::F32 => launch!(f32, "argmax_rows_f32"),
-        DType::F16 => launch!(f16, "argmax_rows_f16"),
-        DType::BF16 => launch!(bf16, "argmax_rows_bf16"),
-        other => {
-            return Err(Error::DType {
-                op: "argmax_rows (GPU)",
-                expected: DType::F16,
-                got: other,
-            })
-        }
-    }
+    float_dispatch!(logits.dtype(), "argmax_rows (GPU)", |T, sfx| {
+        let name = format!("argmax_rows_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(xb.slice::<T>()?).arg(out.slice_mut::<u32>()?).arg(&w);
+        // SAFETY: logits hold rows·width elements of the launched type (checked by the caller), out
+        // holds rows u32; one block per row reads only its own row.
+        unsafe { launch(&mut l, config) }.map_err(|e| cuda_error(&format!("launching {name}"), e))
+    })?;
     let host = Tensor::from_gpu_buffer(out, &[rows])?.to_device(Device::Cpu)?;
     Ok(host.as_slice::<u32>()?.to_vec())
 }
@@ -81,35 +67,21 @@ pub fn top_k_rows(
         shared_mem_bytes: 0,
     };
     let w = width as i32;
-    macro_rules! launch {
-        ($T:ty, $name:literal) => {{
-            let f = gpu.function(MODULE, $name)?;
-            let mut l = gpu.stream().launch_builder(&f);
-            l.arg(xb.slice::<$T>()?)
-                .arg(inv_t.slice::<f32>()?)
-                .arg(ks.slice::<i32>()?)
-                .arg(idx.slice_mut::<u32>()?)
-                .arg(val.slice_mut::<f32>()?)
-                .arg(&w);
-            // SAFETY: logits hold rows·width elements of the launched type (checked by the caller), the
-            // temperatures and k one per row, idx and val rows·64; block r reads row r and writes its 64
-            // outputs; 1024 threads per block as the kernel's launch bounds and sort require.
-            unsafe { launch(&mut l, config) }
-                .map_err(|e| cuda_error(concat!("launching ", $name), e))?;
-        }};
-    }
-    match logits.dtype() {
-        DType::F32 => launch!(f32, "top_k_rows_f32"),
-        DType::F16 => launch!(f16, "top_k_rows_f16"),
-        DType::BF16 => launch!(bf16, "top_k_rows_bf16"),
-        other => {
-            return Err(Error::DType {
-                op: "top_k_rows (GPU)",
-                expected: DType::F16,
-                got: other,
-            })
-        }
-    }
+    float_dispatch!(logits.dtype(), "top_k_rows (GPU)", |T, sfx| {
+        let name = format!("top_k_rows_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(xb.slice::<T>()?)
+            .arg(inv_t.slice::<f32>()?)
+            .arg(ks.slice::<i32>()?)
+            .arg(idx.slice_mut::<u32>()?)
+            .arg(val.slice_mut::<f32>()?)
+            .arg(&w);
+        // SAFETY: logits hold rows·width elements of the launched type (checked by the caller), the
+        // temperatures and k one per row, idx and val rows·64; block r reads row r and writes its 64
+        // outputs; 1024 threads per block as the kernel's launch bounds and sort require.
+        unsafe { launch(&mut l, config) }.map_err(|e| cuda_error(&format!("launching {name}"), e))
+    })?;
     let idx = Tensor::from_gpu_buffer(idx, &[rows * MAX])?.to_device(Device::Cpu)?;
     let val = Tensor::from_gpu_buffer(val, &[rows * MAX])?.to_device(Device::Cpu)?;
     let (idx, val) = (idx.as_slice::<u32>()?, val.as_slice::<f32>()?);
