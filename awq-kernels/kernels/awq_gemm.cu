@@ -219,6 +219,17 @@ static __device__ __forceinline__ void group_constants(const uint4& sv, u32 zw, 
     }
 }
 
+// Where a thread of a streaming kernel's block sits: its lane (g = lane / 4, t = lane % 4 in the mma
+// fragments), its warp, that warp's strip s of the block and k-lane kl, and the strip's global index.
+struct Place {
+    int lane, warp, s, kl, g, t, strip;
+};
+template <int SW>
+static __device__ __forceinline__ Place place() {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    return Place{lane, warp, warp % SW, warp / SW, lane >> 2, lane & 3, (int)blockIdx.x * SW + warp % SW};
+}
+
 // After the main loop of a streaming kernel: the KW k-lanes of each strip are summed, then y is written
 // (S2 == 1) or the block's partial tile is stored and the last block of the column block sums the S2
 // partials in split order. `red` holds 4 warps' fragments (4 · 1024 floats); `s_last` one shared word.
@@ -226,14 +237,10 @@ template <class D, int MT, int SW>
 static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*red)[8 * 4 * 32], u32* s_last,
                                               const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
                                               float* __restrict__ partials, u32* __restrict__ counters, int M,
-                                              int N, int S2, int strip, bool strip_ok) {
+                                              int N, int S2, const Place& at, bool strip_ok) {
     constexpr int KW = 8 / SW;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int s = warp % SW;
-    const int kl = warp / SW;
-    const int g = lane >> 2;
-    const int t = lane & 3;
+    const auto [lane, warp, s, kl, g, t, strip] = at;
+    (void)warp;
     // Sum the KW k-lanes of each strip into k-lane 0: a fixed tree through shared memory, one m-tile at a
     // time. Buffer b holds one warp's fragments, element (j·4 + r)·32 + lane (conflict-free).
     if (KW > 1) {
@@ -360,13 +367,7 @@ static __device__ __forceinline__ void stream_kernel(
     int S2) {
     typedef typename D::T T;
     constexpr int KW = 8 / SW;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int s = warp % SW;
-    const int kl = warp / SW;
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int strip = blockIdx.x * SW + s;
+    const auto [lane, warp, s, kl, g, t, strip] = place<SW>();
     const bool strip_ok = strip < NS;
     const int NG = K / G;
     const int KC = K / 16;
@@ -398,7 +399,7 @@ static __device__ __forceinline__ void stream_kernel(
     }
     __shared__ float red[4][8 * 4 * 32];
     __shared__ u32 s_last;
-    finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, strip, strip_ok);
+    finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, place<SW>(), strip_ok);
 }
 
 #define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                                                                  \
@@ -468,13 +469,7 @@ static __device__ __forceinline__ void pipe_kernel(
     typedef typename D::T T;
     constexpr int KW = 8 / SW;
     extern __shared__ uint4 ring_all[];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int s = warp % SW;
-    const int kl = warp / SW;
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int strip = blockIdx.x * SW + s;
+    const auto [lane, warp, s, kl, g, t, strip] = place<SW>();
     const bool strip_ok = strip < NS;
     const int NG = K / G;
     const int KC = K / 16;
@@ -491,7 +486,8 @@ static __device__ __forceinline__ void pipe_kernel(
         // The warp's groups: gbeg + kl + KW·i for i < n.
         const int first = gbeg + kl;
         const int n = first < NG ? min(gpw, (NG - 1 - first) / KW + 1) : 0;
-        auto issue = [&](int i) {
+        // (Structured bindings cannot be captured by reference in C++17: the lane and strip are copied.)
+        auto issue = [&, lane = lane, strip = strip](int i) {
             uint4* st = ring + (i % ST) * slots;
             const int grp = first + KW * i;
             const uint4* wp = qw + ((size_t)strip * KC + (size_t)grp * cpg) * 32 + lane;
@@ -527,7 +523,7 @@ static __device__ __forceinline__ void pipe_kernel(
     __syncthreads();
     __shared__ u32 s_last;
     finish<D, MT, SW>(acc, reinterpret_cast<float(*)[8 * 4 * 32]>(ring_all), &s_last, bias, y, partials, counters,
-                      M, N, S2, strip, strip_ok);
+                      M, N, S2, place<SW>(), strip_ok);
 }
 
 #define AWQ_PIPE(D, NAME, MT, SW, ST, MINB)                                                                    \
