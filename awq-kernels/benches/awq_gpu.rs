@@ -7,17 +7,21 @@
 //! peer), a 256 MB memset runs before each timed call: it flushes L2 and keeps the GPU busy while the host
 //! enqueues the call, so the start event fires when the GPU reaches the call, not while it waits for the host
 //! (with an idle GPU the host's launch latency, several microseconds, would be timed too). One line per cell:
-//! `RESULT {"impl":"awq","k":8192,"n":10240,"m":1,"dtype":"f16","us":12.34,...}`; at m = 64 and 256 both
-//! paths are also printed (`awq_stream`, `awq_dequant_gemm`) to check the threshold of `choose_path`, and at every
-//! m ≤ 64 the cp.async-pipelined streaming kernel (`awq_pipe`) beside the dispatched one.
+//! `RESULT {"impl":"awq","variant":"stream/spread","k":8192,"n":10240,"m":1,"dtype":"f16","us":12.34,...}`:
+//! `awq` is `awq_linear` as a model calls it (the autotuner's choice, named in `variant`; its first call,
+//! a warm-up, times the candidates). Beside it, every candidate forced (`awq_v:<variant>`): at every m ≤ 64
+//! both streaming kernels with both plans, at m = 1024 every dequantization kernel; at m = 64 and 256 the
+//! default dequantize + GEMM path (`awq_dequant_gemm`) checks the threshold of `choose_path`. Last, one
+//! `TUNED {...}` line per shape with the autotuner's own timings.
 //! `--quick` runs m ∈ {1, 16, 1024} only.
 
 use std::sync::Arc;
 
 use awq_kernels::cuda::Gpu;
 use awq_kernels::ops::awq::cuda::{
-    awq_linear_with, AwqFloat, AwqGpuWeights, AwqPath, Repacked, STREAM_MAX_M,
+    awq_linear_with, tuning_report, AwqFloat, AwqGpuWeights, AwqPath, Repacked, STREAM_MAX_M,
 };
+use awq_kernels::ops::awq::tune::{dequant_candidates, stream_candidates, TuneKey, Variant};
 use awq_kernels::DType;
 use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::sys::CUevent_flags;
@@ -107,11 +111,44 @@ where
 }
 
 fn report(name: &str, k: usize, n: usize, m: usize, dtype: &str, us: f64, weight_bytes: usize) {
+    report_variant(name, "", k, n, m, dtype, us, weight_bytes)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_variant(
+    name: &str,
+    variant: &str,
+    k: usize,
+    n: usize,
+    m: usize,
+    dtype: &str,
+    us: f64,
+    weight_bytes: usize,
+) {
     let tbps = weight_bytes as f64 / (us * 1e-6) / 1e12;
     let tflops = 2.0 * (m * k * n) as f64 / (us * 1e-6) / 1e12;
     println!(
-        "RESULT {{\"impl\":\"{name}\",\"k\":{k},\"n\":{n},\"m\":{m},\"dtype\":\"{dtype}\",\"us\":{us:.2},\"weight_tbps\":{tbps:.3},\"tflops\":{tflops:.1}}}"
+        "RESULT {{\"impl\":\"{name}\",\"variant\":\"{variant}\",\"k\":{k},\"n\":{n},\"m\":{m},\"dtype\":\"{dtype}\",\"us\":{us:.2},\"weight_tbps\":{tbps:.3},\"tflops\":{tflops:.1}}}"
     );
+}
+
+/// The autotuner's choice for a call of m rows on weights `w` (after `awq_linear` ran once on them).
+fn chosen(gpu: &Gpu, w: &AwqGpuWeights, m: usize) -> Res<String> {
+    let key = TuneKey {
+        k: w.k(),
+        n: w.n(),
+        group: w.group(),
+        dtype: w.dtype(),
+        mt: if m <= STREAM_MAX_M {
+            m.div_ceil(16).next_power_of_two().clamp(1, 4)
+        } else {
+            0
+        },
+    };
+    Ok(tuning_report(gpu)?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map_or_else(|| "default (untuned)".to_string(), |(_, t)| t.chosen.name()))
 }
 
 fn run() -> Res<()> {
@@ -139,19 +176,22 @@ fn run() -> Res<()> {
         let bytes = ws[0].device_bytes();
         for &m in ms {
             let us = time::<f16>(&gpu, &ws, m, AwqPath::Auto)?;
-            report("awq", k, n, m, "f16", us, bytes);
-            // The cp.async-pipelined streaming kernel beside the dispatched one, on every decode shape.
-            if m <= STREAM_MAX_M {
-                let us = time::<f16>(&gpu, &ws, m, AwqPath::Pipe)?;
-                report("awq_pipe", k, n, m, "f16", us, bytes);
+            report_variant("awq", &chosen(&gpu, &ws[0], m)?, k, n, m, "f16", us, bytes);
+            // Every candidate of the autotuner, forced, on the decode shapes and at m = 1024.
+            let candidates: Vec<Variant> = if m <= STREAM_MAX_M {
+                stream_candidates(true)
+            } else if m == 1024 {
+                dequant_candidates()
+            } else {
+                Vec::new()
+            };
+            for v in candidates {
+                let us = time::<f16>(&gpu, &ws, m, AwqPath::Variant(v))?;
+                report(&format!("awq_v:{}", v.name()), k, n, m, "f16", us, bytes);
             }
             if m == 64 || m == 256 {
                 let us = time::<f16>(&gpu, &ws, m, AwqPath::DequantGemm)?;
                 report("awq_dequant_gemm", k, n, m, "f16", us, bytes);
-                if m <= STREAM_MAX_M {
-                    let us = time::<f16>(&gpu, &ws, m, AwqPath::Stream)?;
-                    report("awq_stream", k, n, m, "f16", us, bytes);
-                }
             }
         }
         drop(ws);
@@ -164,9 +204,26 @@ fn run() -> Res<()> {
             }
             for m in [1, 1024] {
                 let us = time::<bf16>(&gpu, &wb, m, AwqPath::Auto)?;
-                report("awq", k, n, m, "bf16", us, wb[0].device_bytes());
+                let v = chosen(&gpu, &wb[0], m)?;
+                report_variant("awq", &v, k, n, m, "bf16", us, wb[0].device_bytes());
             }
         }
+    }
+    for (key, tuned) in tuning_report(&gpu)? {
+        let times: Vec<String> = tuned
+            .timings
+            .iter()
+            .map(|(v, us)| format!("\"{}\":{us:.2}", v.name()))
+            .collect();
+        println!(
+            "TUNED {{\"k\":{},\"n\":{},\"mt\":{},\"dtype\":\"{}\",\"chosen\":\"{}\",\"us\":{{{}}}}}",
+            key.k,
+            key.n,
+            key.mt,
+            key.dtype,
+            tuned.chosen.name(),
+            times.join(",")
+        );
     }
     Ok(())
 }

@@ -47,9 +47,10 @@
 //    order of mma, same finish: bit-identical y) with the weights, scales and zeros of whole groups moved by
 //    a per-warp cp.async ring of ST stages in shared memory, so a warp has ST - 1 groups (4 KB each at
 //    G = 128) in flight while it multiplies the oldest, without holding registers for them.
-//  - awq_dequant_<T>: repacked weights -> dense W [N, K] (T, row-major), the input of a cuBLAS GEMM for
-//    large M (x · Wᵀ, the TN GEMM torch's F.linear runs). Each thread dequantizes one lane-chunk (32
-//    values) and writes eight 8-byte pieces; a warp writes whole 32-byte sectors.
+//  - awq_dequant_<T>[_lanes4|_tiles1|_tiles2]: repacked weights -> dense W [N, K] (T, row-major), the input of
+//    a cuBLAS GEMM for large M (x · Wᵀ, the TN GEMM torch's F.linear runs). Four ways to move the same bits
+//    (one or four lane-chunks per thread, or a shared-memory tile written as whole rows); the host times them
+//    on the GPU at hand and keeps the fastest (src/ops/awq/tune.rs).
 //  - awq_bias_rows: y[i][j] = bias[j] (16-bit copy), so the GEMM can add the bias with beta = 1.
 //
 // Cost (MT = 1, G = 128, sm_90 SASS): ~94 instructions per warp per chunk (8 HMMA, 16 HADD2 + 16 HMUL2,
@@ -549,59 +550,143 @@ static __device__ __forceinline__ void pipe_kernel(
 AWQ_PIPE_ALL(F16, f16)
 AWQ_PIPE_ALL(BF16, bf16)
 
-// Dense W [N, K] from the repacked weights: thread i handles lane-chunk i (lane = i % 32, chunk = i / 32,
-// strip = chunk / (K/16), kc = chunk % (K/16)).
-template <class D>
-static __device__ __forceinline__ void dequant_kernel(const uint4* __restrict__ qw, const uint4* __restrict__ sc,
-                                                      const u32* __restrict__ zr, typename D::T* __restrict__ out,
-                                                      int N, int K, int NS, int G) {
+// The four values k = kc·16 + 4t .. 4t+3 of column strip·64 + 8j + g, for j = 0..7, from lane (g, t)'s 16-byte
+// piece q of chunk kc, its group's scale vector sv and zero word zw: put(j, (k 4t, 4t+1) | (k 4t+2, 4t+3)).
+template <class D, class Put>
+static __device__ __forceinline__ void dequant_lane_chunk(const uint4& q, const uint4& sv, u32 zw, Put put) {
+    const u32 qq[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+#pragma unroll
+        for (int tt = 0; tt < 2; ++tt) {
+            const int j = 2 * w + tt;
+            const u32 s2 = splat_scale(sv, j);
+            const u32 nz = neg_zero<D>(zw, j);
+            put(j, make_uint2(dq<D>(qq[w], 8 * tt, nz, s2), dq<D>(qq[w], 8 * tt + 4, nz, s2)));
+        }
+}
+
+// Dense W [N, K] from the repacked weights, one unit of work per thread: CPT consecutive chunks of one lane of
+// one strip (unit u: lane = u % 32, the unit's chunks kb·CPT .. of strip (u / 32) / KCB, KCB = ceil(KC / CPT)).
+// Its CPT 16-byte loads are issued before any is used; each chunk is written as eight 8-byte pieces, so a
+// warp's store covers 8 rows × 32 contiguous bytes. CPT = 1 is the original kernel (one load in flight per
+// thread), CPT = 4 keeps four in flight. Every variant writes the same bits (the autotuner picks by speed).
+template <class D, int CPT>
+static __device__ __forceinline__ void dequant_lanes_kernel(const uint4* __restrict__ qw,
+                                                            const uint4* __restrict__ sc,
+                                                            const u32* __restrict__ zr,
+                                                            typename D::T* __restrict__ out, int N, int K, int NS,
+                                                            int G) {
     const int KC = K / 16;
     const int NG = K / G;
-    const size_t total = (size_t)NS * KC * 32;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const int lane = (int)(i & 31);
-        const size_t chunk = i >> 5;
-        const int strip = (int)(chunk / KC);
-        const int kc = (int)(chunk % KC);
+    const u32 KCB = (u32)((KC + CPT - 1) / CPT);
+    const size_t total = (size_t)NS * KCB * 32;  // the host checks NS · KCB < 2^32
+    for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < total; u += (size_t)gridDim.x * blockDim.x) {
+        const int lane = (int)(u & 31);
+        const u32 rest = (u32)(u >> 5);
+        const int strip = (int)(rest / KCB);
+        const int kb = (int)(rest % KCB);
         const int g = lane >> 2;
         const int t = lane & 3;
-        const int grp = kc * 16 / G;
-        const uint4 q = ld_stream(qw + i);
-        const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
-        const uint4 sv = __ldg(sc + sidx);
-        const u32 zw = __ldg(zr + sidx);
-        const u32 qq[4] = {q.x, q.y, q.z, q.w};
+        uint4 q[CPT], sv[CPT];
+        u32 zw[CPT];
 #pragma unroll
-        for (int w = 0; w < 4; ++w)
-#pragma unroll
-            for (int tt = 0; tt < 2; ++tt) {
-                const int j = 2 * w + tt;
-                const int n = strip * 64 + 8 * j + g;
-                if (n < N) {
-                    const u32 s2 = splat_scale(sv, j);
-                    const u32 nz = neg_zero<D>(zw, j);
-                    const u32 lo = dq<D>(qq[w], 8 * tt, nz, s2);      // k = 4t, 4t+1
-                    const u32 hi = dq<D>(qq[w], 8 * tt + 4, nz, s2);  // k = 4t+2, 4t+3
-                    *reinterpret_cast<uint2*>(out + (size_t)n * K + (size_t)kc * 16 + 4 * t) = make_uint2(lo, hi);
-                }
+        for (int c = 0; c < CPT; ++c) {
+            const int kc = kb * CPT + c;
+            if (CPT == 1 || kc < KC) {
+                q[c] = ld_stream(qw + ((size_t)strip * KC + kc) * 32 + lane);
+                const size_t sidx = ((size_t)strip * NG + kc * 16 / G) * 8 + g;
+                sv[c] = __ldg(sc + sidx);
+                zw[c] = __ldg(zr + sidx);
             }
+        }
+#pragma unroll
+        for (int c = 0; c < CPT; ++c) {
+            const int kc = kb * CPT + c;
+            if (CPT == 1 || kc < KC)
+                dequant_lane_chunk<D>(q[c], sv[c], zw[c], [&](int j, uint2 v) {
+                    const int n = strip * 64 + 8 * j + g;
+                    if (n < N) *reinterpret_cast<uint2*>(out + (size_t)n * K + (size_t)kc * 16 + 4 * t) = v;
+                });
+        }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) awq_dequant_f16(const uint4* __restrict__ qw,
-                                                                   const uint4* __restrict__ sc,
-                                                                   const u32* __restrict__ zr, __half* __restrict__ out,
-                                                                   int N, int K, int NS, int G) {
-    dequant_kernel<F16>(qw, sc, zr, out, N, K, NS, G);
+// Dense W [N, K] through a shared-memory tile: block (kt, strip) dequantizes the 64 columns of its strip over
+// TK = 128·CPT values of k (warp w, pass c: chunk kt·8·CPT + 8c + w, so the block's loads of a pass are 4 KB
+// contiguous) into shared memory, then writes whole rows: each lane stores 16 bytes, a warp 512 contiguous
+// bytes (two rows of 256 at CPT = 1, one row of 512 at CPT = 2). Same bits as dequant_lanes_kernel.
+template <class D, int CPT>
+static __device__ __forceinline__ void dequant_tiles_kernel(const uint4* __restrict__ qw,
+                                                            const uint4* __restrict__ sc,
+                                                            const u32* __restrict__ zr,
+                                                            typename D::T* __restrict__ out, int N, int K, int G) {
+    constexpr int TK = 128 * CPT;   // values of k per tile
+    constexpr int PITCH = TK + 8;   // 16-bit elements per tile row (+16 bytes: rows start on other banks)
+    constexpr int PIECES = TK / 8;  // 16-byte pieces per tile row
+    __shared__ __align__(16) unsigned short tile[64 * PITCH];
+    const int KC = K / 16;
+    const int NG = K / G;
+    const int strip = blockIdx.y, kt = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    uint4 q[CPT], sv[CPT];
+    u32 zw[CPT];
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) {
+        const int kc = kt * 8 * CPT + 8 * c + warp;
+        if (kc < KC) {
+            q[c] = ld_stream(qw + ((size_t)strip * KC + kc) * 32 + lane);
+            const size_t sidx = ((size_t)strip * NG + kc * 16 / G) * 8 + g;
+            sv[c] = __ldg(sc + sidx);
+            zw[c] = __ldg(zr + sidx);
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) {
+        const int kc = kt * 8 * CPT + 8 * c + warp;
+        if (kc < KC)
+            dequant_lane_chunk<D>(q[c], sv[c], zw[c], [&](int j, uint2 v) {
+                *reinterpret_cast<uint2*>(tile + (8 * j + g) * PITCH + (8 * c + warp) * 16 + 4 * t) = v;
+            });
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 64 * PIECES; e += blockDim.x) {
+        const int r = e / PIECES, p = e % PIECES;
+        const int n = strip * 64 + r;
+        const int k = kt * TK + p * 8;  // K % 16 == 0: a piece is either wholly inside k < K or wholly out
+        if (n < N && k < K)
+            *reinterpret_cast<uint4*>(out + (size_t)n * K + k) =
+                *reinterpret_cast<const uint4*>(tile + r * PITCH + p * 8);
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(256) awq_dequant_bf16(const uint4* __restrict__ qw,
-                                                                    const uint4* __restrict__ sc,
-                                                                    const u32* __restrict__ zr,
-                                                                    __nv_bfloat16* __restrict__ out, int N, int K,
-                                                                    int NS, int G) {
-    dequant_kernel<BF16>(qw, sc, zr, out, N, K, NS, G);
-}
+#define AWQ_DEQUANT(D, NAME)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) awq_dequant_##NAME(                                          \
+        const uint4* __restrict__ qw, const uint4* __restrict__ sc, const u32* __restrict__ zr,                  \
+        D::T* __restrict__ out, int N, int K, int NS, int G) {                                                   \
+        dequant_lanes_kernel<D, 1>(qw, sc, zr, out, N, K, NS, G);                                                \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) awq_dequant_##NAME##_lanes4(                                 \
+        const uint4* __restrict__ qw, const uint4* __restrict__ sc, const u32* __restrict__ zr,                  \
+        D::T* __restrict__ out, int N, int K, int NS, int G) {                                                   \
+        dequant_lanes_kernel<D, 4>(qw, sc, zr, out, N, K, NS, G);                                                \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) awq_dequant_##NAME##_tiles1(                                 \
+        const uint4* __restrict__ qw, const uint4* __restrict__ sc, const u32* __restrict__ zr,                  \
+        D::T* __restrict__ out, int N, int K, int NS, int G) {                                                   \
+        (void)NS;                                                                                                  \
+        dequant_tiles_kernel<D, 1>(qw, sc, zr, out, N, K, G);                                                    \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) awq_dequant_##NAME##_tiles2(                                 \
+        const uint4* __restrict__ qw, const uint4* __restrict__ sc, const u32* __restrict__ zr,                  \
+        D::T* __restrict__ out, int N, int K, int NS, int G) {                                                   \
+        (void)NS;                                                                                                  \
+        dequant_tiles_kernel<D, 2>(qw, sc, zr, out, N, K, G);                                                    \
+    }
+
+AWQ_DEQUANT(F16, f16)
+AWQ_DEQUANT(BF16, bf16)
 
 // y[i][j] = bias[j] for i < M, j < N (2-byte elements, copied as raw bits).
 extern "C" __global__ void __launch_bounds__(256) awq_bias_rows(const unsigned short* __restrict__ bias,

@@ -9,6 +9,9 @@
 //!   one or two strips per block, split-K with 1 to 8 splits, partial last strips, groups 32..256, large m.
 //!   Outputs are poisoned with NaN first; every element must be written and finite. The pipelined kernel
 //!   must also give the streaming kernel's bits exactly (same plan, same order of operations).
+//! - Every candidate of the autotuner forced (both streaming kernels with both plans, every dequantization
+//!   kernel), and the autotuner itself on a shape large enough to be timed: it records a choice among the
+//!   candidates, with a time for each, and the result stays correct.
 //!
 //! Tolerance (the FA3 rule: at most about twice the error of the same computation done naively in the low
 //! precision). The oracle `ref` is the CPU reference in f32 on the same T-rounded inputs (its own error is
@@ -31,8 +34,12 @@ use awq_kernels::awq_format::pack_word;
 use awq_kernels::cuda::{gpu_for_tests, Gpu};
 use awq_kernels::ops::awq::cpu::{self, AwqWeights};
 use awq_kernels::ops::awq::cuda::{
-    awq_linear, awq_linear_with, dequantize, repack, unpack_dequantize, AwqFloat, AwqGpuWeights,
-    AwqPath,
+    awq_linear, awq_linear_with, dequantize, dequantize_with, repack, tuning_report,
+    unpack_dequantize, AwqFloat, AwqGpuWeights, AwqPath, PlanShape,
+};
+use awq_kernels::ops::awq::tune::{
+    dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, TuneKey,
+    Variant,
 };
 use awq_kernels::{DType, FloatElement};
 use cudarc::cublas::{CudaBlas, Gemm};
@@ -213,6 +220,7 @@ where
     // naive "matmul, then add the bias" in T, with one more rounding of the product |x·w| than `naive`.
     let resolved = match path {
         AwqPath::Auto => awq_kernels::ops::awq::cuda::choose_path(m, k, n),
+        AwqPath::Variant(Variant::DequantGemm(_)) => AwqPath::DequantGemm,
         other => other,
     };
     let product_rounding = b.is_some() && resolved == AwqPath::DequantGemm;
@@ -356,23 +364,30 @@ fn dequant_exact<T: AwqFloat>(gpu: &Arc<Gpu>, k: usize, n: usize, group: usize, 
     let back = unpack_dequantize(&r);
     assert_eq!(back, wd, "repacked buffers read back from the GPU");
     let stream = gpu.stream();
-    let mut out = stream
-        .clone_htod(&vec![T::from_f32(f32::NAN); n * k])
-        .unwrap();
-    dequantize(gpu, &w, &mut out.as_view_mut()).unwrap();
-    gpu.synchronize().unwrap();
-    let got: Vec<T> = stream.clone_dtoh(&out).unwrap();
-    for col in 0..n {
-        for row in 0..k {
-            let want = T::from_f32(wd[col * k + row]);
-            let g = got[col * k + row];
-            assert!(
-                bytemuck::bytes_of(&g) == bytemuck::bytes_of(&want),
-                "{} k={k} n={n} group={group}: W[{col}][{row}] = {}, want {}",
-                T::NAME,
-                g.to_f32(),
-                want.to_f32()
-            );
+    // Every dequantization kernel (the default through `dequantize`, then each by name) writes the same
+    // bits: round_T of the CPU dequantization.
+    for kernel in std::iter::once(None).chain(DequantKernel::ALL.map(Some)) {
+        let mut out = stream
+            .clone_htod(&vec![T::from_f32(f32::NAN); n * k])
+            .unwrap();
+        match kernel {
+            None => dequantize(gpu, &w, &mut out.as_view_mut()).unwrap(),
+            Some(d) => dequantize_with(gpu, &w, &mut out.as_view_mut(), d).unwrap(),
+        }
+        gpu.synchronize().unwrap();
+        let got: Vec<T> = stream.clone_dtoh(&out).unwrap();
+        for col in 0..n {
+            for row in 0..k {
+                let want = T::from_f32(wd[col * k + row]);
+                let g = got[col * k + row];
+                assert!(
+                    bytemuck::bytes_of(&g) == bytemuck::bytes_of(&want),
+                    "{} {kernel:?} k={k} n={n} group={group}: W[{col}][{row}] = {}, want {}",
+                    T::NAME,
+                    g.to_f32(),
+                    want.to_f32()
+                );
+            }
         }
     }
 }
@@ -385,6 +400,9 @@ fn the_dequantization_kernel_is_bit_exact() {
         (256, 200, 64, 12),
         (96, 64, 32, 13),
         (512, 72, 256, 14),
+        // 104 chunks: the last tile of the tiled kernels (8 and 16 chunks) is partial; 3 strips, the last
+        // partly padding.
+        (1664, 136, 128, 15),
     ] {
         dequant_exact::<f16>(&gpu, k, n, group, seed);
         dequant_exact::<bf16>(&gpu, k, n, group, seed + 100);
@@ -541,6 +559,128 @@ fn the_pipelined_kernel_is_bit_identical_to_the_streaming_one() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn every_autotuner_candidate_matches_the_cpu_reference() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    // Each variant the autotuner may pick, forced: both streaming kernels with both plans on the decode
+    // shapes (split-K with many or few splits, one or two strips per block, every m-tile count), every
+    // dequantization kernel on the GEMM path.
+    for (m, k, n, group, bias) in [
+        (1, 4096, 72, 64, true),
+        (16, 2048, 4104, 128, false),
+        (33, 2048, 200, 32, true),
+        (64, 3584, 136, 128, false),
+        (1, 14848, 128, 128, true),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias,
+            seed: (3 * m + k + n) as u64,
+        };
+        for v in stream_candidates(true) {
+            check_both_dtypes(&gpu, case, AwqPath::Variant(v));
+        }
+    }
+    for (m, k, n, group, bias) in [(65, 1664, 136, 128, true), (300, 256, 8, 32, false)] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias,
+            seed: m as u64,
+        };
+        for v in dequant_candidates() {
+            check_both_dtypes(&gpu, case, AwqPath::Variant(v));
+        }
+    }
+}
+
+#[test]
+fn the_pipelined_kernel_is_bit_identical_under_the_balanced_plan_too() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    let balanced = |kernel| {
+        AwqPath::Variant(Variant::Stream {
+            kernel,
+            shape: PlanShape::Balanced,
+        })
+    };
+    for (m, k, n) in [(1, 8192, 1024), (12, 4096, 4160), (48, 2048, 520)] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group: 128,
+            bias: true,
+            seed: (m + k) as u64,
+        };
+        assert_eq!(
+            gpu_bits::<f16>(&gpu, case, balanced(StreamKernel::Registers)),
+            gpu_bits::<f16>(&gpu, case, balanced(StreamKernel::Pipelined)),
+            "{case:?}"
+        );
+    }
+}
+
+#[test]
+fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    set_autotune(true);
+    // 4096 x 2048 at group 128 is 4.3 MB of weights: above the autotuner's threshold.
+    let (k, n) = (4096, 2048);
+    for m in [1, 80] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group: 128,
+            bias: true,
+            seed: 99 + m as u64,
+        };
+        // The first call times the candidates, the second reuses the choice; both give correct results.
+        check::<f16>(&gpu, case, AwqPath::Auto).unwrap();
+        check::<f16>(&gpu, case, AwqPath::Auto).unwrap();
+        let report = tuning_report(&gpu).unwrap();
+        let key = TuneKey {
+            k,
+            n,
+            group: 128,
+            dtype: DType::F16,
+            mt: if m <= 64 { 1 } else { 0 },
+        };
+        let (_, tuned) = report
+            .iter()
+            .find(|(kk, _)| *kk == key)
+            .unwrap_or_else(|| panic!("no choice recorded for {key:?}: {report:?}"));
+        let candidates = if m <= 64 {
+            stream_candidates(true)
+        } else {
+            dequant_candidates()
+        };
+        assert_eq!(
+            tuned.timings.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            candidates
+        );
+        assert!(candidates.contains(&tuned.chosen));
+        assert!(
+            tuned.timings[0].1.is_finite() && tuned.timings[0].1 > 0.0,
+            "{tuned:?}"
+        );
+        eprintln!(
+            "autotuner, {k}x{n} m={m}: {} of {:?}",
+            tuned.chosen.name(),
+            tuned
+                .timings
+                .iter()
+                .map(|(v, t)| format!("{} {t:.1} us", v.name()))
+                .collect::<Vec<_>>()
+        );
     }
 }
 

@@ -34,9 +34,10 @@ pub struct BenchArgs {
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch: Vec<usize>,
-    /// The AWQ decode kernels to time the decode with, one after the other on the same loaded model
-    /// (`stream`, `pipe`; GPU only).
-    #[arg(long, value_delimiter = ',', default_value = "stream")]
+    /// The AWQ decode kernels to time the decode with, one after the other on the same loaded model:
+    /// `tuned` (the autotuner's choice per layer shape, what a user gets), or `stream` / `pipe` fixed for
+    /// every layer (GPU only).
+    #[arg(long, value_delimiter = ',', default_value = "tuned")]
     awq_decode_kernels: Vec<String>,
     /// How the timed decode steps choose tokens: `greedy`, and/or `top_k40` (temperature 0.7, top-k 40:
     /// lmdeploy's server defaults, which on a GPU rank the candidates on the device).
@@ -52,23 +53,24 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// Selects the AWQ streaming kernel for the decode steps that follow (`stream` is the default everywhere).
+/// Selects the AWQ streaming kernel for the decode steps that follow (`tuned` is the default everywhere).
 fn choose_awq_decode_kernel(name: &str) -> Result<()> {
     #[cfg(feature = "cuda")]
     {
         use awq_kernels::ops::awq::cuda::{set_decode_kernel, AwqPath};
         match name {
+            "tuned" => set_decode_kernel(AwqPath::Auto),
             "stream" => set_decode_kernel(AwqPath::Stream),
             "pipe" => set_decode_kernel(AwqPath::Pipe),
-            other => anyhow::bail!("unknown AWQ decode kernel `{other}` (stream, pipe)"),
+            other => anyhow::bail!("unknown AWQ decode kernel `{other}` (tuned, stream, pipe)"),
         }
         Ok(())
     }
     #[cfg(not(feature = "cuda"))]
     {
         anyhow::ensure!(
-            name == "stream",
-            "AWQ decode kernel `{name}`: only `stream` without the cuda feature"
+            name == "tuned",
+            "AWQ decode kernel `{name}`: only `tuned` (no GPU kernels) without the cuda feature"
         );
         Ok(())
     }

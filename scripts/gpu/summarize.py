@@ -1,6 +1,7 @@
 """Joins the `RESULT {json}` lines of our GPU benches and the torch peer into markdown tables.
 
-AWQ rows: weight bytes = int4 codes (N*K/2) + zero points (N*K/G/2) + f16 scales (N*K/G*2), the bytes a
+AWQ rows ("auto" is what a model runs: the autotuner's choice, in brackets; the other paths are the
+candidates forced, `stream|pipe/spread|balanced` for decode, `dequant-<kernel>+gemm` for large M): weight bytes = int4 codes (N*K/2) + zero points (N*K/G/2) + f16 scales (N*K/G*2), the bytes a
 kernel must read at least; TB/s of those bytes, the fraction of the copy bandwidth measured in the same run
 (bytes read + written), TFLOP/s (2*M*N*K), and the speedup over cuBLAS fp16 on the same shape.
 
@@ -52,7 +53,13 @@ def main():
         p = peer.get((k, n, m))
         ptf = 2 * m * n * k / p / 1e6 if p else float("nan")
         speed = p / us if p else float("nan")
-        path = {"awq": "auto", "awq_stream": "stream", "awq_pipe": "pipe (cp.async)", "awq_dequant_gemm": "dequant+cuBLAS"}.get(r["impl"], r["impl"])
+        impl = r["impl"]
+        if impl == "awq":
+            path = f"auto ({r['variant']})" if r.get("variant") else "auto"
+        elif impl.startswith("awq_v:"):
+            path = impl[len("awq_v:"):]
+        else:
+            path = {"awq_stream": "stream", "awq_pipe": "pipe (cp.async)", "awq_dequant_gemm": "dequant+cuBLAS"}.get(impl, impl)
         print(f"| {k} x {n} | {m} | {r['dtype']} | {path} | {us:.1f} | {tbs:.2f} | {100 * tbs / copy_tbs:.0f}% | {tflops:.0f} | "
               f"{p if p else float('nan'):.1f} | {ptf:.0f} | {speed:.2f}x |")
 

@@ -5,7 +5,8 @@
 //!   nibble order only through [`crate::awq_format`]) into the layout the kernels read with 16-byte loads,
 //!   and copies it to the device. Same bytes as the AWQ tensors (N·K/2 + N·K/G·2.5, N padded to 64).
 //! - Call: [`awq_linear`] picks a path from the shapes ([`choose_path`]): the weight-streaming tensor-core
-//!   kernel for small m, or dequantize-into-a-workspace + cuBLAS GEMM for large m.
+//!   kernel for small m, or dequantize-into-a-workspace + cuBLAS GEMM for large m; within it, the variant the
+//!   autotuner timed fastest on this GPU for this shape (`tune.rs`; launch plans in `plan.rs`).
 //!
 //! Per-GPU scratch (split-K partials and counters, the dense-weight workspace, loaded kernels) lives in a
 //! process-wide table keyed by the GPU's stream, grow-only, so repeated calls allocate nothing.
@@ -23,6 +24,12 @@ use cudarc::driver::{
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::plan::plan;
+pub use super::plan::{stream_plan, PlanShape, StreamPlan, CHUNK_K};
+use super::tune::{
+    autotune_enabled, dequant_candidates, pick, stream_candidates, time_candidates, DequantKernel,
+    StreamKernel, TuneKey, Tuned, Variant, MARGIN, TUNE_MIN_BYTES,
+};
 use crate::awq_format::{unpack_column, PACK_FACTOR};
 use crate::cuda::{cuda_error, Gpu};
 use crate::{DType, Error, FloatElement, Result};
@@ -32,16 +39,12 @@ const MODULE: &str = "awq_gemm";
 
 /// Output columns per strip (8 mma tiles of 8 columns); n is padded to a multiple of this.
 pub const STRIP: usize = 64;
-/// Values of k per chunk (one mma k-step).
-pub const CHUNK_K: usize = 16;
 /// u32 words of one chunk of one strip: 32 lanes × 4 words.
 const CHUNK_WORDS: usize = 32 * 4;
 /// Threads per block of every kernel here.
 const THREADS: u32 = 256;
 /// The streaming kernel handles up to 16·MT rows, MT ∈ {1, 2, 4}.
 pub const STREAM_MAX_M: usize = 64;
-/// Upper bound on the split-K factor (the kernel sums up to 16 partials with all loads in flight).
-const MAX_SPLITS: usize = 16;
 
 /// Where nibble `i` (bits 4i..4i+3) of a repacked word goes: `(tile, kk)` = the word's tile pair member
 /// (0: tile 2w, 1: tile 2w+1) and the row 4t + kk of the lane's four k rows in the chunk. The kernels read
@@ -359,61 +362,45 @@ impl AwqGpuWeights {
 /// Which kernels compute the linear.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AwqPath {
-    /// [`choose_path`] decides.
+    /// [`choose_path`] picks the family from m, the autotuner the variant within it (`tune.rs`).
     Auto,
-    /// The weight-streaming tensor-core kernel (m ≤ [`STREAM_MAX_M`]), weights loaded into registers.
+    /// The weight-streaming tensor-core kernel (m ≤ [`STREAM_MAX_M`]), weights loaded into registers, with
+    /// the spread plan (the measured default).
     Stream,
     /// The same kernel with the weights moved through a per-warp cp.async ring in shared memory (whole
-    /// groups in flight, no registers held by the loads); bit-identical to [`AwqPath::Stream`]. Not chosen by
-    /// [`choose_path`] until a GPU run shows it faster (`PERF-NOTES.md`); `AWQ_DECODE_KERNEL=pipe` selects it
-    /// for a whole process (end-to-end comparisons). Where a group's stages exceed the GPU's shared memory
-    /// the register kernel runs instead.
+    /// groups in flight, no registers held by the loads); bit-identical to [`AwqPath::Stream`]. Where a
+    /// group's stages exceed the GPU's shared memory the register kernel runs instead.
     Pipe,
-    /// Dequantize W into a dense workspace, then a cuBLAS GEMM (any m).
+    /// Dequantize W into a dense workspace (the measured kernel), then a cuBLAS GEMM (any m).
     DequantGemm,
+    /// Exactly this variant (tests and benches compare them).
+    Variant(Variant),
 }
 
-/// The path for `m` rows. The streaming kernel reads the int4 weights once and is bound by memory up to about
-/// m = 16 (4x fewer bytes than fp16 cuBLAS) and then by its mma.sync issue rate, still well ahead of
-/// dequantize + GEMM at m = 64 (which pays a dense-weight write and read, N·K·(0.5 + 2 + 2) bytes, before a
-/// GEMM as long as cuBLAS fp16's). Above 64 rows the GEMM's tensor-core efficiency wins, and at m ≥ 1024 the
-/// dequantization is ≤ 20% of the GEMM. The bench prints both paths at m = 64 and 256 to check this threshold.
+/// The kernel family for `m` rows: the weight-streaming kernel reads the int4 weights once and is bound by
+/// memory up to about m = 16 (4x fewer bytes than fp16 cuBLAS) and then by its mma.sync issue rate, still
+/// ahead of dequantize + GEMM at m = 64 (which pays a dense-weight write and read, N·K·(0.5 + 2 + 2) bytes,
+/// before a GEMM as long as cuBLAS fp16's). Above 64 rows the GEMM's tensor-core efficiency wins, and at
+/// m ≥ 1024 the dequantization is ≤ 20% of the GEMM (`PERF.md`). Returns [`AwqPath::Stream`] (the
+/// autotuner then picks the kernel and plan, unless a kernel was fixed: [`set_decode_kernel`]),
+/// [`AwqPath::Pipe`] when the pipelined kernel was fixed, or [`AwqPath::DequantGemm`].
 pub fn choose_path(m: usize, _k: usize, _n: usize) -> AwqPath {
-    if m <= STREAM_MAX_M {
-        decode_kernel()
-    } else {
-        AwqPath::DequantGemm
+    if m > STREAM_MAX_M {
+        return AwqPath::DequantGemm;
     }
-}
-
-/// The streaming kernel [`choose_path`] uses: [`AwqPath::Stream`], or [`AwqPath::Pipe`] when the environment
-/// variable `AWQ_DECODE_KERNEL` is `pipe` (read at the first call) or after [`set_decode_kernel`].
-pub fn decode_kernel() -> AwqPath {
-    use std::sync::atomic::Ordering;
-    match DECODE_KERNEL.load(Ordering::Relaxed) {
-        DECODE_STREAM => AwqPath::Stream,
+    match decode_setting() {
         DECODE_PIPE => AwqPath::Pipe,
-        _ => {
-            let chosen = match std::env::var("AWQ_DECODE_KERNEL").as_deref() {
-                Ok("pipe") => DECODE_PIPE,
-                _ => DECODE_STREAM,
-            };
-            // Only the first reader sets it from the environment; a set_decode_kernel in between wins.
-            let _ = DECODE_KERNEL.compare_exchange(
-                DECODE_UNSET,
-                chosen,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            decode_kernel()
-        }
+        _ => AwqPath::Stream,
     }
 }
 
-/// Chooses the streaming kernel for every later decode-sized call of this process (the end-to-end bench
-/// compares them on one loaded model). Other paths are ignored.
+/// Fixes the streaming kernel of every later decode-sized call of this process ([`AwqPath::Stream`] or
+/// [`AwqPath::Pipe`], spread plan), or hands the choice back to the autotuner ([`AwqPath::Auto`]); the
+/// end-to-end bench compares them on one loaded model. Other paths are ignored. The environment variable
+/// `AWQ_DECODE_KERNEL` (`stream`, `pipe` or `tuned`, read at the first call) sets the same for a process.
 pub fn set_decode_kernel(path: AwqPath) {
     let v = match path {
+        AwqPath::Auto => DECODE_TUNED,
         AwqPath::Stream => DECODE_STREAM,
         AwqPath::Pipe => DECODE_PIPE,
         _ => return,
@@ -422,9 +409,32 @@ pub fn set_decode_kernel(path: AwqPath) {
 }
 
 const DECODE_UNSET: u8 = 0;
-const DECODE_STREAM: u8 = 1;
-const DECODE_PIPE: u8 = 2;
+const DECODE_TUNED: u8 = 1;
+const DECODE_STREAM: u8 = 2;
+const DECODE_PIPE: u8 = 3;
 static DECODE_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(DECODE_UNSET);
+
+fn decode_setting() -> u8 {
+    use std::sync::atomic::Ordering;
+    match DECODE_KERNEL.load(Ordering::Relaxed) {
+        DECODE_UNSET => {
+            let chosen = match std::env::var("AWQ_DECODE_KERNEL").as_deref() {
+                Ok("stream") => DECODE_STREAM,
+                Ok("pipe") => DECODE_PIPE,
+                _ => DECODE_TUNED,
+            };
+            // Only the first reader sets it from the environment; a set_decode_kernel in between wins.
+            let _ = DECODE_KERNEL.compare_exchange(
+                DECODE_UNSET,
+                chosen,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            DECODE_KERNEL.load(Ordering::Relaxed)
+        }
+        v => v,
+    }
+}
 
 /// Pipeline stages of `awq_pipe_*` for `mt` m-tiles (the kernel names carry it).
 fn pipe_stages(mt: usize) -> usize {
@@ -442,56 +452,10 @@ pub fn pipe_shared_bytes(mt: usize, group: usize) -> usize {
     (8 * pipe_stages(mt) * slots * 16).max(4 * 8 * 4 * 32 * 4)
 }
 
-/// Launch geometry of the streaming kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamPlan {
-    /// m-tiles of 16 rows (1, 2 or 4).
-    pub mt: usize,
-    /// Strips per block (1 or 2); the block's 8 warps are `sw` strips × `8 / sw` k-lanes.
-    pub sw: usize,
-    /// Column blocks (grid x) = ceil(strips / sw).
-    pub cols: usize,
-    /// k-splits (grid y).
-    pub splits: usize,
-    /// Groups per warp.
-    pub gpw: usize,
-    /// Chunks (16 values of k) per load batch: the largest of 8, 4, 2, 1 that divides group / 16 (at most 2
-    /// for `mt` = 4).
-    pub cb: usize,
-}
-
-/// Plans the streaming kernel for `m` rows, `strips` strips, `groups` groups along k on a GPU with `sms`
-/// multiprocessors. Aim: about 4 blocks per SM (2 resident at a time at ≤ 128 registers, so the grid fills
-/// the GPU about twice; a memory-bound kernel keeps the bandwidth with half its warps waiting, so an uneven
-/// last wave costs little) with as few k-splits as that allows, because each split adds an f32 partial tile
-/// that the last block of a column has to sum. Two strips per block (the warps of a k-lane share the x rows
-/// through L1, halving the x traffic from L2, which at m = 16 equals the weight traffic for one strip) unless
-/// n is small, where one strip per block keeps the number of splits, and so the final sum, small.
-pub fn stream_plan(m: usize, strips: usize, groups: usize, group: usize, sms: usize) -> StreamPlan {
-    let mt = m.div_ceil(16).next_power_of_two().clamp(1, 4);
-    let cpg = group / CHUNK_K;
-    let cb = [8, 4, 2, 1]
-        .into_iter()
-        .find(|&c| cpg.is_multiple_of(c) && (mt < 4 || c <= 2))
-        .unwrap_or(1);
-    let sw = if strips >= 64 { 2 } else { 1 };
-    let kw = 8 / sw;
-    let cols = strips.div_ceil(sw);
-    let target = 4 * sms.max(1);
-    let max_splits = (if sw == 2 { 8 } else { MAX_SPLITS })
-        .min(groups.div_ceil(kw))
-        .max(1);
-    let splits = target.div_ceil(cols).clamp(1, max_splits);
-    let gpw = groups.div_ceil(splits * kw);
-    let splits = groups.div_ceil(gpw * kw);
-    StreamPlan {
-        mt,
-        sw,
-        cols,
-        splits,
-        gpw,
-        cb,
-    }
+/// Whether `awq_pipe_*` for `mt` m-tiles and this group size fits a block's shared memory (`max_shared`
+/// opt-in bytes; + 16 for the kernel's static shared word, rounded up).
+fn pipe_fits(mt: usize, group: usize, max_shared: usize) -> bool {
+    pipe_shared_bytes(mt, group) + 16 <= max_shared
 }
 
 /// Per-GPU scratch, grow-only.
@@ -509,6 +473,8 @@ struct Workspace {
     /// At least k zeros (16-bit): the A rows past m of the streaming kernel.
     zero_row: Option<CudaSlice<u16>>,
     functions: HashMap<String, CudaFunction>,
+    /// The autotuner's choices (and timings) for the shapes seen so far.
+    tuned: HashMap<TuneKey, Tuned>,
 }
 
 impl Workspace {
@@ -575,6 +541,7 @@ fn with_workspace<R>(gpu: &Gpu, f: impl FnOnce(&mut Workspace) -> Result<R>) -> 
                 dense: None,
                 zero_row: None,
                 functions: HashMap::new(),
+                tuned: HashMap::new(),
             });
             all.len() - 1
         }
@@ -672,20 +639,113 @@ where
     if m == 0 {
         return Ok(());
     }
-    let path = match path {
-        AwqPath::Auto => choose_path(m, k, n),
-        p => p,
+    let fixed = match path {
+        AwqPath::Auto => None,
+        AwqPath::Stream => Some(Variant::STREAM_DEFAULT),
+        AwqPath::Pipe => Some(Variant::Stream {
+            kernel: StreamKernel::Pipelined,
+            shape: PlanShape::Spread,
+        }),
+        AwqPath::DequantGemm => Some(Variant::DENSE_DEFAULT),
+        AwqPath::Variant(v) => Some(v),
     };
-    if matches!(path, AwqPath::Stream | AwqPath::Pipe) && m > STREAM_MAX_M {
+    if matches!(fixed, Some(Variant::Stream { .. })) && m > STREAM_MAX_M {
         return Err(Error::shape(
             OP,
             format!("the streaming kernel takes at most {STREAM_MAX_M} rows, got {m}"),
         ));
     }
-    with_workspace(gpu, |ws| match path {
-        AwqPath::Stream => launch_stream(gpu, ws, (x, m, w, bias), y, false),
-        AwqPath::Pipe => launch_stream(gpu, ws, (x, m, w, bias), y, true),
-        _ => launch_dequant_gemm(gpu, ws, x, m, w, bias, y),
+    with_workspace(gpu, |ws| {
+        let variant = match fixed {
+            Some(v) => v,
+            None => auto_variant(gpu, ws, (x, m, w, bias), y)?,
+        };
+        run_variant(gpu, ws, variant, (x, m, w, bias), y)
+    })
+}
+
+/// Runs one variant.
+fn run_variant<T: AwqFloat>(
+    gpu: &Gpu,
+    ws: &mut Workspace,
+    variant: Variant,
+    ops: Operands<'_, T>,
+    y: &mut CudaViewMut<T>,
+) -> Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
+    match variant {
+        Variant::Stream { kernel, shape } => launch_stream(gpu, ws, ops, y, kernel, shape),
+        Variant::DequantGemm(d) => launch_dequant_gemm(gpu, ws, ops, y, d),
+    }
+}
+
+/// The variant [`AwqPath::Auto`] runs for these operands: the family from [`choose_path`], a fixed decode
+/// kernel if one was set, else the autotuner's choice for the shape (timed now if it is new, on these
+/// operands; the timing calls write y, which the caller's run then overwrites).
+fn auto_variant<T: AwqFloat>(
+    gpu: &Gpu,
+    ws: &mut Workspace,
+    ops: Operands<'_, T>,
+    y: &mut CudaViewMut<T>,
+) -> Result<Variant>
+where
+    CudaBlas: Gemm<T>,
+{
+    let (m, w) = (ops.1, ops.2);
+    let (candidates, mt) = match choose_path(m, w.k, w.n) {
+        AwqPath::DequantGemm => (dequant_candidates(), 0),
+        AwqPath::Pipe => {
+            return Ok(Variant::Stream {
+                kernel: StreamKernel::Pipelined,
+                shape: PlanShape::Spread,
+            })
+        }
+        _ if decode_setting() == DECODE_STREAM => return Ok(Variant::STREAM_DEFAULT),
+        _ => {
+            let mt = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms).mt;
+            (stream_candidates(pipe_fits(mt, w.group, ws.max_shared)), mt)
+        }
+    };
+    if !autotune_enabled() || w.device_bytes() < TUNE_MIN_BYTES {
+        return Ok(candidates[0]);
+    }
+    let key = TuneKey {
+        k: w.k,
+        n: w.n,
+        group: w.group,
+        dtype: w.dtype,
+        mt,
+    };
+    if let Some(t) = ws.tuned.get(&key) {
+        return Ok(t.chosen);
+    }
+    // A failure to time (no memory for the L2 flush, say) keeps the default; a candidate that fails to
+    // launch is never chosen.
+    let times = time_candidates(gpu, candidates.len(), |i| {
+        run_variant(gpu, ws, candidates[i], ops, y)
+    })
+    .unwrap_or_else(|_| vec![f64::INFINITY; candidates.len()]);
+    let chosen = candidates[pick(&times, MARGIN)];
+    ws.tuned.insert(
+        key,
+        Tuned {
+            chosen,
+            timings: candidates.iter().copied().zip(times).collect(),
+        },
+    );
+    Ok(chosen)
+}
+
+/// What the autotuner chose on `gpu` so far, per shape, with every candidate's median time (benches
+/// print it).
+pub fn tuning_report(gpu: &Gpu) -> Result<Vec<(TuneKey, Tuned)>> {
+    with_workspace(gpu, |ws| {
+        let mut all: Vec<(TuneKey, Tuned)> =
+            ws.tuned.iter().map(|(k, t)| (*k, t.clone())).collect();
+        all.sort_by_key(|(k, _)| (k.k, k.n, k.mt, k.dtype == DType::BF16));
+        Ok(all)
     })
 }
 
@@ -702,14 +762,14 @@ fn launch_stream<T: AwqFloat>(
     ws: &mut Workspace,
     (x, m, w, bias): Operands<'_, T>,
     y: &mut CudaViewMut<T>,
-    pipelined: bool,
+    kernel: StreamKernel,
+    shape: PlanShape,
 ) -> Result<()> {
     let stream = Arc::clone(gpu.stream());
-    let plan = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms);
+    let plan = plan(shape, m, w.strips(), w.k / w.group, w.group, ws.sms);
     // The stages of a large group may not fit (group 256 at mt ≥ 2: 267 KB); the register kernel computes the
     // same bits.
-    // (+ 16: the kernel's static shared word, rounded up.)
-    let pipelined = pipelined && pipe_shared_bytes(plan.mt, w.group) + 16 <= ws.max_shared;
+    let pipelined = kernel == StreamKernel::Pipelined && pipe_fits(plan.mt, w.group, ws.max_shared);
     let (name, shared_mem_bytes) = if pipelined {
         let name = format!(
             "awq_pipe_{}_mt{}_sw{}_st{}",
@@ -816,18 +876,41 @@ fn launch_stream<T: AwqFloat>(
     Ok(())
 }
 
-/// Launches `awq_dequant_<T>` writing the dense W [n, k] of `w` to device address `out`.
+/// Launches `awq_dequant_<T><kernel suffix>` writing the dense W [n, k] of `w` to device address `out`.
 fn launch_dequant(
     stream: &Arc<CudaStream>,
     func: &CudaFunction,
     name: &str,
     w: &AwqGpuWeights,
     out: u64,
+    kernel: DequantKernel,
 ) -> Result<()> {
     let (k, n) = (w.k, w.n);
-    check_aligned("the dense weight", out)?;
-    let total = w.strips() * (k / CHUNK_K) * 32;
-    let blocks = total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
+    let (chunks, cpt) = (k / CHUNK_K, kernel.chunks_per_thread());
+    let grid_dim = if kernel.tiled() {
+        // Whole rows of 16-byte pieces; one block per (tile of 128·cpt values of k, strip).
+        if !out.is_multiple_of(16) {
+            return Err(Error::Unsupported(format!(
+                "{OP}: {name} needs a 16-byte aligned output"
+            )));
+        }
+        if w.strips() > 65535 {
+            return Err(Error::Unsupported(format!(
+                "{OP}: {name} takes at most 65535 strips, not {}",
+                w.strips()
+            )));
+        }
+        (chunks.div_ceil(8 * cpt) as u32, w.strips() as u32, 1)
+    } else {
+        check_aligned("the dense weight", out)?;
+        // The kernel divides 32-bit unit indices.
+        let units = w.strips() * chunks.div_ceil(cpt);
+        if units > u32::MAX as usize {
+            return Err(Error::shape(OP, format!("{name}: {units} units of work")));
+        }
+        let blocks = (units * 32).div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
+        (blocks, 1, 1)
+    };
     let (qp, _gq) = w.qw.device_ptr(stream);
     let (sp, _gs) = w.scales.device_ptr(stream);
     let (zp, _gz) = w.zeros.device_ptr(stream);
@@ -838,13 +921,14 @@ fn launch_dequant(
         b.arg(v);
     }
     let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+        grid_dim,
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: matches `awq_dequant_*` (4 pointers, 4 ints); the weight buffers have the sizes checked in
-    // `from_repacked`, the caller guarantees `out` holds n·k 16-bit values; the grid-stride loop covers every
-    // lane-chunk and writes only columns < n.
+    // SAFETY: matches every `awq_dequant_*` (4 pointers, 4 ints); the weight buffers have the sizes checked in
+    // `from_repacked`, the caller guarantees `out` holds n·k 16-bit values (aligned as checked above); the
+    // flat kernels' grid-stride loop covers every lane-chunk, the tiled kernels' grid every (tile, strip),
+    // and both write only columns < n and rows < k.
     unsafe { b.launch(cfg) }.map_err(launch_error(name))?;
     Ok(())
 }
@@ -855,6 +939,16 @@ pub fn dequantize<T: AwqFloat>(
     gpu: &Gpu,
     w: &AwqGpuWeights,
     out: &mut CudaViewMut<T>,
+) -> Result<()> {
+    dequantize_with(gpu, w, out, DequantKernel::Lanes)
+}
+
+/// [`dequantize`] with a given kernel (all write the same bits; the tiled ones need `out` 16-byte aligned).
+pub fn dequantize_with<T: AwqFloat>(
+    gpu: &Gpu,
+    w: &AwqGpuWeights,
+    out: &mut CudaViewMut<T>,
+    kernel: DequantKernel,
 ) -> Result<()> {
     if T::DTYPE != w.dtype {
         return Err(Error::DType {
@@ -875,20 +969,18 @@ pub fn dequantize<T: AwqFloat>(
         ));
     }
     let stream = Arc::clone(gpu.stream());
-    let name = format!("awq_dequant_{}", T::NAME);
+    let name = format!("awq_dequant_{}{}", T::NAME, kernel.suffix());
     let func = with_workspace(gpu, |ws| ws.function(gpu, &name))?;
     let (op, _go) = out.device_ptr_mut(&stream);
-    launch_dequant(&stream, &func, &name, w, op)
+    launch_dequant(&stream, &func, &name, w, op, kernel)
 }
 
 fn launch_dequant_gemm<T: AwqFloat>(
     gpu: &Gpu,
     ws: &mut Workspace,
-    x: &CudaView<T>,
-    m: usize,
-    w: &AwqGpuWeights,
-    bias: Option<&CudaView<T>>,
+    (x, m, w, bias): Operands<'_, T>,
     y: &mut CudaViewMut<T>,
+    kernel: DequantKernel,
 ) -> Result<()>
 where
     CudaBlas: Gemm<T>,
@@ -898,7 +990,7 @@ where
     if m > i32::MAX as usize {
         return Err(Error::shape(OP, format!("m = {m} too large for cuBLAS")));
     }
-    let dq_name = format!("awq_dequant_{}", T::NAME);
+    let dq_name = format!("awq_dequant_{}{}", T::NAME, kernel.suffix());
     let dq = ws.function(gpu, &dq_name)?;
     let bias_fn = ws.function(gpu, "awq_bias_rows")?;
     ensure(&stream, &mut ws.dense, n * k, "dense-weight workspace")?;
@@ -910,7 +1002,7 @@ where
     // 1. W [n, k] in T.
     {
         let (dp, _gd) = dense.device_ptr_mut(&stream);
-        launch_dequant(&stream, &dq, &dq_name, w, dp)?;
+        launch_dequant(&stream, &dq, &dq_name, w, dp, kernel)?;
     }
 
     // 2. y = bias rows (then beta = 1), or beta = 0 (y is not read).
@@ -990,26 +1082,6 @@ mod tests {
     }
 
     #[test]
-    fn the_load_batch_divides_the_chunks_of_a_group() {
-        for (group, m, cb) in [
-            (32, 1, 2),
-            (64, 16, 4),
-            (128, 1, 8),
-            (256, 20, 8),
-            (48, 1, 1),
-            (96, 1, 2),
-            (128, 64, 2),
-            (16, 1, 1),
-        ] {
-            assert_eq!(
-                stream_plan(m, 10, 4, group, 132).cb,
-                cb,
-                "group {group}, m {m}"
-            );
-        }
-    }
-
-    #[test]
     fn two_pipelined_blocks_fit_an_sm_at_group_128() {
         // Hopper: 228 KB of shared memory per SM, 1 KB of it reserved per block, 16 bytes static (s_last).
         let per_block = pipe_shared_bytes(1, 128) + 1024 + 16;
@@ -1019,29 +1091,5 @@ mod tests {
         assert_eq!(pipe_shared_bytes(1, 16), 16384);
         // Group 256 at mt >= 2 needs more than an H100 block may have: the register kernel runs instead.
         assert!(pipe_shared_bytes(2, 256) > 227 * 1024);
-    }
-
-    #[test]
-    fn plans_fill_the_gpu_and_cover_every_group() {
-        for (m, strips, groups) in [
-            (1, 160, 64),
-            (16, 128, 64),
-            (16, 924, 64),
-            (16, 128, 231),
-            (64, 16, 64),
-            (3, 1, 1),
-            (40, 2, 3),
-        ] {
-            let p = stream_plan(m, strips, groups, 128, 132);
-            assert_eq!(p.cb, if p.mt == 4 { 2 } else { 8 });
-            let kw = 8 / p.sw;
-            assert!(p.splits * p.gpw * kw >= groups, "{p:?}");
-            assert!(
-                (p.splits - 1) * p.gpw * kw < groups,
-                "{p:?}: an empty split"
-            );
-            assert!(p.splits <= MAX_SPLITS && p.mt * 16 >= m.min(64));
-            assert_eq!(p.cols, strips.div_ceil(p.sw));
-        }
     }
 }

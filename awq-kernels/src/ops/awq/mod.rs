@@ -4,3 +4,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod plan;
+#[cfg(feature = "cuda")]
+pub mod tune;

@@ -1,0 +1,195 @@
+//! Launch geometry of the AWQ streaming kernels (`awq_stream_*`, `awq_pipe_*` in `kernels/awq_gemm.cu`): how
+//! the (strip, group) work of one linear is cut into column blocks, k-splits and per-warp runs of groups.
+//! Pure arithmetic, tested here; the launchers are in `cuda.rs`, the choice between plans in `tune.rs`.
+
+/// Values of k per chunk (one mma k-step).
+pub const CHUNK_K: usize = 16;
+/// Upper bound on the split-K factor (the kernel sums up to 16 partials with all loads in flight).
+pub const MAX_SPLITS: usize = 16;
+
+/// How a plan trades the number of blocks against the work of each warp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlanShape {
+    /// About four blocks per SM (two resident at a time, so the grid fills the GPU about twice) with as few
+    /// k-splits as that allows: short warps, an uneven last wave hidden by the other blocks' memory traffic.
+    /// The measured default (`PERF.md`).
+    Spread,
+    /// The k-split count whose grid fills the resident block slots most evenly (the last wave as full as
+    /// possible), the fewest blocks among near-equals: longer-lived warps with several groups each, so a
+    /// load pipeline reaches a steady state (`PERF-NOTES.md`, the cp.async kernel's fallback plan).
+    Balanced,
+}
+
+/// Launch geometry of the streaming kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// m-tiles of 16 rows (1, 2 or 4).
+    pub mt: usize,
+    /// Strips per block (1 or 2); the block's 8 warps are `sw` strips × `8 / sw` k-lanes.
+    pub sw: usize,
+    /// Column blocks (grid x) = ceil(strips / sw).
+    pub cols: usize,
+    /// k-splits (grid y).
+    pub splits: usize,
+    /// Groups per warp.
+    pub gpw: usize,
+    /// Chunks (16 values of k) per load batch of the register kernel: the largest of 8, 4, 2, 1 that divides
+    /// group / 16 (at most 2 for `mt` = 4).
+    pub cb: usize,
+}
+
+impl StreamPlan {
+    /// Blocks in the grid.
+    pub fn blocks(&self) -> usize {
+        self.cols * self.splits
+    }
+}
+
+/// Blocks of 256 threads resident on one SM: two at `mt` = 1 (≤ 128 registers a thread), one above.
+pub fn resident_blocks(mt: usize) -> usize {
+    if mt == 1 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The [`PlanShape::Spread`] plan (see [`plan`]).
+pub fn stream_plan(m: usize, strips: usize, groups: usize, group: usize, sms: usize) -> StreamPlan {
+    plan(PlanShape::Spread, m, strips, groups, group, sms)
+}
+
+/// Plans the streaming kernel for `m` rows, `strips` strips of 64 columns, `groups` groups of `group` values
+/// along k, on a GPU with `sms` multiprocessors. Two strips per block (the warps of a k-lane share the x rows
+/// through L1, halving the x traffic from L2, which at m = 16 equals the weight traffic of one strip) unless n
+/// is small, where one strip per block keeps the number of splits, and so the final sum, small. Each split
+/// adds an f32 partial tile that the last block of a column sums.
+pub fn plan(
+    shape: PlanShape,
+    m: usize,
+    strips: usize,
+    groups: usize,
+    group: usize,
+    sms: usize,
+) -> StreamPlan {
+    let mt = m.div_ceil(16).next_power_of_two().clamp(1, 4);
+    let cpg = group / CHUNK_K;
+    let cb = [8, 4, 2, 1]
+        .into_iter()
+        .find(|&c| cpg.is_multiple_of(c) && (mt < 4 || c <= 2))
+        .unwrap_or(1);
+    let sw = if strips >= 64 { 2 } else { 1 };
+    let kw = 8 / sw;
+    let cols = strips.div_ceil(sw);
+    let max_splits = (if sw == 2 { 8 } else { MAX_SPLITS })
+        .min(groups.div_ceil(kw))
+        .max(1);
+    // Groups per warp for `splits` splits, and the split count that gpw really needs (no empty split).
+    let settle = |splits: usize| {
+        let gpw = groups.div_ceil(splits * kw).max(1);
+        (groups.div_ceil(gpw * kw).max(1), gpw)
+    };
+    let (splits, gpw) = match shape {
+        PlanShape::Spread => settle((4 * sms.max(1)).div_ceil(cols).clamp(1, max_splits)),
+        PlanShape::Balanced => {
+            let slots = resident_blocks(mt) * sms.max(1);
+            let fill = |blocks: usize| blocks as f64 / (blocks.div_ceil(slots) * slots) as f64;
+            let mut best = settle(1);
+            for s in 2..=max_splits {
+                let cand = settle(s);
+                let (b, c) = (fill(cols * best.0), fill(cols * cand.0));
+                // A clearly fuller last wave wins; near-equals keep the fewer blocks found first.
+                if c > b + 0.02 {
+                    best = cand;
+                }
+            }
+            best
+        }
+    };
+    StreamPlan {
+        mt,
+        sw,
+        cols,
+        splits,
+        gpw,
+        cb,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_batch_divides_the_chunks_of_a_group() {
+        for (group, m, cb) in [
+            (32, 1, 2),
+            (64, 16, 4),
+            (128, 1, 8),
+            (256, 20, 8),
+            (48, 1, 1),
+            (96, 1, 2),
+            (128, 64, 2),
+            (16, 1, 1),
+        ] {
+            assert_eq!(
+                stream_plan(m, 10, 4, group, 132).cb,
+                cb,
+                "group {group}, m {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn plans_fill_the_gpu_and_cover_every_group() {
+        for shape in [PlanShape::Spread, PlanShape::Balanced] {
+            for (m, strips, groups) in [
+                (1, 160, 64),
+                (16, 128, 64),
+                (16, 924, 64),
+                (16, 128, 231),
+                (64, 16, 64),
+                (3, 1, 1),
+                (40, 2, 3),
+                (1, 1, 2000),
+            ] {
+                let p = plan(shape, m, strips, groups, 128, 132);
+                assert_eq!(p.cb, if p.mt == 4 { 2 } else { 8 });
+                let kw = 8 / p.sw;
+                assert!(p.splits * p.gpw * kw >= groups, "{shape:?} {p:?}");
+                assert!(
+                    (p.splits - 1) * p.gpw * kw < groups,
+                    "{shape:?} {p:?}: an empty split"
+                );
+                assert!(p.splits <= MAX_SPLITS && p.mt * 16 >= m.min(64));
+                assert!(p.sw == 1 || p.splits <= 8);
+                assert_eq!(p.cols, strips.div_ceil(p.sw));
+            }
+        }
+    }
+
+    #[test]
+    fn the_spread_plan_is_the_measured_one() {
+        // Qwen2.5-72B at m = 1 on 132 SMs (the plans behind the H200 figures of PERF.md).
+        let p = stream_plan(1, 128, 64, 128, 132); // 8192 x 8192
+        assert_eq!((p.sw, p.cols, p.splits, p.gpw), (2, 64, 8, 2));
+        let p = stream_plan(1, 924, 64, 128, 132); // 8192 x 59136
+        assert_eq!((p.cols, p.splits, p.gpw), (462, 2, 8));
+    }
+
+    #[test]
+    fn the_balanced_plan_fills_one_wave_with_longer_warps() {
+        // 8192 x 8192, m = 1: 64 column blocks × 4 splits = 256 of the 264 resident slots, 4 groups a warp.
+        let p = plan(PlanShape::Balanced, 1, 128, 64, 128, 132);
+        assert_eq!((p.splits, p.gpw, p.blocks()), (4, 4, 256));
+        // 8192 x 10240: 80 column blocks; 3 splits (240 blocks, 91% of one wave) rather than 4 (1.2 waves).
+        let p = plan(PlanShape::Balanced, 1, 160, 64, 128, 132);
+        assert_eq!((p.splits, p.gpw, p.blocks()), (3, 6, 240));
+        // 29568 x 8192: 231 groups, 4 splits of 15 groups a warp.
+        let p = plan(PlanShape::Balanced, 1, 128, 231, 128, 132);
+        assert_eq!((p.splits, p.gpw), (4, 15));
+        // m = 32 (two m-tiles) runs one block per SM: 132 slots, 64 column blocks × 2 splits.
+        let p = plan(PlanShape::Balanced, 32, 128, 64, 128, 132);
+        assert_eq!((p.mt, p.splits, p.gpw, p.blocks()), (2, 2, 8, 128));
+    }
+}

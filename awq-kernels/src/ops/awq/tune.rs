@@ -1,0 +1,334 @@
+//! Choosing among AWQ kernel variants by timing them on the GPU at hand, once per layer shape, as Triton's
+//! autotuner and TensorRT-LLM's tactic selection do. Which of several correct kernels is fastest depends on
+//! the card (bandwidth, SM count, shared memory, L2) more than any model of it predicts (`PERF-NOTES.md`
+//! records a variant predicted 1.5x faster that measured 1.3x slower), so the variants stay in the binary and
+//! the first call of a shape decides.
+//!
+//! - Decode (m ≤ 64): the register and the cp.async-pipelined streaming kernels, each with the two plans of
+//!   [`PlanShape`]. Different plans sum the k-splits in different groupings, so their outputs may differ in
+//!   the last bit; the choice is made once per process and shape and then kept, and `AWQ_AUTOTUNE=0` fixes
+//!   the default variant for runs that must repeat bit for bit across processes.
+//! - Dequantize + GEMM (m > 64): four ways to write the dense weight; all write the same bits.
+//!
+//! A candidate must be faster than the default by [`MARGIN`] to replace it, so that timing noise does not
+//! flip the choice between runs. Shapes whose weights are smaller than [`TUNE_MIN_BYTES`] are not timed
+//! (launch-bound: nothing to win, and the tests' tiny layers keep the default).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+
+use crate::cuda::{cuda_error, Gpu};
+use crate::ops::awq::plan::PlanShape;
+use crate::{DType, Result};
+
+/// Where the streaming kernel keeps the weights it has loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamKernel {
+    /// `awq_stream_*`: batches of 16-byte loads into registers (the measured kernel).
+    Registers,
+    /// `awq_pipe_*`: whole groups through a per-warp cp.async ring in shared memory; bit-identical to
+    /// [`StreamKernel::Registers`] under the same plan.
+    Pipelined,
+}
+
+/// How the dequantize + GEMM path writes the dense weight (`awq_dequant_*` in `kernels/awq_gemm.cu`). All
+/// write the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DequantKernel {
+    /// One lane-chunk (32 values) per thread (the measured kernel).
+    Lanes,
+    /// Four lane-chunks per thread, their loads in flight together.
+    Lanes4,
+    /// A block dequantizes 64 columns × 128 values of k into shared memory, then writes whole rows.
+    Tiles1,
+    /// The same with 64 × 256 and two loads per thread.
+    Tiles2,
+}
+
+impl DequantKernel {
+    pub const ALL: [DequantKernel; 4] = [
+        DequantKernel::Lanes,
+        DequantKernel::Lanes4,
+        DequantKernel::Tiles1,
+        DequantKernel::Tiles2,
+    ];
+
+    /// The kernel name's suffix after `awq_dequant_<T>`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DequantKernel::Lanes => "",
+            DequantKernel::Lanes4 => "_lanes4",
+            DequantKernel::Tiles1 => "_tiles1",
+            DequantKernel::Tiles2 => "_tiles2",
+        }
+    }
+
+    /// Lane-chunks (16 values of k of one lane of a strip) one thread handles; for the tile kernels, the
+    /// chunks of a block's tile per warp.
+    pub fn chunks_per_thread(self) -> usize {
+        match self {
+            DequantKernel::Lanes => 1,
+            DequantKernel::Lanes4 => 4,
+            DequantKernel::Tiles1 => 1,
+            DequantKernel::Tiles2 => 2,
+        }
+    }
+
+    /// Whether a block covers a tile of one strip (grid = (k tiles, strips)) instead of a flat range.
+    pub fn tiled(self) -> bool {
+        matches!(self, DequantKernel::Tiles1 | DequantKernel::Tiles2)
+    }
+}
+
+/// One way to compute an AWQ linear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// A weight-streaming tensor-core kernel (m ≤ 64) with a plan shape.
+    Stream {
+        kernel: StreamKernel,
+        shape: PlanShape,
+    },
+    /// Dequantize W into a dense workspace with this kernel, then a cuBLAS GEMM (any m).
+    DequantGemm(DequantKernel),
+}
+
+impl Variant {
+    /// The decode default: the measured register kernel with the spread plan.
+    pub const STREAM_DEFAULT: Variant = Variant::Stream {
+        kernel: StreamKernel::Registers,
+        shape: PlanShape::Spread,
+    };
+    /// The large-m default: the measured dequantization kernel.
+    pub const DENSE_DEFAULT: Variant = Variant::DequantGemm(DequantKernel::Lanes);
+
+    /// A short name for reports: `stream/spread`, `pipe/balanced`, `dequant-tiles2+gemm`, ...
+    pub fn name(self) -> String {
+        match self {
+            Variant::Stream { kernel, shape } => format!(
+                "{}/{}",
+                match kernel {
+                    StreamKernel::Registers => "stream",
+                    StreamKernel::Pipelined => "pipe",
+                },
+                match shape {
+                    PlanShape::Spread => "spread",
+                    PlanShape::Balanced => "balanced",
+                }
+            ),
+            Variant::DequantGemm(d) => format!(
+                "dequant-{}+gemm",
+                match d {
+                    DequantKernel::Lanes => "lanes",
+                    DequantKernel::Lanes4 => "lanes4",
+                    DequantKernel::Tiles1 => "tiles1",
+                    DequantKernel::Tiles2 => "tiles2",
+                }
+            ),
+        }
+    }
+}
+
+/// The decode candidates, the default first: both kernels (the pipelined one only where its ring fits
+/// the GPU's shared memory, `pipelined_fits`) with both plans.
+pub fn stream_candidates(pipelined_fits: bool) -> Vec<Variant> {
+    let mut out = Vec::with_capacity(4);
+    for kernel in [StreamKernel::Registers, StreamKernel::Pipelined] {
+        if kernel == StreamKernel::Pipelined && !pipelined_fits {
+            continue;
+        }
+        for shape in [PlanShape::Spread, PlanShape::Balanced] {
+            out.push(Variant::Stream { kernel, shape });
+        }
+    }
+    out
+}
+
+/// The dequantize + GEMM candidates, the default first.
+pub fn dequant_candidates() -> Vec<Variant> {
+    DequantKernel::ALL
+        .into_iter()
+        .map(Variant::DequantGemm)
+        .collect()
+}
+
+/// How much faster than the default a candidate must be to replace it.
+pub const MARGIN: f64 = 0.03;
+/// Weight bytes below which a shape runs its default untimed.
+pub const TUNE_MIN_BYTES: usize = 4 << 20;
+/// Timed calls per candidate (after one untimed call each), interleaved across candidates.
+const ROUNDS: usize = 5;
+
+/// The candidate to keep, from median times (index 0 is the default): the fastest, unless the default is
+/// within `margin` of it. Non-finite times (a candidate that failed) never win.
+pub fn pick(times_us: &[f64], margin: f64) -> usize {
+    let best = times_us
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.is_finite())
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    match times_us.first() {
+        Some(&d) if d.is_finite() && d <= times_us[best] * (1.0 + margin) => 0,
+        _ => best,
+    }
+}
+
+/// What a choice is kept for: the layer's shape and dtype, and the m-tiles of the streaming kernel (its plan
+/// depends on them; 0 for the dequantize path, whose kernels do not depend on m).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TuneKey {
+    pub k: usize,
+    pub n: usize,
+    pub group: usize,
+    pub dtype: DType,
+    pub mt: usize,
+}
+
+/// The choice for one key, with the median time of every candidate (µs; infinite where it failed).
+#[derive(Clone, Debug)]
+pub struct Tuned {
+    pub chosen: Variant,
+    pub timings: Vec<(Variant, f64)>,
+}
+
+const TUNE_UNSET: u8 = 0;
+const TUNE_ON: u8 = 1;
+const TUNE_OFF: u8 = 2;
+static AUTOTUNE: AtomicU8 = AtomicU8::new(TUNE_UNSET);
+
+/// Whether shapes are timed: on unless `AWQ_AUTOTUNE` is `0`, `off` or `false` (read at the first call), or
+/// after [`set_autotune`].
+pub fn autotune_enabled() -> bool {
+    match AUTOTUNE.load(Ordering::Relaxed) {
+        TUNE_ON => true,
+        TUNE_OFF => false,
+        _ => {
+            let off = matches!(
+                std::env::var("AWQ_AUTOTUNE").as_deref(),
+                Ok("0") | Ok("off") | Ok("false")
+            );
+            let _ = AUTOTUNE.compare_exchange(
+                TUNE_UNSET,
+                if off { TUNE_OFF } else { TUNE_ON },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            autotune_enabled()
+        }
+    }
+}
+
+/// Turns timing on or off for the rest of the process (choices already made are kept).
+pub fn set_autotune(on: bool) {
+    AUTOTUNE.store(if on { TUNE_ON } else { TUNE_OFF }, Ordering::Relaxed);
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median microseconds of `run(i)` for each of `count` candidates: one untimed call each (module loads,
+/// workspace growth), then [`ROUNDS`] interleaved rounds, each call after a write of twice the L2 (so no
+/// candidate reads weights the previous one left in L2) and between two CUDA events. A candidate whose call
+/// fails gets an infinite time; the error of the others' is returned.
+pub(crate) fn time_candidates(
+    gpu: &Gpu,
+    count: usize,
+    mut run: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let stream = Arc::clone(gpu.stream());
+    let ctx = gpu.context();
+    let l2 = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+        .map_err(|e| cuda_error("reading the L2 size", e))?
+        .max(1 << 20) as usize;
+    let mut flush = stream
+        .alloc_zeros::<u8>(2 * l2)
+        .map_err(|e| cuda_error("allocating the autotuner's L2 flush", e))?;
+    let event = || {
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| cuda_error("creating a timing event", e))
+    };
+    let (start, end) = (event()?, event()?);
+    let mut failed = vec![false; count];
+    for (i, f) in failed.iter_mut().enumerate() {
+        *f = run(i).is_err();
+    }
+    let mut times = vec![Vec::with_capacity(ROUNDS); count];
+    for _ in 0..ROUNDS {
+        for (i, t) in times.iter_mut().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            stream
+                .memset_zeros(&mut flush)
+                .map_err(|e| cuda_error("flushing L2", e))?;
+            start
+                .record(&stream)
+                .map_err(|e| cuda_error("recording an event", e))?;
+            if run(i).is_err() {
+                failed[i] = true;
+                continue;
+            }
+            end.record(&stream)
+                .map_err(|e| cuda_error("recording an event", e))?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(|e| cuda_error("reading an event", e))?;
+            t.push(ms as f64 * 1e3);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .zip(failed)
+        .map(|(t, f)| {
+            if f || t.is_empty() {
+                f64::INFINITY
+            } else {
+                median(t)
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_stays_unless_clearly_beaten() {
+        assert_eq!(pick(&[10.0, 9.8, 10.5], MARGIN), 0);
+        assert_eq!(pick(&[10.0, 9.0, 9.5], MARGIN), 1);
+        assert_eq!(pick(&[10.0, 9.5, 8.0, 12.0], MARGIN), 2);
+        // A failed default loses to any finite time; failed candidates never win.
+        assert_eq!(pick(&[f64::INFINITY, 12.0, 11.0], MARGIN), 2);
+        assert_eq!(pick(&[10.0, f64::INFINITY], MARGIN), 0);
+        assert_eq!(pick(&[f64::INFINITY, f64::INFINITY], MARGIN), 0);
+        assert_eq!(pick(&[7.0], MARGIN), 0);
+    }
+
+    #[test]
+    fn candidates_start_with_the_measured_defaults() {
+        let s = stream_candidates(true);
+        assert_eq!(s[0], Variant::STREAM_DEFAULT);
+        assert_eq!(s.len(), 4);
+        assert_eq!(stream_candidates(false).len(), 2);
+        assert!(stream_candidates(false).iter().all(|v| matches!(
+            v,
+            Variant::Stream {
+                kernel: StreamKernel::Registers,
+                ..
+            }
+        )));
+        let d = dequant_candidates();
+        assert_eq!(d[0], Variant::DENSE_DEFAULT);
+        assert_eq!(d.len(), DequantKernel::ALL.len());
+        let names: std::collections::HashSet<String> =
+            s.iter().chain(&d).map(|v| v.name()).collect();
+        assert_eq!(names.len(), 8, "names are distinct");
+        assert_eq!(Variant::STREAM_DEFAULT.name(), "stream/spread");
+    }
+}
