@@ -683,7 +683,7 @@ where
 
 /// The variant [`AwqPath::Auto`] runs for these operands: the family from [`choose_path`], a fixed decode
 /// kernel if one was set, else the autotuner's choice for the shape (timed now if it is new, on these
-/// operands; the timing calls write y, which the caller's run then overwrites).
+/// operands; the timing calls may write y, which the caller's run then overwrites).
 fn auto_variant<T: AwqFloat>(
     gpu: &Gpu,
     ws: &mut Workspace,
@@ -722,9 +722,11 @@ where
         return Ok(t.chosen);
     }
     // A failure to time (no memory for the L2 flush, say) keeps the default; a candidate that fails to
-    // launch is never chosen.
-    let times = time_candidates(gpu, candidates.len(), |i| {
-        run_variant(gpu, ws, candidates[i], ops, y)
+    // launch is never chosen. The dequantize + GEMM candidates differ only in the dequantization (the
+    // GEMM is the same cuBLAS call), so only that is timed.
+    let times = time_candidates(gpu, candidates.len(), |i| match candidates[i] {
+        Variant::DequantGemm(d) => dequantize_into_workspace::<T>(gpu, ws, ops.2, d),
+        v => run_variant(gpu, ws, v, ops, y),
     })
     .unwrap_or_else(|_| vec![f64::INFINITY; candidates.len()]);
     let chosen = candidates[pick(&times, MARGIN)];
@@ -975,6 +977,26 @@ pub fn dequantize_with<T: AwqFloat>(
     launch_dequant(&stream, &func, &name, w, op, kernel)
 }
 
+/// The dense W [n, k] of `w` in T, written into the workspace by `kernel` (the first step of the large-m
+/// path, and all that differs between its candidates, so the autotuner times only this).
+fn dequantize_into_workspace<T: AwqFloat>(
+    gpu: &Gpu,
+    ws: &mut Workspace,
+    w: &AwqGpuWeights,
+    kernel: DequantKernel,
+) -> Result<()> {
+    let stream = Arc::clone(gpu.stream());
+    let name = format!("awq_dequant_{}{}", T::NAME, kernel.suffix());
+    let func = ws.function(gpu, &name)?;
+    ensure(&stream, &mut ws.dense, w.n * w.k, "dense-weight workspace")?;
+    let dense = ws
+        .dense
+        .as_mut()
+        .ok_or_else(|| Error::Cuda("AWQ workspace missing".into()))?;
+    let (dp, _gd) = dense.device_ptr_mut(&stream);
+    launch_dequant(&stream, &func, &name, w, dp, kernel)
+}
+
 fn launch_dequant_gemm<T: AwqFloat>(
     gpu: &Gpu,
     ws: &mut Workspace,
@@ -990,20 +1012,13 @@ where
     if m > i32::MAX as usize {
         return Err(Error::shape(OP, format!("m = {m} too large for cuBLAS")));
     }
-    let dq_name = format!("awq_dequant_{}{}", T::NAME, kernel.suffix());
-    let dq = ws.function(gpu, &dq_name)?;
     let bias_fn = ws.function(gpu, "awq_bias_rows")?;
-    ensure(&stream, &mut ws.dense, n * k, "dense-weight workspace")?;
+    // 1. W [n, k] in T.
+    dequantize_into_workspace::<T>(gpu, ws, w, kernel)?;
     let dense = ws
         .dense
         .as_mut()
         .ok_or_else(|| Error::Cuda("AWQ workspace missing".into()))?;
-
-    // 1. W [n, k] in T.
-    {
-        let (dp, _gd) = dense.device_ptr_mut(&stream);
-        launch_dequant(&stream, &dq, &dq_name, w, dp, kernel)?;
-    }
 
     // 2. y = bias rows (then beta = 1), or beta = 0 (y is not read).
     let beta = if let Some(bv) = bias {

@@ -8,7 +8,8 @@
 //!   [`PlanShape`]. Different plans sum the k-splits in different groupings, so their outputs may differ in
 //!   the last bit; the choice is made once per process and shape and then kept, and `AWQ_AUTOTUNE=0` fixes
 //!   the default variant for runs that must repeat bit for bit across processes.
-//! - Dequantize + GEMM (m > 64): four ways to write the dense weight; all write the same bits.
+//! - Dequantize + GEMM (m > 64): four ways to write the dense weight; all write the same bits, and only the
+//!   dequantization is timed (the GEMM after it is the same cuBLAS call for every candidate).
 //!
 //! A candidate must be faster than the default by [`MARGIN`] to replace it, so that timing noise does not
 //! flip the choice between runs. Shapes whose weights are smaller than [`TUNE_MIN_BYTES`] are not timed
