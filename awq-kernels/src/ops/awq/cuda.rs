@@ -694,8 +694,8 @@ where
     CudaBlas: Gemm<T>,
 {
     let (m, w) = (ops.1, ops.2);
-    let (candidates, mt) = match choose_path(m, w.k, w.n) {
-        AwqPath::DequantGemm => (dequant_candidates(), 0),
+    let (default, mt) = match choose_path(m, w.k, w.n) {
+        AwqPath::DequantGemm => (Variant::DENSE_DEFAULT, 0),
         AwqPath::Pipe => {
             return Ok(Variant::Stream {
                 kernel: StreamKernel::Pipelined,
@@ -703,13 +703,13 @@ where
             })
         }
         _ if decode_setting() == DECODE_STREAM => return Ok(Variant::STREAM_DEFAULT),
-        _ => {
-            let mt = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms).mt;
-            (stream_candidates(pipe_fits(mt, w.group, ws.max_shared)), mt)
-        }
+        _ => (
+            Variant::STREAM_DEFAULT,
+            stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms).mt,
+        ),
     };
     if !autotune_enabled() || w.device_bytes() < TUNE_MIN_BYTES {
-        return Ok(candidates[0]);
+        return Ok(default);
     }
     let key = TuneKey {
         k: w.k,
@@ -718,9 +718,15 @@ where
         dtype: w.dtype,
         mt,
     };
+    // The decode loop's path: one hash lookup, no allocation.
     if let Some(t) = ws.tuned.get(&key) {
         return Ok(t.chosen);
     }
+    let candidates = if mt == 0 {
+        dequant_candidates()
+    } else {
+        stream_candidates(pipe_fits(mt, w.group, ws.max_shared))
+    };
     // A failure to time (no memory for the L2 flush, say) keeps the default; a candidate that fails to
     // launch is never chosen. The dequantize + GEMM candidates differ only in the dequantization (the
     // GEMM is the same cuBLAS call), so only that is timed.
