@@ -113,17 +113,49 @@ __device__ void add_bias(T* __restrict__ y, const T* __restrict__ bias, long lon
 // Rotate-half RoPE in place on x [t, heads, d]; grid = (t, heads), block = d/2 threads.
 // inv_freq [d/2] comes from the host (computed once as transformers does, 1 / theta^(2i/d) in f32), so the
 // angle pos * inv_freq is the same f32 product on both sides even at positions of tens of thousands.
+// The rotation of element pair (i, i + d/2) of one head by pos · inv_freq[i], from `src` into `dst` (which may
+// be the same head): the one place both rope kernels take it from, so they produce the same bits.
+template <typename T>
+__device__ __forceinline__ void rotate_pair(const T* src, T* dst, int i, int half_d, int pos,
+                                            const float* __restrict__ inv_freq) {
+    float angle = (float)pos * inv_freq[i];
+    float c = cosf(angle), s = sinf(angle);
+    float a = to_f32(src[i]), b = to_f32(src[i + half_d]);
+    dst[i] = from_f32<T>(a * c - b * s);
+    dst[i + half_d] = from_f32<T>(b * c + a * s);
+}
+
 template <typename T>
 __device__ void rope(T* __restrict__ x, const int* __restrict__ positions, const float* __restrict__ inv_freq,
                      int heads, int d) {
     int i = threadIdx.x, half_d = d / 2;
     if (i >= half_d) return;
     T* head = x + ((size_t)blockIdx.x * heads + blockIdx.y) * d;
-    float angle = (float)positions[blockIdx.x] * inv_freq[i];
-    float c = cosf(angle), s = sinf(angle);
-    float a = to_f32(head[i]), b = to_f32(head[i + half_d]);
-    head[i] = from_f32<T>(a * c - b * s);
-    head[i + half_d] = from_f32<T>(b * c + a * s);
+    rotate_pair<T>(head, head, i, half_d, positions[blockIdx.x], inv_freq);
+}
+
+// A fused q|k|v projection row [(heads + 2·kv_heads)·d] taken apart in one pass: q heads rotated into
+// q [t, heads, d], k heads rotated and v heads copied into the cache rows slots[r] ([slots, kv_heads, d]).
+// grid = (t, heads + 2·kv_heads), block = d/2 threads: block (r, y) is head y of row r. Replaces a column
+// split, two rope launches and a cache write (the same bits: rotate_pair, and copies).
+template <typename T>
+__device__ void qkv_rope_write(const T* __restrict__ qkv, T* __restrict__ q, T* __restrict__ kc,
+                               T* __restrict__ vc, const int* __restrict__ positions,
+                               const float* __restrict__ inv_freq, const int* __restrict__ slots, int heads,
+                               int kv_heads, int d) {
+    const int r = blockIdx.x, y = blockIdx.y, i = threadIdx.x, half_d = d / 2;
+    if (i >= half_d) return;
+    const T* src = qkv + ((size_t)r * (heads + 2 * kv_heads) + y) * d;
+    const size_t cache_row = (size_t)slots[r] * kv_heads * d;
+    if (y < heads) {
+        rotate_pair<T>(src, q + ((size_t)r * heads + y) * d, i, half_d, positions[r], inv_freq);
+    } else if (y < heads + kv_heads) {
+        rotate_pair<T>(src, kc + cache_row + (size_t)(y - heads) * d, i, half_d, positions[r], inv_freq);
+    } else {
+        T* dst = vc + cache_row + (size_t)(y - heads - kv_heads) * d;
+        dst[i] = src[i];
+        dst[i + half_d] = src[i + half_d];
+    }
 }
 
 // cache[slots[i], :] = src[i, :] for keys and values; grid = t rows, row width = h_kv * d.
@@ -209,6 +241,11 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
     extern "C" __global__ void kv_write_##name(const T* k, const T* v, T* kc, T* vc, const int* slots,      \
                                                int width) {                                                  \
         kv_write<T>(k, v, kc, vc, slots, width);                                                             \
+    }                                                                                                        \
+    extern "C" __global__ void qkv_rope_write_##name(const T* qkv, T* q, T* kc, T* vc, const int* positions, \
+                                                     const float* inv_freq, const int* slots, int heads,     \
+                                                     int kv_heads, int d) {                                  \
+        qkv_rope_write<T>(qkv, q, kc, vc, positions, inv_freq, slots, heads, kv_heads, d);                   \
     }                                                                                                        \
     extern "C" __global__ void paged_attention_##name(const T* q, const T* kc, const T* vc, const int* tables, \
                                                       const int* row_table, const int* row_pos, T* out,      \

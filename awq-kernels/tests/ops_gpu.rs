@@ -18,7 +18,7 @@ use awq_kernels::ops::{
     embedding::embedding,
     gather_rows,
     norm::rms_norm,
-    rope::rope_inplace,
+    rope::{rope_inplace, rope_inplace_prepared, RopeInputs},
     split_columns3,
 };
 use awq_kernels::{DType, Device, Tensor};
@@ -391,6 +391,72 @@ fn fused_projection_helpers_match_the_cpu() {
                 &silu_mul_halves(&halves).unwrap(),
                 dtype,
             );
+        }
+    }
+}
+
+#[test]
+fn the_fused_qkv_rope_write_gives_the_bits_of_the_separate_steps() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    for dtype in DTYPES {
+        // GQA 7:1 at d 64 (Qwen2-0.5B), 8:1 at d 128 (Qwen2.5-72B), MHA at d 32; prefill and decode rows.
+        for &(t, heads, kv_heads, d) in &[
+            (5usize, 14usize, 2usize, 64usize),
+            (1, 64, 8, 128),
+            (3, 4, 4, 32),
+        ] {
+            let config = KvCacheConfig {
+                layers: 2,
+                kv_heads,
+                head_dim: d,
+                block_size: 4,
+                num_blocks: 8,
+            };
+            let mut fused = PagedKvCache::new_on(config, GPU, dtype).unwrap();
+            let mut steps = PagedKvCache::new_on(config, GPU, dtype).unwrap();
+            let mut cpu = PagedKvCache::new(config);
+            let qkv = random(&mut rng, &[t, (heads + 2 * kv_heads) * d], dtype, 2.0);
+            let positions: Vec<usize> = [3usize, 0, 4095, 30000, 17][..t].to_vec();
+            let slots: Vec<usize> = [9usize, 30, 2, 17, 11][..t].to_vec();
+            let rope_gpu = RopeInputs::new(&positions, d, 1e6, GPU).unwrap();
+            let slots_gpu = fused.prepare_slots(&slots).unwrap();
+
+            let q_fused = fused
+                .write_qkv_rope(1, &on_gpu(&qkv, dtype), heads, &rope_gpu, &slots_gpu)
+                .unwrap();
+            // The same through the separate GPU steps.
+            let stride = kv_heads * d;
+            let [q, k, v] =
+                split_columns3(&on_gpu(&qkv, dtype), [heads * d, stride, stride]).unwrap();
+            let mut q = q.reshape(&[t, heads, d]).unwrap();
+            let mut k = k.reshape(&[t, kv_heads, d]).unwrap();
+            rope_inplace_prepared(&mut q, &rope_gpu).unwrap();
+            rope_inplace_prepared(&mut k, &rope_gpu).unwrap();
+            steps
+                .write_rows_prepared(1, &k.reshape(&[t, stride]).unwrap(), &v, &slots_gpu)
+                .unwrap();
+            assert_eq!(q_fused.shape(), [t, heads, d]);
+            let bytes = |x: &Tensor| x.to_device(Device::Cpu).unwrap().bytes().to_vec();
+            assert_eq!(bytes(&q_fused), bytes(&q), "{dtype} q");
+            for layer in 0..2 {
+                let (fk, fv) = fused.layer(layer);
+                let (sk, sv) = steps.layer(layer);
+                assert_eq!(bytes(fk), bytes(sk), "{dtype} keys of layer {layer}");
+                assert_eq!(bytes(fv), bytes(sv), "{dtype} values of layer {layer}");
+            }
+            // And against the CPU (f32), within the dtype's rounding.
+            let rope_cpu = RopeInputs::new(&positions, d, 1e6, Device::Cpu).unwrap();
+            let slots_cpu = cpu.prepare_slots(&slots).unwrap();
+            let q_cpu = cpu
+                .write_qkv_rope(1, &qkv, heads, &rope_cpu, &slots_cpu)
+                .unwrap();
+            assert_close("qkv_rope_write q", &q_fused, &q_cpu, dtype);
+            let (fk, fv) = fused.layer(1);
+            let (ck, cv) = cpu.layer(1);
+            assert_close("qkv_rope_write keys", fk, ck, dtype);
+            assert_close("qkv_rope_write values", fv, cv, dtype);
         }
     }
 }

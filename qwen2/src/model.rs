@@ -2,7 +2,7 @@
 //! checkpoint keys.
 
 use awq_kernels::awq_format::PACK_FACTOR;
-use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
+use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, KvSlots, PagedKvCache};
 use awq_kernels::ops::attention::AttnSeq;
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::ops::norm::{add_rms_norm, rms_norm};
@@ -11,7 +11,6 @@ use awq_kernels::ops::{
     embedding::embedding,
     gather_rows,
     rope::{rope_inplace_prepared, RopeInputs},
-    split_columns3,
 };
 use awq_kernels::{DType, DTypeRule, Device, Tensor, TensorSpec, WeightsScope};
 
@@ -60,12 +59,30 @@ impl Projections {
         })
     }
 
-    /// q, k, v of `x`.
-    fn forward3(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+    /// q `[t, heads, d]` of `x`, rotated, after k (rotated) and v went into layer `layer` of the cache at
+    /// the prepared slots. The fused q|k|v output is taken apart by one cache call (one kernel on a GPU).
+    fn attention_inputs(
+        &self,
+        x: &Tensor,
+        (heads, kv_heads, d): (usize, usize, usize),
+        rope: &RopeInputs,
+        cache: &mut PagedKvCache,
+        layer: usize,
+        slots: &KvSlots,
+    ) -> Result<Tensor> {
+        let t = x.dim(0);
         Ok(match self {
-            Projections::Separate(p) => [p[0].forward(x)?, p[1].forward(x)?, p[2].forward(x)?],
-            Projections::Fused { linear, widths } => {
-                split_columns3(&linear.forward(x)?, [widths[0], widths[1], widths[2]])?
+            Projections::Separate(p) => {
+                let (q, k, v) = (p[0].forward(x)?, p[1].forward(x)?, p[2].forward(x)?);
+                let mut q = q.reshape(&[t, heads, d])?;
+                let mut k = k.reshape(&[t, kv_heads, d])?;
+                rope_inplace_prepared(&mut q, rope)?;
+                rope_inplace_prepared(&mut k, rope)?;
+                cache.write_rows_prepared(layer, &k.reshape(&[t, kv_heads * d])?, &v, slots)?;
+                q
+            }
+            Projections::Fused { linear, .. } => {
+                cache.write_qkv_rope(layer, &linear.forward(x)?, heads, rope, slots)?
             }
         })
     }
@@ -463,13 +480,10 @@ impl Qwen2 {
                 }
             };
             let attn = &layer.self_attn;
-            let [q, k, v] = attn.qkv.forward3(&a)?; // v: [t, h_kv * d]
-            let mut q = q.reshape(&[t, c.num_attention_heads, c.head_dim])?;
-            let mut k = k.reshape(&[t, c.num_key_value_heads, c.head_dim])?;
-            rope_inplace_prepared(&mut q, &rope)?;
-            rope_inplace_prepared(&mut k, &rope)?;
-            let stride = c.num_key_value_heads * c.head_dim;
-            cache.write_rows_prepared(li, &k.reshape(&[t, stride])?, &v, &kv_slots)?;
+            let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            let q = attn
+                .qkv
+                .attention_inputs(&a, heads, &rope, cache, li, &kv_slots)?;
             let o = attention.layer(&q, cache, li)?; // [t, h * d]
             let attn_out = attn.o_proj.forward(o)?;
 

@@ -335,6 +335,66 @@ pub fn kv_write(
     })
 }
 
+/// Takes a fused q|k|v projection output `qkv` `[t, (heads + 2·kv_heads)·d]` apart in one launch: returns q
+/// `[t, heads, d]` rotated, and writes k (rotated) and v into rows `slots_gpu[i]` of `kc`, `vc`
+/// (`[slots, kv_heads·d]`). The same bits as `split_columns3`, `rope_inplace` on q and k, and `kv_write`.
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_write(
+    qkv: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    pos_gpu: &GpuBuffer,
+    freq_gpu: &GpuBuffer,
+    slots_gpu: &GpuBuffer,
+) -> Result<Tensor> {
+    let gpu = gpu_of(qkv)?;
+    let t = qkv.dim(0);
+    let d = 2 * freq_gpu.len();
+    let dtype = qkv.dtype();
+    if pos_gpu.len() != t || slots_gpu.len() != t || d == 0 || d / 2 > 1024 {
+        return Err(Error::shape(
+            "qkv_rope_write",
+            format!(
+                "{t} rows, {} positions, {} slots, head dim {d}",
+                pos_gpu.len(),
+                slots_gpu.len()
+            ),
+        ));
+    }
+    let mut q = GpuBuffer::output(&gpu, dtype, t * heads * d)?;
+    let src = qkv.gpu_buffer()?;
+    let (kcb, vcb) = (kc.gpu_buffer_mut()?, vc.gpu_buffer_mut()?);
+    float_dispatch!(dtype, "qkv_rope_write", |T, sfx| {
+        let name = format!("qkv_rope_write_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let (h, hkv, dd) = (heads as i32, kv_heads as i32, d as i32);
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(src.slice::<T>()?)
+            .arg(q.slice_mut::<T>()?)
+            .arg(kcb.slice_mut::<T>()?)
+            .arg(vcb.slice_mut::<T>()?)
+            .arg(pos_gpu.slice::<i32>()?)
+            .arg(freq_gpu.slice::<f32>()?)
+            .arg(slots_gpu.slice::<i32>()?)
+            .arg(&h)
+            .arg(&hkv)
+            .arg(&dd);
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, (heads + 2 * kv_heads) as u32, 1),
+            block_dim: ((d / 2) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: qkv is [t, (heads + 2·kv_heads)·d] and the caches [slots, kv_heads·d] (checked by the
+        // caller), q holds t·heads·d; positions and slots have t entries, inv_freq d/2 (checked above), every
+        // slot is inside the cache (checked when the slots were prepared); d/2 ≤ 1024 threads.
+        unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(q, &[t, heads, d])
+}
+
 /// Per-row inputs of [`paged_attention`].
 pub struct AttentionRows<'a> {
     /// Every sequence's block table, concatenated.

@@ -50,6 +50,29 @@ impl RopeInputs {
     }
 }
 
+impl RopeInputs {
+    /// Rows these inputs rotate.
+    pub fn rows(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The head dim they were made for.
+    pub fn head_dim(&self) -> usize {
+        2 * self.table.half_dim()
+    }
+
+    /// The positions (i32) and inverse frequencies on the GPU, when made for one.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn on_device(
+        &self,
+    ) -> Option<&(
+        crate::cuda::buffer::GpuBuffer,
+        crate::cuda::buffer::GpuBuffer,
+    )> {
+        self.device.as_ref()
+    }
+}
+
 /// Rotates `x` `[t, heads, d]` in place; row `i` is at position `positions[i]`.
 pub fn rope_inplace(x: &mut Tensor, positions: &[usize], theta: f32) -> Result<()> {
     let d = x.shape().last().copied().unwrap_or(0);
