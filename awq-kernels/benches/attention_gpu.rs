@@ -24,13 +24,12 @@ use awq_kernels::cuda::attention::{
     decode_attention_into, flash_attention_into, AttnBatch, DecodePlan,
 };
 use awq_kernels::cuda::buffer::GpuBuffer;
+use awq_kernels::cuda::timing::{flushed_median_us, random_uniform};
 use awq_kernels::cuda::Gpu;
 use awq_kernels::ops::attention::{AttnSeq, SeqRows};
-use awq_kernels::{DType, Tensor};
-use cudarc::driver::sys::CUevent_flags;
-use half::{bf16, f16};
+use awq_kernels::DType;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const WARMUP: usize = 3;
@@ -39,69 +38,9 @@ const BLOCK: usize = 16;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn err(e: impl std::fmt::Debug) -> Box<dyn std::error::Error> {
-    format!("{e:?}").into()
-}
-
-/// A GPU tensor of `shape` filled with uniform values in [-1, 1) (a 32 MB random pattern, repeated).
-fn random_gpu(gpu: &Arc<Gpu>, shape: &[usize], dtype: DType, seed: u64) -> Res<Tensor> {
-    let n: usize = shape.iter().product();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let pattern: Vec<f32> = (0..n.min(1 << 24))
-        .map(|_| rng.gen_range(-1.0f32..1.0))
-        .collect();
-    let mut buf = GpuBuffer::zeros(gpu, dtype, n)?;
-    let stream = Arc::clone(gpu.stream());
-    macro_rules! fill {
-        ($t:ty) => {{
-            let host: Vec<$t> = pattern.iter().map(|&x| <$t>::from_f32(x)).collect();
-            let dst = buf.slice_mut::<$t>()?;
-            let mut at = 0;
-            while at < n {
-                let len = host.len().min(n - at);
-                let mut view = dst.slice_mut(at..at + len);
-                stream.memcpy_htod(&host[..len], &mut view).map_err(err)?;
-                at += len;
-            }
-        }};
-    }
-    match dtype {
-        DType::F16 => fill!(f16),
-        DType::BF16 => fill!(bf16),
-        other => return Err(format!("no random {other} tensors here").into()),
-    }
-    Ok(Tensor::from_gpu_buffer(buf, shape)?)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Median microseconds of `call`, each after an L2-flushing memset.
-fn time(gpu: &Arc<Gpu>, mut call: impl FnMut() -> Res<()>) -> Res<f64> {
-    let stream = gpu.stream();
-    let mut flush = stream.alloc_zeros::<u8>(256 << 20).map_err(err)?;
-    let ctx = gpu.context();
-    let start = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(err)?;
-    let end = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(err)?;
-    let mut times = Vec::with_capacity(TIMED);
-    for i in 0..WARMUP + TIMED {
-        stream.memset_zeros(&mut flush).map_err(err)?;
-        start.record(stream).map_err(err)?;
-        call()?;
-        end.record(stream).map_err(err)?;
-        let ms = start.elapsed_ms(&end).map_err(err)?;
-        if i >= WARMUP {
-            times.push(ms as f64 * 1e3);
-        }
-    }
-    gpu.synchronize()?;
-    Ok(median(times))
+fn time(gpu: &Arc<Gpu>, mut call: impl FnMut() -> awq_kernels::Result<()>) -> Res<f64> {
+    Ok(flushed_median_us(gpu, WARMUP, TIMED, |_| call())?)
 }
 
 struct Cell<'a> {
@@ -146,7 +85,7 @@ fn prefill(
 ) -> Res<()> {
     let d = 128;
     let t = b * s;
-    let q = random_gpu(gpu, &[t, h, d], dtype, 1)?;
+    let q = random_uniform(gpu, &[t, h, d], dtype, 1)?;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = GpuBuffer::zeros(gpu, dtype, q.elem_count())?;
     let (k, v, batch);
@@ -156,8 +95,8 @@ fn prefill(
         blocks.shuffle(&mut ChaCha8Rng::seed_from_u64(4));
         let tables: Vec<Vec<u32>> = blocks.chunks(per_seq).map(|c| c.to_vec()).collect();
         let slots = b * per_seq * BLOCK;
-        k = random_gpu(gpu, &[slots, h_kv * d], dtype, 2)?;
-        v = random_gpu(gpu, &[slots, h_kv * d], dtype, 3)?;
+        k = random_uniform(gpu, &[slots, h_kv * d], dtype, 2)?;
+        v = random_uniform(gpu, &[slots, h_kv * d], dtype, 3)?;
         let seqs: Vec<AttnSeq> = (0..b)
             .map(|i| AttnSeq {
                 blocks: &tables[i],
@@ -168,8 +107,8 @@ fn prefill(
             .collect();
         batch = AttnBatch::paged(gpu, &seqs, BLOCK)?;
     } else {
-        k = random_gpu(gpu, &[t, h_kv, d], dtype, 2)?;
-        v = random_gpu(gpu, &[t, h_kv, d], dtype, 3)?;
+        k = random_uniform(gpu, &[t, h_kv, d], dtype, 2)?;
+        v = random_uniform(gpu, &[t, h_kv, d], dtype, 3)?;
         let seqs: Vec<SeqRows> = (0..b)
             .map(|i| SeqRows {
                 q_start: i * s,
@@ -181,8 +120,7 @@ fn prefill(
         batch = AttnBatch::contiguous(gpu, &seqs)?;
     }
     let us = time(gpu, || {
-        flash_attention_into(&q, &k, &v, h_kv, &batch, causal, scale, &mut out)?;
-        Ok(())
+        flash_attention_into(&q, &k, &v, h_kv, &batch, causal, scale, &mut out)
     })?;
     let pairs = if causal {
         (b * s * (s + 1) / 2) as f64
@@ -217,9 +155,9 @@ fn decode(gpu: &Arc<Gpu>, b: usize, ctx: usize, dtype: DType) -> Res<()> {
     blocks.shuffle(&mut ChaCha8Rng::seed_from_u64(5));
     let tables: Vec<Vec<u32>> = blocks.chunks(per_seq).map(|c| c.to_vec()).collect();
     let slots = b * per_seq * BLOCK;
-    let kc = random_gpu(gpu, &[slots, h_kv * d], dtype, 6)?;
-    let vc = random_gpu(gpu, &[slots, h_kv * d], dtype, 7)?;
-    let q = random_gpu(gpu, &[b, h, d], dtype, 8)?;
+    let kc = random_uniform(gpu, &[slots, h_kv * d], dtype, 6)?;
+    let vc = random_uniform(gpu, &[slots, h_kv * d], dtype, 7)?;
+    let q = random_uniform(gpu, &[b, h, d], dtype, 8)?;
     let seqs: Vec<AttnSeq> = (0..b)
         .map(|i| AttnSeq {
             blocks: &tables[i],
@@ -234,8 +172,7 @@ fn decode(gpu: &Arc<Gpu>, b: usize, ctx: usize, dtype: DType) -> Res<()> {
     let mut out = GpuBuffer::zeros(gpu, dtype, q.elem_count())?;
     let scale = 1.0 / (d as f32).sqrt();
     let us = time(gpu, || {
-        decode_attention_into(&q, &kc, &vc, h_kv, &batch, &mut plan, scale, &mut out)?;
-        Ok(())
+        decode_attention_into(&q, &kc, &vc, h_kv, &batch, &mut plan, scale, &mut out)
     })?;
     report(
         &Cell {

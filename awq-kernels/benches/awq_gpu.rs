@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use awq_kernels::cuda::timing::flushed_median_us;
 use awq_kernels::cuda::Gpu;
 use awq_kernels::ops::awq::cuda::{
     awq_linear_with, tuning_report, AwqFloat, AwqGpuWeights, AwqPath, Repacked, STREAM_MAX_M,
@@ -24,7 +25,6 @@ use awq_kernels::ops::awq::cuda::{
 use awq_kernels::ops::awq::tune::{dequant_candidates, stream_candidates, TuneKey, Variant};
 use awq_kernels::DType;
 use cudarc::cublas::{CudaBlas, Gemm};
-use cudarc::driver::sys::CUevent_flags;
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -68,17 +68,13 @@ fn random_weights(gpu: &Gpu, k: usize, n: usize, dtype: DType, seed: u64) -> Res
     Ok(AwqGpuWeights::from_repacked(gpu, &r)?)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Median microseconds of `awq_linear_with(path)` over rotating weight copies.
 fn time<T: AwqFloat>(gpu: &Arc<Gpu>, ws: &[AwqGpuWeights], m: usize, path: AwqPath) -> Res<f64>
 where
     CudaBlas: Gemm<T>,
 {
-    let (k, n) = (ws[0].k(), ws[0].n());
+    let k = ws[0].k();
+    let n = ws[0].n();
     let stream = gpu.stream();
     let mut rng = ChaCha8Rng::seed_from_u64(m as u64);
     let x: Vec<T> = (0..m * k)
@@ -86,28 +82,10 @@ where
         .collect();
     let xd = stream.clone_htod(&x).map_err(err)?;
     let mut yd = stream.alloc_zeros::<T>(m * n).map_err(err)?;
-    let mut flush = stream.alloc_zeros::<u8>(256 << 20).map_err(err)?;
-    let ctx = gpu.context();
-    let start = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(err)?;
-    let end = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(err)?;
-    let mut times = Vec::with_capacity(TIMED);
-    for i in 0..WARMUP + TIMED {
+    Ok(flushed_median_us(gpu, WARMUP, TIMED, |i| {
         let w = &ws[i % ws.len()];
-        stream.memset_zeros(&mut flush).map_err(err)?;
-        start.record(stream).map_err(err)?;
-        awq_linear_with(gpu, &xd.as_view(), m, w, None, &mut yd.as_view_mut(), path)?;
-        end.record(stream).map_err(err)?;
-        let ms = start.elapsed_ms(&end).map_err(err)?;
-        if i >= WARMUP {
-            times.push(ms as f64 * 1e3);
-        }
-    }
-    gpu.synchronize()?;
-    Ok(median(times))
+        awq_linear_with(gpu, &xd.as_view(), m, w, None, &mut yd.as_view_mut(), path)
+    })?)
 }
 
 fn report(name: &str, k: usize, n: usize, m: usize, dtype: &str, us: f64, weight_bytes: usize) {

@@ -5,6 +5,9 @@ candidates forced, `stream|pipe/spread|balanced` for decode, `dequant-<kernel>+g
 kernel must read at least; TB/s of those bytes, the fraction of the copy bandwidth measured in the same run
 (bytes read + written), TFLOP/s (2*M*N*K), and the speedup over cuBLAS fp16 on the same shape.
 
+Row-kernel rows (awq-kernels/benches/rowwise_gpu.rs): bytes read + written per second against the copy bandwidth,
+next to torch's own op on the same shape ("torch_row"); the one-row cells are launch-bound (the decode step).
+
 Attention rows (awq-kernels/benches/attention_gpu.rs): TFLOP/s (4*h*d*query-key pairs), KV TB/s (keys and
 values read once) and its fraction of the copy bandwidth, next to torch SDPA on the same case (the best of
 "sdpa" and "sdpa_expanded"); speedup = SDPA time / ours.
@@ -64,6 +67,7 @@ def main():
               f"{p if p else float('nan'):.1f} | {ptf:.0f} | {speed:.2f}x |")
 
     attention_table(rows, copy_tbs)
+    row_table(rows, copy_tbs)
 
 
 def attention_table(rows, copy_tbs):
@@ -90,6 +94,20 @@ def attention_table(rows, copy_tbs):
         print(f"| {r['case']} | {r['impl']}{extra} | {r['b']} | {r['ctx']} | {r['h']} / {r['h_kv']} | {r['dtype']} | "
               f"{r['us']:.1f} | {r['tflops']:.0f} | {r['kv_tbps']:.2f} | {100 * r['kv_tbps'] / copy_tbs:.0f}% | "
               f"{pus:.1f} | {ptf:.0f} | {pus / r['us']:.2f}x |")
+
+
+def row_table(rows, copy_tbs):
+    ours = [r for r in rows if r.get("impl") == "row"]
+    if not ours:
+        return
+    peer = {(r["op"], r["shape"]): r["us"] for r in rows if r.get("impl") == "torch_row"}
+    print("\n| row op | shape | dtype | us | TB/s (read + written) | % of copy | torch us | speedup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in ours:
+        p = peer.get((r["op"], r["shape"]))
+        pus = p if p else float("nan")
+        print(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['us']:.1f} | {r['tbps']:.2f} | "
+              f"{100 * r['tbps'] / copy_tbs:.0f}% | {pus:.1f} | {pus / r['us']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Prints one `RESULT {json}` line per cell:
     case names and keys: InternViT-6B tiles, Qwen2.5-72B prefill and decode), enable_gqa=True where the
     query heads outnumber the KV heads; "sdpa_expanded": the same with K/V repeated to every query head
     beforehand (outside the timing), for the backends that do not take GQA. Contiguous K/V (torch has no
-    paged layout), FLOPs and KV bytes counted as the Rust bench does.
+    paged layout), FLOPs and KV bytes counted as the Rust bench does;
+  - impl "torch_row": torch's own versions of the row ops of rowwise_gpu.rs (RMSNorm, LayerNorm, GELU,
+    SiLU-gate, rotary, embedding, row scatter), same shapes, bf16.
 Random data; three weight copies rotated so that the weights are not L2 hits; timing by
 triton.testing.do_bench (median) when triton imports, otherwise CUDA events (median of 25 after 3 warm-ups).
 `--quick` runs M in {1, 16, 1024} only.
@@ -78,6 +80,7 @@ def main():
     torch.cuda.empty_cache()
 
     attention_cells(dev, args.quick)
+    row_cells(dev)
 
     for k, n in SHAPES:
         ws = [torch.randn(n, k, dtype=torch.float16, device=dev) * 0.02 for _ in range(COPIES)]
@@ -151,6 +154,62 @@ def attention_cells(dev, quick):
                  lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
             del q, k, v
             torch.cuda.empty_cache()
+
+
+def row_cells(dev):
+    """torch's own versions of the ops of awq-kernels/benches/rowwise_gpu.rs, same shapes and keys (bf16)."""
+    dt = torch.bfloat16
+    hidden, mlp, heads, d = 8192, 29568, 64, 128
+    vit_rows, vit_hidden, vit_mlp = 13 * 1025, 3200, 12800
+
+    def rand(*shape):
+        return torch.rand(*shape, dtype=dt, device=dev) * 2 - 1
+
+    def cell(op, shape, fn):
+        try:
+            us = bench([fn])
+        except Exception as e:  # an op this torch lacks: say so, go on
+            print(f"torch_row {op}: {e}", file=sys.stderr)
+            return
+        result(impl="torch_row", op=op, shape=shape, dtype="bf16", us=round(us, 2))
+
+    rows = 4096
+    x, r, w = rand(rows, hidden), rand(rows, hidden), rand(hidden)
+    cell("rms_norm", f"{rows}x{hidden}", lambda: F.rms_norm(x, (hidden,), w, 1e-6))
+    cell("add_rms_norm", f"{rows}x{hidden}", lambda: F.rms_norm(r.add_(x), (hidden,), w, 1e-6))
+    cell("add_inplace", f"{rows}x{hidden}", lambda: r.add_(x))
+    gu = rand(rows, 2 * mlp)
+    cell("silu_mul_halves", f"{rows}x{2 * mlp}", lambda: F.silu(gu[:, :mlp]) * gu[:, mlp:])
+    g, u = rand(rows, mlp), rand(rows, mlp)
+    cell("silu_mul", f"{rows}x{mlp}", lambda: F.silu(g) * u)
+    del gu, g, u
+    # transformers' rotate-half rotary with precomputed cos / sin (Qwen2's apply_rotary_pos_emb).
+    q = rand(rows, heads, d)
+    pos = torch.arange(1000, 1000 + rows, device=dev, dtype=torch.float32)
+    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, device=dev, dtype=torch.float32) / d))
+    emb = torch.cat([torch.outer(pos, inv)] * 2, dim=-1)
+    cos, sin = emb.cos().to(dt)[:, None, :], emb.sin().to(dt)[:, None, :]
+
+    def rope():
+        half = torch.cat((-q[..., d // 2:], q[..., : d // 2]), dim=-1)
+        return q * cos + half * sin
+
+    cell("rope", f"{rows}x{heads}x{d}", rope)
+    del q
+    table = rand(32768, hidden)
+    ids = (torch.arange(rows, device=dev) * 7919) % 32768
+    cell("embedding", f"{rows}x{hidden}", lambda: F.embedding(ids, table))
+    del table, x, r
+    xv, wv, bv = rand(vit_rows, vit_hidden), rand(vit_hidden), rand(vit_hidden)
+    cell("layer_norm", f"{vit_rows}x{vit_hidden}", lambda: F.layer_norm(xv, (vit_hidden,), wv, bv, 1e-6))
+    hv = rand(vit_rows, vit_mlp)
+    cell("gelu", f"{vit_rows}x{vit_mlp}", lambda: F.gelu(hv))
+    del xv, hv
+    image_rows = 13 * 256
+    prompt, src = rand(image_rows + 64, hidden), rand(image_rows, hidden)
+    idx = torch.arange(2, 2 + image_rows, device=dev)
+    cell("scatter_rows", f"{image_rows}x{hidden}", lambda: prompt.index_copy_(0, idx, src))
+    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ pub mod buffer;
 pub mod ops;
 pub mod rowwise;
 pub mod sampling;
+pub mod timing;
 
 /// Every kernel file of `kernels/`, as PTX.
 const MODULES: &[(&str, &str)] = &[
