@@ -1,86 +1,135 @@
 // The small kernels of the Qwen2 forward on the GPU: embedding gather, RMSNorm, residual add, SiLU gate,
-// rotary embedding, KV-cache write, paged causal attention (straightforward: one warp per query row and
-// head, online softmax; f16/bf16 with head dims 64 and 128 take the tensor-core kernels of attention.cu, so
-// this one serves f32 and other head dims), row gather, bias add, casts.
+// rotary embedding (alone, or fused with the q|k|v split and the KV-cache write), KV-cache write, paged
+// causal attention (straightforward: one warp per query row and head, online softmax; f16/bf16 with head
+// dims 64 and 128 take the tensor-core kernels of attention.cu, so this one serves f32 and other head dims),
+// row gather, bias add, casts.
 //
 // T is the activation type: __half, __nv_bfloat16 or float. Every kernel computes in f32 and rounds once
 // when it stores. Shapes use the project's names: t rows (tokens), h query heads, h_kv KV heads, d head dim.
-// Verified by awq-kernels/tests/ops_gpu.rs against the CPU implementations on random inputs.
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// The memory-bound ones move 16-byte vectors where the row width allows (a `vec` argument, decided by the
+// host from the width; element by element otherwise): they should run at the copy bandwidth
+// (benches/rowwise_gpu.rs measures them).
+// Verified by awq-kernels/tests/ops_gpu.rs against the CPU implementations on random inputs, with widths
+// that take each path.
+#include "common.cuh"
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum over a block of any size that is a multiple of 32 (at most 1024); every thread gets the result.
-__device__ float block_sum(float v) {
-    __shared__ float partial[32];
-    __shared__ float total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
-        s = warp_sum(s);
-        if (lane == 0) total = s;
+// dst[0..width) = src[0..width) by the block: 16-byte vectors when `vec` (width·sizeof(T) a multiple of 16, so
+// every row of a row-major tensor starts aligned), else element by element.
+template <typename T>
+__device__ __forceinline__ void copy_row(const T* __restrict__ src, T* __restrict__ dst, int width, int vec) {
+    constexpr int N = Vec<T>::N;
+    if (vec) {
+        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
+            Vec<T> a;
+            a.load(src + c);
+            a.store(dst + c);
+        }
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
     }
-    __syncthreads();
-    return total;
 }
 
 // out[i, :] = table[ids[i], :]; grid = t rows. Ids were range-checked on the host.
 template <typename T>
-__device__ void embedding(const T* __restrict__ table, const unsigned* __restrict__ ids, T* __restrict__ out, int width) {
-    const T* src = table + (size_t)ids[blockIdx.x] * width;
-    T* dst = out + (size_t)blockIdx.x * width;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
+__device__ void embedding(const T* __restrict__ table, const unsigned* __restrict__ ids, T* __restrict__ out,
+                          int width, int vec) {
+    copy_row<T>(table + (size_t)ids[blockIdx.x] * width, out + (size_t)blockIdx.x * width, width, vec);
 }
 
-// out = w * (x / sqrt(mean(x^2) + eps)); one block per row.
+// out = w * (x / sqrt(mean(x^2) + eps)); one block per row; 16-byte vectors when `vec`.
 template <typename T>
-__device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int width, float eps) {
+__device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int width, float eps,
+                         int vec) {
+    constexpr int N = Vec<T>::N;
     const T* row = x + (size_t)blockIdx.x * width;
     T* o = out + (size_t)blockIdx.x * width;
     float ss = 0.0f;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) { float v = to_f32(row[c]); ss += v * v; }
-    float inv = rsqrtf(block_sum(ss) / width + eps);
-    for (int c = threadIdx.x; c < width; c += blockDim.x) o[c] = from_f32<T>(to_f32(w[c]) * (to_f32(row[c]) * inv));
+    if (vec) {
+        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
+            Vec<T> a;
+            a.load(row + c);
+#pragma unroll
+            for (int i = 0; i < N; ++i) ss += to_f32(a.e[i]) * to_f32(a.e[i]);
+        }
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) { float v = to_f32(row[c]); ss += v * v; }
+    }
+    const float inv = rsqrtf(block_sum(ss) / width + eps);
+    if (vec) {
+        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
+            Vec<T> a, g, y;
+            a.load(row + c);
+            g.load(w + c);
+#pragma unroll
+            for (int i = 0; i < N; ++i) y.e[i] = from_f32<T>(to_f32(g.e[i]) * (to_f32(a.e[i]) * inv));
+            y.store(o + c);
+        }
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) o[c] = from_f32<T>(to_f32(w[c]) * (to_f32(row[c]) * inv));
+    }
 }
 
+// Element-wise kernels: n / N 16-byte vectors in a grid-stride loop (allocations are 256-byte aligned), the
+// n % N last elements by the first threads of block 0. `f(a, b)` gives one output from one element of each input.
+template <typename T, class F>
+__device__ __forceinline__ void binary_elementwise(const T* a, const T* b, T* out, long long n, F f) {
+    constexpr int N = Vec<T>::N;
+    const long long vecs = n / N;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < vecs; i += stride) {
+        Vec<T> x, y, z;
+        x.load(a + i * N);
+        y.load(b + i * N);
+#pragma unroll
+        for (int j = 0; j < N; ++j) z.e[j] = f(x.e[j], y.e[j]);
+        z.store(out + i * N);
+    }
+    if (blockIdx.x == 0 && threadIdx.x < n - vecs * N) {
+        const long long t = vecs * N + threadIdx.x;
+        out[t] = f(a[t], b[t]);
+    }
+}
+
+// silu(v) · u as transformers computes it in f32 (one rounding to T at the store).
+__device__ __forceinline__ float silu_times(float v, float u) { return v / (1.0f + __expf(-v)) * u; }
+
 template <typename T>
-__device__ void add_inplace(T* __restrict__ a, const T* __restrict__ b, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) a[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+__device__ void add_inplace(T* a, const T* __restrict__ b, long long n) {
+    binary_elementwise<T>(a, b, a, n, [](T x, T y) { return from_f32<T>(to_f32(x) + to_f32(y)); });
 }
 
 template <typename T>
 __device__ void silu_mul(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ out, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { float v = to_f32(g[i]); out[i] = from_f32<T>(v / (1.0f + __expf(-v)) * to_f32(u[i])); }
+    binary_elementwise<T>(g, u, out, n, [](T x, T y) { return from_f32<T>(silu_times(to_f32(x), to_f32(y))); });
 }
 
 // The fused gate|up projection of a gated MLP: x [rows, 2·half] -> out[r][j] = silu(x[r][j]) · x[r][half + j]
-// (the same formula as silu_mul).
+// (the formula of silu_mul). With `vec` (half a multiple of N) each thread takes 16-byte vectors, unit u =
+// (row u / (half/N), vector u % (half/N)); the host keeps rows·half/N below 2^31. Otherwise one element each.
 template <typename T>
-__device__ void silu_mul_halves(const T* __restrict__ x, T* __restrict__ out, long long total, int half) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < total) {
-        const long long r = i / half;
-        const int j = (int)(i - r * half);
-        const T* row = x + r * 2 * (long long)half;
-        float v = to_f32(row[j]);
-        out[i] = from_f32<T>(v / (1.0f + __expf(-v)) * to_f32(row[half + j]));
+__device__ void silu_mul_halves(const T* __restrict__ x, T* __restrict__ out, long long total, int half, int vec) {
+    constexpr int N = Vec<T>::N;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    if (vec) {
+        const int hv = half / N;
+        for (long long u = (long long)blockIdx.x * blockDim.x + threadIdx.x; u < total / N; u += stride) {
+            const int r = (int)((unsigned)u / (unsigned)hv);
+            const int j = (int)((unsigned)u - (unsigned)r * (unsigned)hv) * N;
+            const T* row = x + (size_t)r * 2 * half;
+            Vec<T> g, up, y;
+            g.load(row + j);
+            up.load(row + half + j);
+#pragma unroll
+            for (int e = 0; e < N; ++e) y.e[e] = from_f32<T>(silu_times(to_f32(g.e[e]), to_f32(up.e[e])));
+            y.store(out + (size_t)r * half + j);
+        }
+    } else {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+            const long long r = i / half;
+            const int j = (int)(i - r * half);
+            const T* row = x + r * 2 * (long long)half;
+            out[i] = from_f32<T>(silu_times(to_f32(row[j]), to_f32(row[half + j])));
+        }
     }
 }
 
@@ -110,60 +159,142 @@ __device__ void add_bias(T* __restrict__ y, const T* __restrict__ bias, long lon
     if (i < total) y[i] = from_f32<T>(to_f32(y[i]) + to_f32(bias[i % n]));
 }
 
-// Rotate-half RoPE in place on x [t, heads, d]; grid = (t, heads), block = d/2 threads.
-// inv_freq [d/2] comes from the host (computed once as transformers does, 1 / theta^(2i/d) in f32), so the
-// angle pos * inv_freq is the same f32 product on both sides even at positions of tens of thousands.
-// The rotation of element pair (i, i + d/2) of one head by pos · inv_freq[i], from `src` into `dst` (which may
-// be the same head): the one place both rope kernels take it from, so they produce the same bits.
-template <typename T>
-__device__ __forceinline__ void rotate_pair(const T* src, T* dst, int i, int half_d, int pos,
-                                            const float* __restrict__ inv_freq) {
-    float angle = (float)pos * inv_freq[i];
-    float c = cosf(angle), s = sinf(angle);
-    float a = to_f32(src[i]), b = to_f32(src[i + half_d]);
-    dst[i] = from_f32<T>(a * c - b * s);
-    dst[i + half_d] = from_f32<T>(b * c + a * s);
+// Rotate-half RoPE. inv_freq [d/2] comes from the host (computed once as transformers does, 1 / theta^(2i/d) in
+// f32), so the angle pos · inv_freq is the same f32 product on both sides even at positions of tens of
+// thousands; the rotation (a, b) -> (a·cos − b·sin, b·cos + a·sin) of the pair (i, i + d/2) is rounded as the
+// CPU computes it (products, then the sum, no fused multiply-add).
+//
+// Both kernels run one block per row: a thread owns G consecutive pairs (G = 16-byte vector width, or 1 when
+// d/2 is not a multiple of it) at the same place of every head, so it computes their cos and sin once and
+// applies them to each head it visits (heads thread / (d/2/G), stepping by blockDim / (d/2/G)); the host makes
+// blockDim a multiple of d/2/G.
+template <int G>
+struct Rotation {
+    float c[G], s[G];
+    __device__ __forceinline__ Rotation(int pos, const float* __restrict__ inv_freq, int i0) {
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+            const float angle = (float)pos * inv_freq[i0 + j];
+            c[j] = cosf(angle);
+            s[j] = sinf(angle);
+        }
+    }
+    __device__ __forceinline__ float first(float a, float b, int j) const {
+        return __fsub_rn(__fmul_rn(a, c[j]), __fmul_rn(b, s[j]));
+    }
+    __device__ __forceinline__ float second(float a, float b, int j) const {
+        return __fadd_rn(__fmul_rn(b, c[j]), __fmul_rn(a, s[j]));
+    }
+};
+
+// Pairs i0 .. i0 + G - 1 of one head, rotated from `src` into `dst` (which may be the same head).
+template <typename T, int G>
+__device__ __forceinline__ void rotate_pairs(const T* src, T* dst, int i0, int half, const Rotation<G>& rot) {
+    if constexpr (G == Vec<T>::N) {
+        Vec<T> a, b, x, y;
+        a.load(src + i0);
+        b.load(src + i0 + half);
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+            const float fa = to_f32(a.e[j]), fb = to_f32(b.e[j]);
+            x.e[j] = from_f32<T>(rot.first(fa, fb, j));
+            y.e[j] = from_f32<T>(rot.second(fa, fb, j));
+        }
+        x.store(dst + i0);
+        y.store(dst + i0 + half);
+    } else {
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+            const float fa = to_f32(src[i0 + j]), fb = to_f32(src[i0 + j + half]);
+            dst[i0 + j] = from_f32<T>(rot.first(fa, fb, j));
+            dst[i0 + j + half] = from_f32<T>(rot.second(fa, fb, j));
+        }
+    }
+}
+
+// Pairs i0 .. i0 + G - 1 of one head copied unrotated (the v heads of a fused q|k|v row).
+template <typename T, int G>
+__device__ __forceinline__ void copy_pairs(const T* src, T* dst, int i0, int half) {
+    if constexpr (G == Vec<T>::N) {
+        Vec<T> a, b;
+        a.load(src + i0);
+        b.load(src + i0 + half);
+        a.store(dst + i0);
+        b.store(dst + i0 + half);
+    } else {
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+            dst[i0 + j] = src[i0 + j];
+            dst[i0 + j + half] = src[i0 + j + half];
+        }
+    }
+}
+
+// In place on x [t, heads, d]; grid = t.
+template <typename T, int G>
+__device__ __forceinline__ void rope_rows(T* __restrict__ x, const int* __restrict__ positions,
+                                          const float* __restrict__ inv_freq, int heads, int d) {
+    const int half = d / 2, per_head = half / G, step = blockDim.x / per_head;
+    if ((int)threadIdx.x >= step * per_head) return;
+    const int i0 = (threadIdx.x % per_head) * G, r = blockIdx.x;
+    const Rotation<G> rot(positions[r], inv_freq, i0);
+    T* row = x + (size_t)r * heads * d;
+    for (int h = threadIdx.x / per_head; h < heads; h += step) rotate_pairs<T, G>(row + h * d, row + h * d, i0, half, rot);
 }
 
 template <typename T>
 __device__ void rope(T* __restrict__ x, const int* __restrict__ positions, const float* __restrict__ inv_freq,
-                     int heads, int d) {
-    int i = threadIdx.x, half_d = d / 2;
-    if (i >= half_d) return;
-    T* head = x + ((size_t)blockIdx.x * heads + blockIdx.y) * d;
-    rotate_pair<T>(head, head, i, half_d, positions[blockIdx.x], inv_freq);
+                     int heads, int d, int vec) {
+    if (vec)
+        rope_rows<T, Vec<T>::N>(x, positions, inv_freq, heads, d);
+    else
+        rope_rows<T, 1>(x, positions, inv_freq, heads, d);
 }
 
 // A fused q|k|v projection row [(heads + 2·kv_heads)·d] taken apart in one pass: q heads rotated into
 // q [t, heads, d], k heads rotated and v heads copied into the cache rows slots[r] ([slots, kv_heads, d]).
-// grid = (t, heads + 2·kv_heads), block = d/2 threads: block (r, y) is head y of row r. Replaces a column
-// split, two rope launches and a cache write (the same bits: rotate_pair, and copies).
+// grid = t. Replaces a column split, two rope launches and a cache write, with the same bits.
+template <typename T, int G>
+__device__ __forceinline__ void qkv_rope_rows(const T* __restrict__ qkv, T* __restrict__ q, T* __restrict__ kc,
+                                              T* __restrict__ vc, const int* __restrict__ positions,
+                                              const float* __restrict__ inv_freq, const int* __restrict__ slots,
+                                              int heads, int kv_heads, int d) {
+    const int half = d / 2, per_head = half / G, step = blockDim.x / per_head;
+    if ((int)threadIdx.x >= step * per_head) return;
+    const int i0 = (threadIdx.x % per_head) * G, r = blockIdx.x;
+    const Rotation<G> rot(positions[r], inv_freq, i0);
+    const T* src = qkv + (size_t)r * (heads + 2 * kv_heads) * d;
+    T* const q_row = q + (size_t)r * heads * d;
+    const size_t cache_row = (size_t)slots[r] * kv_heads * d;
+    for (int y = threadIdx.x / per_head; y < heads + 2 * kv_heads; y += step) {
+        const T* head = src + (size_t)y * d;
+        if (y < heads)
+            rotate_pairs<T, G>(head, q_row + (size_t)y * d, i0, half, rot);
+        else if (y < heads + kv_heads)
+            rotate_pairs<T, G>(head, kc + cache_row + (size_t)(y - heads) * d, i0, half, rot);
+        else
+            copy_pairs<T, G>(head, vc + cache_row + (size_t)(y - heads - kv_heads) * d, i0, half);
+    }
+}
+
 template <typename T>
 __device__ void qkv_rope_write(const T* __restrict__ qkv, T* __restrict__ q, T* __restrict__ kc,
                                T* __restrict__ vc, const int* __restrict__ positions,
                                const float* __restrict__ inv_freq, const int* __restrict__ slots, int heads,
-                               int kv_heads, int d) {
-    const int r = blockIdx.x, y = blockIdx.y, i = threadIdx.x, half_d = d / 2;
-    if (i >= half_d) return;
-    const T* src = qkv + ((size_t)r * (heads + 2 * kv_heads) + y) * d;
-    const size_t cache_row = (size_t)slots[r] * kv_heads * d;
-    if (y < heads) {
-        rotate_pair<T>(src, q + ((size_t)r * heads + y) * d, i, half_d, positions[r], inv_freq);
-    } else if (y < heads + kv_heads) {
-        rotate_pair<T>(src, kc + cache_row + (size_t)(y - heads) * d, i, half_d, positions[r], inv_freq);
-    } else {
-        T* dst = vc + cache_row + (size_t)(y - heads - kv_heads) * d;
-        dst[i] = src[i];
-        dst[i + half_d] = src[i + half_d];
-    }
+                               int kv_heads, int d, int vec) {
+    if (vec)
+        qkv_rope_rows<T, Vec<T>::N>(qkv, q, kc, vc, positions, inv_freq, slots, heads, kv_heads, d);
+    else
+        qkv_rope_rows<T, 1>(qkv, q, kc, vc, positions, inv_freq, slots, heads, kv_heads, d);
 }
 
 // cache[slots[i], :] = src[i, :] for keys and values; grid = t rows, row width = h_kv * d.
 template <typename T>
 __device__ void kv_write(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc, T* __restrict__ vc,
-                         const int* __restrict__ slots, int width) {
-    size_t src = (size_t)blockIdx.x * width, dst = (size_t)slots[blockIdx.x] * width;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) { kc[dst + c] = k[src + c]; vc[dst + c] = v[src + c]; }
+                         const int* __restrict__ slots, int width, int vec) {
+    const size_t src = (size_t)blockIdx.x * width, dst = (size_t)slots[blockIdx.x] * width;
+    copy_row<T>(k + src, kc + dst, width, vec);
+    copy_row<T>(v + src, vc + dst, width, vec);
 }
 
 // Causal attention over the paged cache. One warp per (query row, head): grid = (t, h), block = 32.
@@ -199,10 +330,9 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
 
 // out[i, :] = x[rows[i], :]; grid = number of rows.
 template <typename T>
-__device__ void gather_rows(const T* __restrict__ x, const int* __restrict__ rows, T* __restrict__ out, int width) {
-    const T* src = x + (size_t)rows[blockIdx.x] * width;
-    T* dst = out + (size_t)blockIdx.x * width;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
+__device__ void gather_rows(const T* __restrict__ x, const int* __restrict__ rows, T* __restrict__ out, int width,
+                            int vec) {
+    copy_row<T>(x + (size_t)rows[blockIdx.x] * width, out + (size_t)blockIdx.x * width, width, vec);
 }
 
 template <typename S, typename D>
@@ -214,18 +344,21 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
 #define FOR_EACH_TYPE(X) X(f32, float) X(f16, __half) X(bf16, __nv_bfloat16)
 
 #define INSTANTIATE(name, T)                                                                                 \
-    extern "C" __global__ void embedding_##name(const T* table, const unsigned* ids, T* out, int width) {    \
-        embedding<T>(table, ids, out, width);                                                                \
+    extern "C" __global__ void embedding_##name(const T* table, const unsigned* ids, T* out, int width,      \
+                                                int vec) {                                                   \
+        embedding<T>(table, ids, out, width, vec);                                                           \
     }                                                                                                        \
-    extern "C" __global__ void rms_norm_##name(const T* x, const T* w, T* out, int width, float eps) {       \
-        rms_norm<T>(x, w, out, width, eps);                                                                  \
+    extern "C" __global__ void rms_norm_##name(const T* x, const T* w, T* out, int width, float eps,         \
+                                               int vec) {                                                    \
+        rms_norm<T>(x, w, out, width, eps, vec);                                                             \
     }                                                                                                        \
     extern "C" __global__ void add_inplace_##name(T* a, const T* b, long long n) { add_inplace<T>(a, b, n); } \
     extern "C" __global__ void silu_mul_##name(const T* g, const T* u, T* out, long long n) {                \
         silu_mul<T>(g, u, out, n);                                                                           \
     }                                                                                                        \
-    extern "C" __global__ void silu_mul_halves_##name(const T* x, T* out, long long total, int half) {       \
-        silu_mul_halves<T>(x, out, total, half);                                                             \
+    extern "C" __global__ void silu_mul_halves_##name(const T* x, T* out, long long total, int half,         \
+                                                      int vec) {                                             \
+        silu_mul_halves<T>(x, out, total, half, vec);                                                        \
     }                                                                                                        \
     extern "C" __global__ void split_columns3_##name(const T* x, T* a, T* b, T* c, long long total, int w0,  \
                                                      int w1, int w2) {                                       \
@@ -235,17 +368,17 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
         add_bias<T>(y, bias, total, n);                                                                      \
     }                                                                                                        \
     extern "C" __global__ void rope_##name(T* x, const int* positions, const float* inv_freq, int heads,     \
-                                           int d) {                                                          \
-        rope<T>(x, positions, inv_freq, heads, d);                                                           \
+                                           int d, int vec) {                                                 \
+        rope<T>(x, positions, inv_freq, heads, d, vec);                                                      \
     }                                                                                                        \
     extern "C" __global__ void kv_write_##name(const T* k, const T* v, T* kc, T* vc, const int* slots,      \
-                                               int width) {                                                  \
-        kv_write<T>(k, v, kc, vc, slots, width);                                                             \
+                                               int width, int vec) {                                         \
+        kv_write<T>(k, v, kc, vc, slots, width, vec);                                                        \
     }                                                                                                        \
     extern "C" __global__ void qkv_rope_write_##name(const T* qkv, T* q, T* kc, T* vc, const int* positions, \
                                                      const float* inv_freq, const int* slots, int heads,     \
-                                                     int kv_heads, int d) {                                  \
-        qkv_rope_write<T>(qkv, q, kc, vc, positions, inv_freq, slots, heads, kv_heads, d);                   \
+                                                     int kv_heads, int d, int vec) {                         \
+        qkv_rope_write<T>(qkv, q, kc, vc, positions, inv_freq, slots, heads, kv_heads, d, vec);              \
     }                                                                                                        \
     extern "C" __global__ void paged_attention_##name(const T* q, const T* kc, const T* vc, const int* tables, \
                                                       const int* row_table, const int* row_pos, T* out,      \
@@ -253,8 +386,8 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
                                                       float scale) {                                         \
         paged_attention<T>(q, kc, vc, tables, row_table, row_pos, out, heads, kv_heads, d, block_size, scale); \
     }                                                                                                        \
-    extern "C" __global__ void gather_rows_##name(const T* x, const int* rows, T* out, int width) {          \
-        gather_rows<T>(x, rows, out, width);                                                                 \
+    extern "C" __global__ void gather_rows_##name(const T* x, const int* rows, T* out, int width, int vec) { \
+        gather_rows<T>(x, rows, out, width, vec);                                                            \
     }
 
 FOR_EACH_TYPE(INSTANTIATE)

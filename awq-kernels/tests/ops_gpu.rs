@@ -88,7 +88,9 @@ fn rms_norm_silu_add_embedding_and_gather_match_the_cpu() {
     poison_outputs(true);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for dtype in DTYPES {
-        for &(rows, width) in &[(1usize, 64usize), (7, 896), (33, 1000)] {
+        // Widths whose rows take the 16-byte path and ones that do not (13, 1003: element by element, and
+        // element counts with a tail after the last whole vector).
+        for &(rows, width) in &[(1usize, 64usize), (7, 896), (33, 1000), (3, 13), (2, 1003)] {
             let x = random(&mut rng, &[rows, width], dtype, 3.0);
             let w = random(&mut rng, &[width], dtype, 1.0);
             assert_close(
@@ -120,14 +122,16 @@ fn rms_norm_silu_add_embedding_and_gather_match_the_cpu() {
                 dtype,
             );
         }
-        let table = random(&mut rng, &[50, 128], dtype, 1.0);
-        let ids = [3u32, 0, 49, 3, 17];
-        assert_close(
-            "embedding",
-            &embedding(&ids, &on_gpu(&table, dtype)).unwrap(),
-            &embedding(&ids, &table).unwrap(),
-            dtype,
-        );
+        for width in [128, 13] {
+            let table = random(&mut rng, &[50, width], dtype, 1.0);
+            let ids = [3u32, 0, 49, 3, 17];
+            assert_close(
+                "embedding",
+                &embedding(&ids, &on_gpu(&table, dtype)).unwrap(),
+                &embedding(&ids, &table).unwrap(),
+                dtype,
+            );
+        }
     }
 }
 
@@ -137,7 +141,9 @@ fn rope_matches_the_cpu_at_short_and_long_positions() {
     poison_outputs(true);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     for dtype in DTYPES {
-        for &(heads, d) in &[(14usize, 64usize), (8, 128)] {
+        // d 6 and 20: half heads of 3 and 10, not whole 16-byte vectors (the element-by-element path); 40
+        // heads of 128: more heads than one block pass covers.
+        for &(heads, d) in &[(14usize, 64usize), (8, 128), (3, 6), (5, 20), (40, 128)] {
             let x = random(&mut rng, &[5, heads, d], dtype, 2.0);
             let positions = [0usize, 1, 17, 4095, 30000];
             let mut g = on_gpu(&x, dtype);
@@ -406,6 +412,7 @@ fn the_fused_qkv_rope_write_gives_the_bits_of_the_separate_steps() {
             (5usize, 14usize, 2usize, 64usize),
             (1, 64, 8, 128),
             (3, 4, 4, 32),
+            (2, 6, 3, 20),
         ] {
             let config = KvCacheConfig {
                 layers: 2,

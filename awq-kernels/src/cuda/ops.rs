@@ -36,6 +36,46 @@ fn rows(rows: usize, threads: u32) -> LaunchConfig {
     }
 }
 
+/// Whether rows of `width` elements of `dtype` take the kernels' 16-byte path (every row then starts 16-byte
+/// aligned: allocations are 256-byte aligned), as the `vec` argument of the row kernels.
+fn vector_rows(dtype: DType, width: usize) -> i32 {
+    (width * dtype.size()).is_multiple_of(16) as i32
+}
+
+/// Elements in one 16-byte vector of `dtype`.
+fn vector_len(dtype: DType) -> usize {
+    16 / dtype.size().max(1)
+}
+
+/// The element-wise kernels take 16-byte vectors: one thread per vector.
+fn vector_elementwise(n: usize, dtype: DType) -> LaunchConfig {
+    elementwise(n.div_ceil(vector_len(dtype)))
+}
+
+/// One block per row for the rotary kernels: a thread owns `per_head` = (d/2)/G pair groups' place in each
+/// head (G = 16-byte vector width when `vec`, else 1), so the block is a multiple of `per_head` threads, at
+/// most 256 unless one head needs more.
+fn rope_config(t: usize, heads: usize, d: usize, vec: i32, dtype: DType) -> Result<LaunchConfig> {
+    let group = if vec != 0 { vector_len(dtype) } else { 1 };
+    let per_head = (d / 2 / group).max(1);
+    if per_head > 1024 {
+        return Err(Error::Unsupported(format!(
+            "rotary embedding of head dim {d}: at most 2048 (scalar) per head"
+        )));
+    }
+    let threads = per_head * (256 / per_head).clamp(1, heads.max(1));
+    Ok(LaunchConfig {
+        grid_dim: (t as u32, 1, 1),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Whether the rotary kernels take 16-byte vectors for head dim `d`: d/2 must be a multiple of the width.
+fn vector_heads(dtype: DType, d: usize) -> i32 {
+    (d / 2).is_multiple_of(vector_len(dtype)) as i32
+}
+
 fn launch_err(kernel: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| cuda_error(&format!("launching {kernel}"), e)
 }
@@ -59,10 +99,11 @@ pub fn embedding(ids: &[u32], table: &Tensor) -> Result<Tensor> {
         let f = gpu.function(MODULE, &name)?;
         let (tab, idv) = (table.gpu_buffer()?.slice::<T>()?, ids_gpu.slice::<u32>()?);
         let o = out.slice_mut::<T>()?;
-        let w = width as i32;
+        let (w, vec) = (width as i32, vector_rows(table.dtype(), width));
         let mut b = gpu.stream().launch_builder(&f);
-        b.arg(tab).arg(idv).arg(o).arg(&w);
-        // SAFETY: table is [vocab, width], ids are range-checked by the caller, out is [ids, width].
+        b.arg(tab).arg(idv).arg(o).arg(&w).arg(&vec);
+        // SAFETY: table is [vocab, width], ids are range-checked by the caller, out is [ids, width]; with
+        // vec, every row is 16-byte aligned.
         unsafe { launch(&mut b, rows(ids.len(), THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
@@ -82,10 +123,11 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, width: usize) -> Result<T
             weight.gpu_buffer()?.slice::<T>()?,
         );
         let o = out.slice_mut::<T>()?;
-        let w = width as i32;
+        let (w, vec) = (width as i32, vector_rows(x.dtype(), width));
         let mut b = gpu.stream().launch_builder(&f);
-        b.arg(xs).arg(ws).arg(o).arg(&w).arg(&eps);
-        // SAFETY: x and out hold rows_n * width elements, weight holds width (checked by the caller).
+        b.arg(xs).arg(ws).arg(o).arg(&w).arg(&eps).arg(&vec);
+        // SAFETY: x and out hold rows_n * width elements, weight holds width (checked by the caller); with
+        // vec, every row is 16-byte aligned.
         unsafe { launch(&mut b, rows(rows_n, THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
@@ -104,8 +146,9 @@ pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
         let f = gpu.function(MODULE, &name)?;
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(ab.slice_mut::<T>()?).arg(bb.slice::<T>()?).arg(&n);
-        // SAFETY: a and b hold n elements (same shape, checked by the caller).
-        unsafe { launch(&mut l, elementwise(n as usize)) }.map_err(launch_err(&name))?;
+        // SAFETY: a and b hold n elements (same shape, checked by the caller), both 256-byte aligned.
+        unsafe { launch(&mut l, vector_elementwise(n as usize, dtype)) }
+            .map_err(launch_err(&name))?;
         Ok(())
     })
 }
@@ -124,8 +167,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         );
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(g).arg(u).arg(out.slice_mut::<T>()?).arg(&n);
-        // SAFETY: gate, up and out hold n elements.
-        unsafe { launch(&mut l, elementwise(n as usize)) }.map_err(launch_err(&name))?;
+        // SAFETY: gate, up and out hold n elements, all 256-byte aligned.
+        unsafe { launch(&mut l, vector_elementwise(n as usize, gate.dtype())) }
+            .map_err(launch_err(&name))?;
         Ok(())
     })?;
     Tensor::from_gpu_buffer(out, gate.shape())
@@ -179,6 +223,9 @@ pub fn silu_mul_halves(x: &Tensor, rows: usize, half: usize) -> Result<Tensor> {
     let gpu = gpu_of(x)?;
     let total = (rows * half) as i64;
     let h = half as i32;
+    // The vector path divides 32-bit unit indices.
+    let vec = (half.is_multiple_of(vector_len(x.dtype()))
+        && rows * half / vector_len(x.dtype()) < i32::MAX as usize) as i32;
     let mut out = GpuBuffer::output(&gpu, x.dtype(), rows * half)?;
     float_dispatch!(x.dtype(), "silu_mul_halves", |T, sfx| {
         let name = format!("silu_mul_halves_{sfx}");
@@ -187,10 +234,17 @@ pub fn silu_mul_halves(x: &Tensor, rows: usize, half: usize) -> Result<Tensor> {
         l.arg(x.gpu_buffer()?.slice::<T>()?)
             .arg(out.slice_mut::<T>()?)
             .arg(&total)
-            .arg(&h);
-        // SAFETY: x holds rows·2·half elements (checked by the caller), out rows·half; thread i reads row
-        // i / half of x and writes element i of out.
-        unsafe { launch(&mut l, elementwise(total as usize)) }.map_err(launch_err(&name))?;
+            .arg(&h)
+            .arg(&vec);
+        // SAFETY: x holds rows·2·half elements (checked by the caller), out rows·half; unit i reads row
+        // i / (half / width) of x (or i / half, scalar) and writes its part of out; with vec both halves of
+        // every row are 16-byte aligned.
+        let cfg = if vec != 0 {
+            vector_elementwise(total as usize, x.dtype())
+        } else {
+            elementwise(total as usize)
+        };
+        unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
     let mut shape = x.shape().to_vec();
@@ -278,25 +332,26 @@ pub fn upload_slots(slots: &[usize]) -> Result<GpuBuffer> {
 pub fn rope_inplace(x: &mut Tensor, pos_gpu: &GpuBuffer, freq_gpu: &GpuBuffer) -> Result<()> {
     let gpu = gpu_of(x)?;
     let (t, heads, d) = (x.dim(0), x.dim(1), x.dim(2));
+    if d == 0 || heads == 0 {
+        return Ok(()); // nothing to rotate
+    }
     let dtype = x.dtype();
     let xb = x.gpu_buffer_mut()?;
     float_dispatch!(dtype, "rope", |T, sfx| {
         let name = format!("rope_{sfx}");
         let f = gpu.function(MODULE, &name)?;
-        let (h, dd) = (heads as i32, d as i32);
+        let (h, dd, vec) = (heads as i32, d as i32, vector_heads(dtype, d));
+        let cfg = rope_config(t, heads, d, vec, dtype)?;
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(xb.slice_mut::<T>()?)
             .arg(pos_gpu.slice::<i32>()?)
             .arg(freq_gpu.slice::<f32>()?)
             .arg(&h)
-            .arg(&dd);
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, heads as u32, 1),
-            block_dim: ((d / 2) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: x is [t, heads, d] with d even and d/2 <= 1024 threads; positions has t entries and
-        // inv_freq d/2 (checked by `rope_inplace_prepared` against the prepared inputs).
+            .arg(&dd)
+            .arg(&vec);
+        // SAFETY: x is [t, heads, d] with d even; positions has t entries and inv_freq d/2 (checked by
+        // `rope_inplace_prepared` against the prepared inputs); the block is a multiple of the threads one
+        // head needs (`rope_config`); with vec, every half head is 16-byte aligned.
         unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })
@@ -320,16 +375,18 @@ pub fn kv_write(
     float_dispatch!(dtype, "kv_write", |T, sfx| {
         let name = format!("kv_write_{sfx}");
         let f = gpu.function(MODULE, &name)?;
-        let w = width as i32;
+        let (w, vec) = (width as i32, vector_rows(dtype, width));
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(kb.slice::<T>()?)
             .arg(vb.slice::<T>()?)
             .arg(kcb.slice_mut::<T>()?)
             .arg(vcb.slice_mut::<T>()?)
             .arg(slots_gpu.slice::<i32>()?)
-            .arg(&w);
+            .arg(&w)
+            .arg(&vec);
         // SAFETY: k, v are [slots, width] (checked by the caller against the prepared slots); every slot
-        // is inside the cache (checked when the slots were prepared).
+        // is inside the cache (checked when the slots were prepared); with vec, every row is 16-byte
+        // aligned.
         unsafe { launch(&mut l, rows(rows_n, THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })
@@ -353,7 +410,7 @@ pub fn qkv_rope_write(
     let t = qkv.dim(0);
     let d = 2 * freq_gpu.len();
     let dtype = qkv.dtype();
-    if pos_gpu.len() != t || slots_gpu.len() != t || d == 0 || d / 2 > 1024 {
+    if pos_gpu.len() != t || slots_gpu.len() != t || d == 0 {
         return Err(Error::shape(
             "qkv_rope_write",
             format!(
@@ -369,7 +426,13 @@ pub fn qkv_rope_write(
     float_dispatch!(dtype, "qkv_rope_write", |T, sfx| {
         let name = format!("qkv_rope_write_{sfx}");
         let f = gpu.function(MODULE, &name)?;
-        let (h, hkv, dd) = (heads as i32, kv_heads as i32, d as i32);
+        let (h, hkv, dd, vec) = (
+            heads as i32,
+            kv_heads as i32,
+            d as i32,
+            vector_heads(dtype, d),
+        );
+        let cfg = rope_config(t, heads + 2 * kv_heads, d, vec, dtype)?;
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(src.slice::<T>()?)
             .arg(q.slice_mut::<T>()?)
@@ -380,15 +443,12 @@ pub fn qkv_rope_write(
             .arg(slots_gpu.slice::<i32>()?)
             .arg(&h)
             .arg(&hkv)
-            .arg(&dd);
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, (heads + 2 * kv_heads) as u32, 1),
-            block_dim: ((d / 2) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+            .arg(&dd)
+            .arg(&vec);
         // SAFETY: qkv is [t, (heads + 2·kv_heads)·d] and the caches [slots, kv_heads·d] (checked by the
         // caller), q holds t·heads·d; positions and slots have t entries, inv_freq d/2 (checked above), every
-        // slot is inside the cache (checked when the slots were prepared); d/2 ≤ 1024 threads.
+        // slot is inside the cache (checked when the slots were prepared); the block is a multiple of the
+        // threads one head needs; with vec, every half head is 16-byte aligned.
         unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
@@ -465,13 +525,15 @@ pub fn gather_rows(x: &Tensor, row_ids: &[i32]) -> Result<Tensor> {
     float_dispatch!(x.dtype(), "gather_rows", |T, sfx| {
         let name = format!("gather_rows_{sfx}");
         let f = gpu.function(MODULE, &name)?;
-        let w = width as i32;
+        let (w, vec) = (width as i32, vector_rows(x.dtype(), width));
         let mut l = gpu.stream().launch_builder(&f);
         l.arg(x.gpu_buffer()?.slice::<T>()?)
             .arg(ids.slice::<i32>()?)
             .arg(out.slice_mut::<T>()?)
-            .arg(&w);
-        // SAFETY: every row id is < x.dim(0) (the caller's rows), out is [row_ids, width].
+            .arg(&w)
+            .arg(&vec);
+        // SAFETY: every row id is < x.dim(0) (the caller's rows), out is [row_ids, width]; with vec, every
+        // row is 16-byte aligned.
         unsafe { launch(&mut l, rows(row_ids.len(), THREADS)) }.map_err(launch_err(&name))?;
         Ok(())
     })?;
