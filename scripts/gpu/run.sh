@@ -27,9 +27,15 @@ for lib in libcublas libcublasLt; do
 done
 export LD_LIBRARY_PATH="$PWD/libs:$LD_LIBRARY_PATH"
 
-# The executables travel gzipped (xtask shrink); unpack them once.
-for f in bin/*.gz internvl.gz server.gz; do
-    [ -f "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"
+# The executables travel xz-compressed (xtask shrink); unpack them once, with xz or else Python's lzma.
+for f in bin/*.xz internvl.xz server.xz; do
+    [ -f "$f" ] || continue
+    if command -v xz > /dev/null; then
+        xz -d -f "$f"
+    else
+        python3 -c 'import lzma, os, sys; p = sys.argv[1]; open(p[:-3], "wb").write(lzma.open(p).read()); os.remove(p)' "$f"
+    fi
+    chmod +x "${f%.xz}"
 done
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv \
