@@ -17,6 +17,14 @@ __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2hal
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// One RMSNorm output as transformers computes it (Qwen2RMSNorm, InternRMSNorm: `weight * (x * inv).to(dtype)`):
+// x · inv in f32 rounded to T, then times the weight in T. The product of two 16-bit values is exact in f32,
+// so rounding it once more gives T's own product. For T = float both roundings do nothing.
+template <typename T>
+__device__ __forceinline__ T rms_scale(T w, float x, float inv) {
+    return from_f32<T>(to_f32(w) * to_f32(from_f32<T>(x * inv)));
+}
+
 // N = 16 / sizeof(T) elements moved as one 16-byte access (the address must be 16-byte aligned).
 template <typename T>
 struct Vec {

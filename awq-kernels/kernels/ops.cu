@@ -36,7 +36,8 @@ __device__ void embedding(const T* __restrict__ table, const unsigned* __restric
     copy_row<T>(table + (size_t)ids[blockIdx.x] * width, out + (size_t)blockIdx.x * width, width, vec);
 }
 
-// out = w * (x / sqrt(mean(x^2) + eps)); one block per row; 16-byte vectors when `vec`.
+// out = w * T(x / sqrt(mean(x^2) + eps)) (transformers' two roundings, `rms_scale`); one block per row; 16-byte
+// vectors when `vec`.
 template <typename T>
 __device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int width, float eps,
                          int vec) {
@@ -61,11 +62,11 @@ __device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __
             a.load(row + c);
             g.load(w + c);
 #pragma unroll
-            for (int i = 0; i < N; ++i) y.e[i] = from_f32<T>(to_f32(g.e[i]) * (to_f32(a.e[i]) * inv));
+            for (int i = 0; i < N; ++i) y.e[i] = rms_scale<T>(g.e[i], to_f32(a.e[i]), inv);
             y.store(o + c);
         }
     } else {
-        for (int c = threadIdx.x; c < width; c += blockDim.x) o[c] = from_f32<T>(to_f32(w[c]) * (to_f32(row[c]) * inv));
+        for (int c = threadIdx.x; c < width; c += blockDim.x) o[c] = rms_scale<T>(w[c], to_f32(row[c]), inv);
     }
 }
 

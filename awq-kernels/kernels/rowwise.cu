@@ -2,8 +2,8 @@
 // LayerNorm with bias, exact GELU, and the image-row scatter. Host side: src/cuda/rowwise.rs.
 //
 // Formulas (T = float, __half or __nv_bfloat16; every value computed in f32, one rounding to T per store):
-//  - add_rms_norm:  x[r] = T(x[r] + res[r]);  y[r] = T(w · x[r] / sqrt(mean(x[r]²) + eps)), the mean taken
-//    over the stored (rounded) x, which is what the next layer reads back.
+//  - add_rms_norm:  x[r] = T(x[r] + res[r]);  y[r] = T(w · T(x[r] / sqrt(mean(x[r]²) + eps))) (transformers'
+//    two roundings, `rms_scale`), the mean taken over the stored (rounded) x, which the next layer reads.
 //  - layer_norm:    y[r] = T((x[r] - mean) / sqrt(var + eps) · w + bias), two passes (mean, then the mean
 //    of squared deviations) as the CPU reference computes it.
 //  - gelu:          y = T(x/2 · (1 + erf(x/√2))) (the exact form InternViT and mlp1 use).
@@ -57,12 +57,12 @@ __device__ void add_rms_norm(T* __restrict__ x, const T* __restrict__ res, const
             a.load(xr + c);
             g.load(w + c);
 #pragma unroll
-            for (int i = 0; i < N; ++i) out.e[i] = from_f32<T>(to_f32(g.e[i]) * (to_f32(a.e[i]) * inv));
+            for (int i = 0; i < N; ++i) out.e[i] = rms_scale<T>(g.e[i], to_f32(a.e[i]), inv);
             out.store(yr + c);
         }
     } else {
         for (int c = threadIdx.x; c < width; c += blockDim.x)
-            yr[c] = from_f32<T>(to_f32(w[c]) * (to_f32(xr[c]) * inv));
+            yr[c] = rms_scale<T>(w[c], to_f32(xr[c]), inv);
     }
 }
 

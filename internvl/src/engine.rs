@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use awq_kernels::kv_cache::{BlockTable, PagedKvCache};
 use awq_kernels::ops::scatter_rows;
 use awq_kernels::sampling::{argmax_rows, top_k_rows, Sampler};
-use awq_kernels::Tensor;
+use awq_kernels::{Device, Tensor};
 use qwen2::{ForwardOptions, SeqInput};
 use rayon::prelude::*;
 
@@ -102,6 +102,10 @@ impl Sequence {
         self.history.len() - self.prompt_len
     }
 }
+
+/// Prompt tokens of [`Engine::warm_up`]'s request: more than the 64 rows up to which AWQ layers stream
+/// their weights, so the prefill path is warmed up too.
+pub const WARM_UP_TOKENS: usize = 128;
 
 /// Generation for many sequences at once over one model and one KV cache.
 pub struct Engine<'m> {
@@ -214,6 +218,42 @@ impl<'m> Engine<'m> {
             table: BlockTable::new(),
         });
         Ok(id)
+    }
+
+    /// Runs one short text-only request (prefill of [`WARM_UP_TOKENS`] tokens, then one decode step) and
+    /// discards it, so that what a GPU does once per layer shape (the AWQ autotuner timing its kernel
+    /// variants, kernels loading, the memory pool's first growth) happens before the first user request
+    /// instead of inside it. Nothing to do on the CPU, or when requests are already queued.
+    pub fn warm_up(&mut self) -> Result<()> {
+        if self.model.text.llm.device() == Device::Cpu || !self.is_idle() {
+            return Ok(());
+        }
+        let context = self.model.text.llm.config().max_position_embeddings;
+        let tokens = WARM_UP_TOKENS.min(context.min(self.config.kv_cache_tokens).saturating_sub(2));
+        if tokens == 0 {
+            return Ok(());
+        }
+        let id = self.add(SeqRequest {
+            prompt_ids: vec![0; tokens],
+            pixels: None,
+            config: GenerationConfig {
+                max_new_tokens: 2,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        })?;
+        // Prefill, two decode steps: a few steps at most (bounded, in case the cache cannot admit it).
+        for _ in 0..8 {
+            for event in self.step() {
+                match event {
+                    StepEvent::Finished { id: done, .. } if done == id => return Ok(()),
+                    StepEvent::Failed { id: failed, error } if failed == id => return Err(error),
+                    _ => {}
+                }
+            }
+        }
+        self.cancel(id);
+        Ok(())
     }
 
     /// Drops a sequence wherever it is, freeing its KV blocks; false if it is not (or no longer) here.

@@ -2,7 +2,7 @@
 //! InternVL fixture made by transformers: three image prompts decoded together in one batch give exactly
 //! the tokens each gives alone (batching over the paged KV cache changes nothing on the GPU either), and
 //! the tokens agree with transformers' float32 greedy tokens as far as bf16 rounding allows (printed; the
-//! CPU tests hold the exact comparison). Fixtures are read from `INTERNVL_FIXTURES` when set (the GPU
+//! CPU tests hold the exact comparison); a warm-up request before them changes nothing. Fixtures are read from `INTERNVL_FIXTURES` when set (the GPU
 //! bundle), else from the source tree.
 #![cfg(feature = "cuda")]
 
@@ -60,7 +60,7 @@ const PROMPTS: [(&str, &str); 3] = [
     ("video", "video"),
 ];
 
-fn run(model: &InternVlModel, max_running: usize) -> Vec<Vec<u32>> {
+fn run(model: &InternVlModel, max_running: usize, warm_up: bool) -> Vec<Vec<u32>> {
     let mut engine = Engine::new(
         model,
         EngineConfig {
@@ -70,6 +70,13 @@ fn run(model: &InternVlModel, max_running: usize) -> Vec<Vec<u32>> {
         },
     )
     .unwrap();
+    if warm_up {
+        // The server's start-up request: it must leave nothing behind.
+        engine.warm_up().unwrap();
+        assert!(engine.is_idle());
+        let (free, total) = engine.kv_blocks();
+        assert_eq!(free, total);
+    }
     let mut seqs = Vec::new();
     for (prompt, which) in PROMPTS {
         let want = ids(&format!("{prompt}.greedy_ids"));
@@ -112,8 +119,8 @@ fn the_engine_on_the_gpu_batches_without_changing_the_tokens() {
         .unwrap()
         .to_device(Device::Cuda(0))
         .unwrap();
-    let batched = run(&model, 3);
-    let alone = run(&model, 1);
+    let batched = run(&model, 3, true);
+    let alone = run(&model, 1, false);
     assert_eq!(batched, alone);
     for ((prompt, _), got) in PROMPTS.iter().zip(&batched) {
         let want = ids(&format!("{prompt}.greedy_ids"));

@@ -83,7 +83,12 @@ impl Worker {
         std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
-                let engine = match Engine::new(&thread_model, config) {
+                // On a GPU, one short request runs before the server says it is ready, so the first
+                // user request does not pay for the kernels' one-time set-up (the AWQ autotuner).
+                let engine = match Engine::new(&thread_model, config).and_then(|mut engine| {
+                    engine.warm_up()?;
+                    Ok(engine)
+                }) {
                     Ok(engine) => engine,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
