@@ -13,7 +13,8 @@
 //! both streaming kernels with both plans, at m = 1024 every dequantization kernel; at m = 64 and 256 the
 //! default dequantize + GEMM path (`awq_dequant_gemm`) checks the threshold of `choose_path`. Last, one
 //! `TUNED {...}` line per shape with the autotuner's own timings.
-//! `--quick` runs m ∈ {1, 16, 1024} only.
+//! `--quick` runs m ∈ {1, 16, 1024} only; `--only K,N,M` one shape at one m (every candidate, f16; for a
+//! profiler: `run.sh --profile`).
 
 use std::sync::Arc;
 
@@ -82,7 +83,13 @@ where
         .collect();
     let xd = stream.clone_htod(&x).map_err(err)?;
     let mut yd = stream.alloc_zeros::<T>(m * n).map_err(err)?;
-    Ok(flushed_median_us(gpu, WARMUP, TIMED, |i| {
+    // Under a profiler (`--only`) a few calls of each variant are enough.
+    let (warmup, timed) = if std::env::args().any(|a| a == "--only") {
+        (1, 3)
+    } else {
+        (WARMUP, TIMED)
+    };
+    Ok(flushed_median_us(gpu, warmup, timed, |i| {
         let w = &ws[i % ws.len()];
         awq_linear_with(gpu, &xd.as_view(), m, w, None, &mut yd.as_view_mut(), path)
     })?)
@@ -129,8 +136,27 @@ fn chosen(gpu: &Gpu, w: &AwqGpuWeights, m: usize) -> Res<String> {
         .map_or_else(|| "default (untuned)".to_string(), |(_, t)| t.chosen.name()))
 }
 
+/// `--only K,N,M`, if given.
+fn only() -> Res<Option<(usize, usize, usize)>> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(i) = args.iter().position(|a| a == "--only") else {
+        return Ok(None);
+    };
+    let v: Vec<usize> = args
+        .get(i + 1)
+        .ok_or("--only needs K,N,M")?
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [k, n, m] if k % GROUP == 0 && n % 8 == 0 && m > 0 => Ok(Some((k, n, m))),
+        _ => Err("--only K,N,M: K a multiple of 128, N of 8, M > 0".into()),
+    }
+}
+
 fn run() -> Res<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    let only = only()?;
     let gpu = match Gpu::shared() {
         Ok(g) => g,
         Err(e) => {
@@ -139,12 +165,12 @@ fn run() -> Res<()> {
         }
     };
     eprintln!("AWQ GPU bench on {}", gpu.name());
-    let ms: &[usize] = if quick {
-        &[1, 16, 1024]
-    } else {
-        &[1, 4, 16, 64, 256, 1024, 4096]
+    let (shapes, ms): (Vec<(usize, usize)>, Vec<usize>) = match only {
+        Some((k, n, m)) => (vec![(k, n)], vec![m]),
+        None if quick => (SHAPES.to_vec(), vec![1, 16, 1024]),
+        None => (SHAPES.to_vec(), vec![1, 4, 16, 64, 256, 1024, 4096]),
     };
-    for (si, &(k, n)) in SHAPES.iter().enumerate() {
+    for (si, &(k, n)) in shapes.iter().enumerate() {
         let first = random_weights(&gpu, k, n, DType::F16, si as u64)?;
         let mut ws = vec![first];
         for _ in 1..COPIES {
@@ -152,13 +178,13 @@ fn run() -> Res<()> {
             ws.push(c);
         }
         let bytes = ws[0].device_bytes();
-        for &m in ms {
+        for &m in &ms {
             let us = time::<f16>(&gpu, &ws, m, AwqPath::Auto)?;
             report_variant("awq", &chosen(&gpu, &ws[0], m)?, k, n, m, "f16", us, bytes);
             // Every candidate of the autotuner, forced, on the decode shapes and at m = 1024.
             let candidates: Vec<Variant> = if m <= STREAM_MAX_M {
                 stream_candidates(true)
-            } else if m == 1024 {
+            } else if m == 1024 || only.is_some() {
                 dequant_candidates()
             } else {
                 Vec::new()
@@ -173,7 +199,7 @@ fn run() -> Res<()> {
             }
         }
         drop(ws);
-        if si == 0 {
+        if si == 0 && only.is_none() {
             let first = random_weights(&gpu, k, n, DType::BF16, 100)?;
             let mut wb = vec![first];
             for _ in 1..COPIES {

@@ -4,7 +4,9 @@
 # tables last.
 # Full logs go to $OUT (at most 8 files). `bash run.sh --quick` times fewer batch sizes; `--tests-only`
 # skips the benches; `--e2e [MODEL]` runs only the end-to-end bench (`internvl bench-e2e` on the synthetic
-# MODEL, default internvl2_5-78b-awq) next to transformers on a synthetic 1B and 4B.
+# MODEL, default internvl2_5-78b-awq) next to transformers on a synthetic 1B and 4B; `--profile [K,N,M]`
+# runs Nsight Compute on every AWQ kernel variant of one shape (default 8192,59136,1: the 78B's gate|up at
+# batch 1): throughput against the card's peaks, occupancy, warp stalls (where ncu reads the counters).
 set -uo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/out}
@@ -15,6 +17,8 @@ E2E=""
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
 [ "${1:-}" = "--tests-only" ] && TESTS_ONLY=1
 [ "${1:-}" = "--e2e" ] && E2E="${2:-internvl2_5-78b-awq}"
+PROFILE=""
+[ "${1:-}" = "--profile" ] && PROFILE="${2:-8192,59136,1}"
 # cuBLAS and the driver come from the machine's CUDA install (loaded at run time by the binaries, which
 # look for `libcublas.so` / `libcublasLt.so`; link the versioned files under those names if needed).
 mkdir -p libs
@@ -41,6 +45,17 @@ done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv \
     > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
+
+if [ -n "$PROFILE" ]; then
+    echo "== ncu on the AWQ variants of K,N,M = $PROFILE" | tee "$OUT/ncu.log"
+    # `--only` makes 1 untimed + 3 timed calls of each variant; the autotuner is off so that its own timing
+    # calls are not what gets profiled: 4 (default) + 4 x 4 (decode variants) + 4 x 4 (dequantization).
+    AWQ_AUTOTUNE=0 timeout 500 ncu --clock-control none -k 'regex:awq_(stream|pipe|dequant)' -c 40 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+        ./bin/bench_awq_gpu --only "$PROFILE" >> "$OUT/ncu.log" 2>&1 || echo "ncu failed (see ncu.log)"
+    grep -E "awq_|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Issue Slot|Compute \(SM\)" "$OUT/ncu.log" | head -150
+    exit 0
+fi
 
 if [ -n "$E2E" ]; then
     failed=0
