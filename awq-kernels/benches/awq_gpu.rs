@@ -10,8 +10,9 @@
 //! `RESULT {"impl":"awq","variant":"stream/spread","k":8192,"n":10240,"m":1,"dtype":"f16","us":12.34,...}`:
 //! `awq` is `awq_linear` as a model calls it (the autotuner's choice, named in `variant`; its first call,
 //! a warm-up, times the candidates). Beside it, every candidate forced (`awq_v:<variant>`): at every m ≤ 64
-//! both streaming kernels with both plans, at m = 1024 every dequantization kernel; at m = 64 and 256 the
-//! default dequantize + GEMM path (`awq_dequant_gemm`) checks the threshold of `choose_path`. Last, one
+//! both streaming kernels with both plans, at m = 256 those (in row blocks) and every dequantization kernel
+//! with the GEMM, at m = 1024 every dequantization kernel; at m = 64 the default dequantize + GEMM path
+//! (`awq_dequant_gemm`) checks the threshold of `choose_path`. Last, one
 //! `TUNED {...}` line per shape with the autotuner's own timings.
 //! `--quick` runs m ∈ {1, 16, 1024} only; `--only K,N,M` one shape at one m (every candidate, f16; for a
 //! profiler: `run.sh --profile`).
@@ -22,6 +23,7 @@ use awq_kernels::cuda::timing::flushed_median_us;
 use awq_kernels::cuda::Gpu;
 use awq_kernels::ops::awq::cuda::{
     awq_linear_with, tuning_report, AwqFloat, AwqGpuWeights, AwqPath, Repacked, STREAM_MAX_M,
+    STREAM_MAX_ROWS,
 };
 use awq_kernels::ops::awq::tune::{dequant_candidates, stream_candidates, TuneKey, Variant};
 use awq_kernels::DType;
@@ -124,8 +126,13 @@ fn chosen(gpu: &Gpu, w: &AwqGpuWeights, m: usize) -> Res<String> {
         n: w.n(),
         group: w.group(),
         dtype: w.dtype(),
-        mt: if m <= STREAM_MAX_M {
+        mt: if m <= STREAM_MAX_ROWS {
             m.div_ceil(16).next_power_of_two().clamp(1, 4)
+        } else {
+            0
+        },
+        row_blocks: if m <= STREAM_MAX_ROWS {
+            m.div_ceil(64)
         } else {
             0
         },
@@ -184,6 +191,10 @@ fn run() -> Res<()> {
             // Every candidate of the autotuner, forced, on the decode shapes and at m = 1024.
             let candidates: Vec<Variant> = if m <= STREAM_MAX_M {
                 stream_candidates(true)
+            } else if m <= STREAM_MAX_ROWS {
+                let mut c = dequant_candidates();
+                c.extend(stream_candidates(true));
+                c
             } else if m == 1024 || only.is_some() {
                 dequant_candidates()
             } else {
@@ -193,7 +204,7 @@ fn run() -> Res<()> {
                 let us = time::<f16>(&gpu, &ws, m, AwqPath::Variant(v))?;
                 report(&format!("awq_v:{}", v.name()), k, n, m, "f16", us, bytes);
             }
-            if m == 64 || m == 256 {
+            if m == 64 {
                 let us = time::<f16>(&gpu, &ws, m, AwqPath::DequantGemm)?;
                 report("awq_dequant_gemm", k, n, m, "f16", us, bytes);
             }
@@ -220,10 +231,11 @@ fn run() -> Res<()> {
             .map(|(v, us)| format!("\"{}\":{us:.2}", v.name()))
             .collect();
         println!(
-            "TUNED {{\"k\":{},\"n\":{},\"mt\":{},\"dtype\":\"{}\",\"chosen\":\"{}\",\"us\":{{{}}}}}",
+            "TUNED {{\"k\":{},\"n\":{},\"mt\":{},\"row_blocks\":{},\"dtype\":\"{}\",\"chosen\":\"{}\",\"us\":{{{}}}}}",
             key.k,
             key.n,
             key.mt,
+            key.row_blocks,
             key.dtype,
             tuned.chosen.name(),
             times.join(",")

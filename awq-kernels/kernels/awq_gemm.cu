@@ -28,10 +28,12 @@
 //  - zr   u32 [NS][K/G][8 g]: nibble j = zero of column strip·64 + 8j + g.
 // Bytes: N·K/2 + N·K/G·2.5, the same as the AWQ tensors.
 // Constraints (checked on the host): G % 16 == 0, K % G == 0, N % 8 == 0, M ≤ 64 for the streaming
-// kernel, pointers to x/y/bias 8-byte aligned.
+// kernels (≤ 256 with MT = 4), pointers to x/y/bias 8-byte aligned.
 //
 // Kernels.
-//  - awq_stream_<T>_mt<MT>_sw<SW>_cb<CB> (decode and small M, M ≤ 16·MT, MT ∈ {1,2,4}): memory-bound
+//  - awq_stream_<T>_mt<MT>_sw<SW>_cb<CB> (decode and small M, M ≤ 16·MT, MT ∈ {1,2,4}; with MT = 4 also
+//    up to 256 rows, in row blocks of 64 placed side by side in grid.x so that they share the weights
+//    through L2, `row_block`): memory-bound
 //    weight streaming on tensor cores. CB = chunks loaded per batch (the largest of 8/4/2/1 dividing G/16;
 //    at most 2 for MT = 4, whose 128 accumulators leave no registers for more). Block = 8 warps = SW
 //    strips × KW = 8/SW k-lanes; grid = (ceil(NS/SW) column blocks, S2 k-splits). Split s covers groups [s·gpw·KW, (s+1)·gpw·KW); k-lane kl of it takes the
@@ -226,9 +228,28 @@ struct Place {
     int lane, warp, s, kl, g, t, strip;
 };
 template <int SW>
-static __device__ __forceinline__ Place place() {
+static __device__ __forceinline__ Place place(int colblock) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    return Place{lane, warp, warp % SW, warp / SW, lane >> 2, lane & 3, (int)blockIdx.x * SW + warp % SW};
+    return Place{lane, warp, warp % SW, warp / SW, lane >> 2, lane & 3, colblock * SW + warp % SW};
+}
+
+// The rows and the column block of a streaming kernel's block. A block takes at most 64 rows (4 m-tiles);
+// more rows (M > 64) are cut into RB row blocks of 64 that sit side by side in grid.x (x = column block · RB +
+// row block), so the RB blocks that stream the same weights run together and share them through L2. Each row
+// block has its own region of split-K partials (a row stride of min(M, 64)) and its own counters. With
+// M ≤ 64: RB = 1, the column block is blockIdx.x and nothing moves; only the 4-m-tile kernels take M > 64
+// (the host's plan), so the others skip the arithmetic (and keep their registers).
+struct RowBlock {
+    int colblock, rows;
+    size_t row0, partials_at, counters_at;
+};
+template <int MT, int SW>
+static __device__ __forceinline__ RowBlock row_block(int M, int S2) {
+    if constexpr (MT < 4) return RowBlock{(int)blockIdx.x, M, 0, 0, 0};
+    const int RB = (M + 63) / 64;
+    const int rb = (int)blockIdx.x % RB, cols = (int)gridDim.x / RB;
+    return RowBlock{(int)blockIdx.x / RB, min(64, M - rb * 64), (size_t)rb * 64,
+                    (size_t)rb * cols * S2 * min(M, 64) * (SW * 64), (size_t)rb * cols};
 }
 
 // After the main loop of a streaming kernel: the KW k-lanes of each strip are summed, then y is written
@@ -242,6 +263,7 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
     constexpr int KW = 8 / SW;
     const auto [lane, warp, s, kl, g, t, strip] = at;
     (void)warp;
+    const int colblock = strip / SW;  // strip = colblock · SW + s, s < SW
     // Sum the KW k-lanes of each strip into k-lane 0: a fixed tree through shared memory, one m-tile at a
     // time. Buffer b holds one warp's fragments, element (j·4 + r)·32 + lane (conflict-free).
     if (KW > 1) {
@@ -299,7 +321,7 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
 
     // Split-K: partial tile [M][SW·64] f32 of this (column block, split).
     constexpr int WIDTH = SW * 64;
-    float* part = partials + ((size_t)blockIdx.x * S2 + blockIdx.y) * (size_t)M * WIDTH;
+    float* part = partials + ((size_t)colblock * S2 + blockIdx.y) * (size_t)M * WIDTH;
     if (kl == 0) {
 #pragma unroll
         for (int j = 0; j < 8; ++j)
@@ -315,19 +337,19 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
     }
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) *s_last = (atomicAdd(counters + blockIdx.x, 1u) == (u32)(S2 - 1)) ? 1u : 0u;
+    if (threadIdx.x == 0) *s_last = (atomicAdd(counters + colblock, 1u) == (u32)(S2 - 1)) ? 1u : 0u;
     __syncthreads();
     if (*s_last == 0u) return;
     __threadfence();
 
     // The last block of this column block: y = Σ_split partial (in split order) + bias.
-    const float* base = partials + (size_t)blockIdx.x * S2 * (size_t)M * WIDTH;
+    const float* base = partials + (size_t)colblock * S2 * (size_t)M * WIDTH;
     const int q4 = WIDTH / 4;
     const int total4 = M * q4;
     for (int e = threadIdx.x; e < total4; e += blockDim.x) {
         const int row = e / q4;
         const int c4 = (e % q4) * 4;
-        const int col = blockIdx.x * WIDTH + c4;
+        const int col = colblock * WIDTH + c4;
         if (col >= N) continue;  // N % 8 == 0 and c4 % 4 == 0: col < N means col + 3 < N
         float4 v[16];
 #pragma unroll
@@ -357,7 +379,7 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
         }
         *reinterpret_cast<uint2*>(y + (size_t)row * N + col) = make_uint2(D::pack(sum.x, sum.y), D::pack(sum.z, sum.w));
     }
-    if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
+    if (threadIdx.x == 0) counters[colblock] = 0u;
 }
 
 template <class D, int MT, int SW, int CB>
@@ -368,7 +390,16 @@ static __device__ __forceinline__ void stream_kernel(
     int S2) {
     typedef typename D::T T;
     constexpr int KW = 8 / SW;
-    const auto [lane, warp, s, kl, g, t, strip] = place<SW>();
+    const RowBlock rows = row_block<MT, SW>(M, S2);
+    x += rows.row0 * K;
+    y += rows.row0 * N;
+    if (S2 > 1) {
+        partials += rows.partials_at;
+        counters += rows.counters_at;
+    }
+    M = rows.rows;
+    const Place at = place<SW>(rows.colblock);
+    const auto [lane, warp, s, kl, g, t, strip] = at;
     const bool strip_ok = strip < NS;
     const int NG = K / G;
     const int KC = K / 16;
@@ -400,7 +431,7 @@ static __device__ __forceinline__ void stream_kernel(
     }
     __shared__ float red[4][8 * 4 * 32];
     __shared__ u32 s_last;
-    finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, place<SW>(), strip_ok);
+    finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
 }
 
 #define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                                                                  \
@@ -470,7 +501,16 @@ static __device__ __forceinline__ void pipe_kernel(
     typedef typename D::T T;
     constexpr int KW = 8 / SW;
     extern __shared__ uint4 ring_all[];
-    const auto [lane, warp, s, kl, g, t, strip] = place<SW>();
+    const RowBlock rows = row_block<MT, SW>(M, S2);
+    x += rows.row0 * K;
+    y += rows.row0 * N;
+    if (S2 > 1) {
+        partials += rows.partials_at;
+        counters += rows.counters_at;
+    }
+    M = rows.rows;
+    const Place at = place<SW>(rows.colblock);
+    const auto [lane, warp, s, kl, g, t, strip] = at;
     const bool strip_ok = strip < NS;
     const int NG = K / G;
     const int KC = K / 16;
@@ -524,7 +564,7 @@ static __device__ __forceinline__ void pipe_kernel(
     __syncthreads();
     __shared__ u32 s_last;
     finish<D, MT, SW>(acc, reinterpret_cast<float(*)[8 * 4 * 32]>(ring_all), &s_last, bias, y, partials, counters,
-                      M, N, S2, place<SW>(), strip_ok);
+                      M, N, S2, at, strip_ok);
 }
 
 #define AWQ_PIPE(D, NAME, MT, SW, ST, MINB)                                                                    \

@@ -603,6 +603,40 @@ fn every_autotuner_candidate_matches_the_cpu_reference() {
 }
 
 #[test]
+fn short_prompts_through_the_streaming_kernels_in_row_blocks_match() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    // 65..256 rows: row blocks of 64 (the last one partial), with and without split-K, one and two strips
+    // per block, every candidate; and the two kernels agree bit for bit there too.
+    for (m, k, n, group, bias) in [
+        (65, 2048, 136, 128, true),
+        (100, 4096, 72, 64, false),
+        (96, 256, 4104, 128, true),
+        (200, 512, 200, 32, true),
+        (256, 1536, 64, 128, false),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias,
+            seed: (5 * m + k + n) as u64,
+        };
+        for v in stream_candidates(true) {
+            check_both_dtypes(&gpu, case, AwqPath::Variant(v));
+        }
+        for shape in [PlanShape::Spread, PlanShape::Balanced] {
+            let with = |kernel| AwqPath::Variant(Variant::Stream { kernel, shape });
+            assert_eq!(
+                gpu_bits::<bf16>(&gpu, case, with(StreamKernel::Registers)),
+                gpu_bits::<bf16>(&gpu, case, with(StreamKernel::Pipelined)),
+                "{case:?} {shape:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_pipelined_kernel_is_bit_identical_under_the_balanced_plan_too() {
     let Some(gpu) = gpu_for_tests() else { return };
     let balanced = |kernel| {
@@ -648,12 +682,15 @@ fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
         check::<f16>(&gpu, case, AwqPath::Auto).unwrap();
         let again = gpu_bits::<f16>(&gpu, case, AwqPath::Auto);
         let report = tuning_report(&gpu).unwrap();
+        // m = 65: a short prompt, where the streaming kernels (two row blocks of 4 m-tiles) compete with
+        // dequantize + GEMM.
         let key = TuneKey {
             k,
             n,
             group: 128,
             dtype: DType::F16,
-            mt: if m <= 64 { 1 } else { 0 },
+            mt: if m <= 64 { 1 } else { 4 },
+            row_blocks: m.div_ceil(64),
         };
         let (_, tuned) = report
             .iter()
@@ -662,7 +699,9 @@ fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
         let candidates = if m <= 64 {
             stream_candidates(true)
         } else {
-            dequant_candidates()
+            let mut c = dequant_candidates();
+            c.extend(stream_candidates(true));
+            c
         };
         assert_eq!(
             tuned.timings.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
@@ -744,16 +783,16 @@ fn bad_calls_are_errors() {
     let xb = stream.alloc_zeros::<bf16>(2 * 128).unwrap();
     let mut yb = stream.alloc_zeros::<bf16>(2 * 16).unwrap();
     assert!(awq_linear(&gpu, &xb.as_view(), 2, &w, None, &mut yb.as_view_mut()).is_err());
-    // The streaming kernel refuses more than 64 rows; m = 0 is a no-op.
-    let x70 = stream.alloc_zeros::<f16>(70 * 128).unwrap();
-    let mut y70 = stream.alloc_zeros::<f16>(70 * 16).unwrap();
+    // The streaming kernel refuses more than 256 rows; m = 0 is a no-op.
+    let x257 = stream.alloc_zeros::<f16>(257 * 128).unwrap();
+    let mut y257 = stream.alloc_zeros::<f16>(257 * 16).unwrap();
     assert!(awq_linear_with(
         &gpu,
-        &x70.as_view(),
-        70,
+        &x257.as_view(),
+        257,
         &w,
         None,
-        &mut y70.as_view_mut(),
+        &mut y257.as_view_mut(),
         AwqPath::Stream
     )
     .is_err());

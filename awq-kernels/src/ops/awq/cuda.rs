@@ -45,6 +45,9 @@ const CHUNK_WORDS: usize = 32 * 4;
 const THREADS: u32 = 256;
 /// The streaming kernel handles up to 16·MT rows, MT ∈ {1, 2, 4}.
 pub const STREAM_MAX_M: usize = 64;
+/// The streaming kernels also take up to this many rows, in row blocks of 64 that share the weights through
+/// L2: the autotuner weighs them against dequantize + GEMM for 64 < m ≤ 256 (short prompts).
+pub const STREAM_MAX_ROWS: usize = 256;
 
 /// Where nibble `i` (bits 4i..4i+3) of a repacked word goes: `(tile, kk)` = the word's tile pair member
 /// (0: tile 2w, 1: tile 2w+1) and the row 4t + kk of the lane's four k rows in the chunk. The kernels read
@@ -364,7 +367,7 @@ impl AwqGpuWeights {
 pub enum AwqPath {
     /// [`choose_path`] picks the family from m, the autotuner the variant within it (`tune.rs`).
     Auto,
-    /// The weight-streaming tensor-core kernel (m ≤ [`STREAM_MAX_M`]), weights loaded into registers, with
+    /// The weight-streaming tensor-core kernel (m ≤ [`STREAM_MAX_ROWS`]), weights loaded into registers, with
     /// the spread plan (the measured default).
     Stream,
     /// The same kernel with the weights moved through a per-warp cp.async ring in shared memory (whole
@@ -383,7 +386,8 @@ pub enum AwqPath {
 /// before a GEMM as long as cuBLAS fp16's). Above 64 rows the GEMM's tensor-core efficiency wins, and at
 /// m ≥ 1024 the dequantization is ≤ 20% of the GEMM (`PERF.md`). Returns [`AwqPath::Stream`] (the
 /// autotuner then picks the kernel and plan, unless a kernel was fixed: [`set_decode_kernel`]),
-/// [`AwqPath::Pipe`] when the pipelined kernel was fixed, or [`AwqPath::DequantGemm`].
+/// [`AwqPath::Pipe`] when the pipelined kernel was fixed, or [`AwqPath::DequantGemm`] (the default above 64
+/// rows; up to [`STREAM_MAX_ROWS`] the autotuner also times the streaming kernels in row blocks against it).
 pub fn choose_path(m: usize, _k: usize, _n: usize) -> AwqPath {
     if m > STREAM_MAX_M {
         return AwqPath::DequantGemm;
@@ -649,10 +653,10 @@ where
         AwqPath::DequantGemm => Some(Variant::DENSE_DEFAULT),
         AwqPath::Variant(v) => Some(v),
     };
-    if matches!(fixed, Some(Variant::Stream { .. })) && m > STREAM_MAX_M {
+    if matches!(fixed, Some(Variant::Stream { .. })) && m > STREAM_MAX_ROWS {
         return Err(Error::shape(
             OP,
-            format!("the streaming kernel takes at most {STREAM_MAX_M} rows, got {m}"),
+            format!("the streaming kernel takes at most {STREAM_MAX_ROWS} rows, got {m}"),
         ));
     }
     with_workspace(gpu, |ws| {
@@ -694,8 +698,14 @@ where
     CudaBlas: Gemm<T>,
 {
     let (m, w) = (ops.1, ops.2);
-    let (default, mt) = match choose_path(m, w.k, w.n) {
-        AwqPath::DequantGemm => (Variant::DENSE_DEFAULT, 0),
+    // The family: decode shapes (m ≤ 64: the streaming kernels), short prompts (64 < m ≤ 256: streaming
+    // kernels in row blocks against dequantize + GEMM, timed whole), long ones (dequantize + GEMM).
+    let (default, mt, row_blocks) = match choose_path(m, w.k, w.n) {
+        AwqPath::DequantGemm if m <= STREAM_MAX_ROWS => {
+            let plan = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms);
+            (Variant::DENSE_DEFAULT, plan.mt, plan.row_blocks)
+        }
+        AwqPath::DequantGemm => (Variant::DENSE_DEFAULT, 0, 0),
         AwqPath::Pipe => {
             return Ok(Variant::Stream {
                 kernel: StreamKernel::Pipelined,
@@ -706,6 +716,7 @@ where
         _ => (
             Variant::STREAM_DEFAULT,
             stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms).mt,
+            1,
         ),
     };
     if !autotune_enabled() || w.device_bytes() < TUNE_MIN_BYTES {
@@ -717,21 +728,30 @@ where
         group: w.group,
         dtype: w.dtype,
         mt,
+        row_blocks,
     };
     // The decode loop's path: one hash lookup, no allocation.
     if let Some(t) = ws.tuned.get(&key) {
         return Ok(t.chosen);
     }
-    let candidates = if mt == 0 {
-        dequant_candidates()
-    } else {
-        stream_candidates(pipe_fits(mt, w.group, ws.max_shared))
+    let candidates = match (mt, row_blocks) {
+        (0, _) => dequant_candidates(),
+        (_, 1) => stream_candidates(pipe_fits(mt, w.group, ws.max_shared)),
+        _ => {
+            let mut c = dequant_candidates();
+            c.extend(stream_candidates(pipe_fits(mt, w.group, ws.max_shared)));
+            c
+        }
     };
     // A failure to time (no memory for the L2 flush, say) keeps the default; a candidate that fails to
-    // launch is never chosen. The dequantize + GEMM candidates differ only in the dequantization (the
-    // GEMM is the same cuBLAS call), so only that is timed.
+    // launch is never chosen. Where only dequantize + GEMM candidates compete, they differ only in the
+    // dequantization (the GEMM is the same cuBLAS call), so only that is timed; against the streaming
+    // kernels, the whole call is.
+    let dequant_only = mt == 0;
     let times = time_candidates(gpu, candidates.len(), |i| match candidates[i] {
-        Variant::DequantGemm(d) => dequantize_into_workspace::<T>(gpu, ws, ops.2, d),
+        Variant::DequantGemm(d) if dequant_only => {
+            dequantize_into_workspace::<T>(gpu, ws, ops.2, d)
+        }
         v => run_variant(gpu, ws, v, ops, y),
     })
     .unwrap_or_else(|_| vec![f64::INFINITY; candidates.len()]);
@@ -808,10 +828,15 @@ fn launch_stream<T: AwqFloat>(
         ensure(
             &stream,
             &mut ws.partials,
-            plan.cols * plan.splits * m * plan.sw * STRIP,
+            plan.partial_floats(m),
             "split-K partials",
         )?;
-        ensure(&stream, &mut ws.counters, plan.cols, "split-K counters")?;
+        ensure(
+            &stream,
+            &mut ws.counters,
+            plan.cols * plan.row_blocks,
+            "split-K counters",
+        )?;
     }
     let (xp, _gx) = x.device_ptr(&stream);
     let (yp, _gy) = y.device_ptr_mut(&stream);
@@ -856,7 +881,7 @@ fn launch_stream<T: AwqFloat>(
         plan.splits as i32,
     ];
     let cfg = LaunchConfig {
-        grid_dim: (plan.cols as u32, plan.splits as u32, 1),
+        grid_dim: ((plan.cols * plan.row_blocks) as u32, plan.splits as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: shared_mem_bytes as u32,
     };
@@ -878,8 +903,9 @@ fn launch_stream<T: AwqFloat>(
     // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
     // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes
     // `from_repacked` checked for (k, n, group), pointers are 8-byte aligned (checked above; the weight
-    // buffers are fresh allocations), and with splits > 1 the partials hold cols·splits·m·sw·64 floats and
-    // the counters `cols` zeros (`ensure` above; the kernel leaves them zero).
+    // buffers are fresh allocations), and with splits > 1 the partials hold row_blocks·cols·splits·min(m,
+    // 64)·sw·64 floats and the counters cols·row_blocks zeros (`ensure` above; the kernel leaves them zero);
+    // m > 64 only with 4 m-tiles (the plan), whose kernels cut the rows into the plan's row blocks.
     unsafe { b.launch(cfg) }.map_err(launch_error(&name))?;
     Ok(())
 }

@@ -6,6 +6,8 @@
 pub const CHUNK_K: usize = 16;
 /// Upper bound on the split-K factor (the kernel sums up to 16 partials with all loads in flight).
 pub const MAX_SPLITS: usize = 16;
+/// Rows one block of the streaming kernels computes at most (4 m-tiles of 16).
+pub const ROWS_PER_BLOCK: usize = 64;
 
 /// How a plan trades the number of blocks against the work of each warp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,8 +29,11 @@ pub struct StreamPlan {
     pub mt: usize,
     /// Strips per block (1 or 2); the block's 8 warps are `sw` strips × `8 / sw` k-lanes.
     pub sw: usize,
-    /// Column blocks (grid x) = ceil(strips / sw).
+    /// Column blocks = ceil(strips / sw).
     pub cols: usize,
+    /// Row blocks of 64 rows (1 up to m = 64); grid x = cols · row_blocks, the row blocks of a column block
+    /// side by side.
+    pub row_blocks: usize,
     /// k-splits (grid y).
     pub splits: usize,
     /// Groups per warp.
@@ -41,7 +46,17 @@ pub struct StreamPlan {
 impl StreamPlan {
     /// Blocks in the grid.
     pub fn blocks(&self) -> usize {
-        self.cols * self.splits
+        self.cols * self.row_blocks * self.splits
+    }
+
+    /// Floats of split-K partials a launch needs (none without splits): per row block, per column block and
+    /// split, a tile of min(m, 64) rows × sw·64 columns.
+    pub fn partial_floats(&self, m: usize) -> usize {
+        if self.splits == 1 {
+            0
+        } else {
+            self.row_blocks * self.cols * self.splits * m.min(ROWS_PER_BLOCK) * self.sw * 64
+        }
     }
 }
 
@@ -59,8 +74,8 @@ pub fn stream_plan(m: usize, strips: usize, groups: usize, group: usize, sms: us
     plan(PlanShape::Spread, m, strips, groups, group, sms)
 }
 
-/// Plans the streaming kernel for `m` rows, `strips` strips of 64 columns, `groups` groups of `group` values
-/// along k, on a GPU with `sms` multiprocessors. Two strips per block (the warps of a k-lane share the x rows
+/// Plans the streaming kernel for `m` rows (more than 64 in row blocks of 64), `strips` strips of 64 columns,
+/// `groups` groups of `group` values along k, on a GPU with `sms` multiprocessors. Two strips per block (the warps of a k-lane share the x rows
 /// through L1, halving the x traffic from L2, which at m = 16 equals the weight traffic of one strip) unless n
 /// is small, where one strip per block keeps the number of splits, and so the final sum, small. Each split
 /// adds an f32 partial tile that the last block of a column sums.
@@ -81,6 +96,9 @@ pub fn plan(
     let sw = if strips >= 64 { 2 } else { 1 };
     let kw = 8 / sw;
     let cols = strips.div_ceil(sw);
+    let row_blocks = m.div_ceil(ROWS_PER_BLOCK).max(1);
+    // Column blocks × row blocks before any split.
+    let tiles = cols * row_blocks;
     let max_splits = (if sw == 2 { 8 } else { MAX_SPLITS })
         .min(groups.div_ceil(kw))
         .max(1);
@@ -90,14 +108,14 @@ pub fn plan(
         (groups.div_ceil(gpw * kw).max(1), gpw)
     };
     let (splits, gpw) = match shape {
-        PlanShape::Spread => settle((4 * sms.max(1)).div_ceil(cols).clamp(1, max_splits)),
+        PlanShape::Spread => settle((4 * sms.max(1)).div_ceil(tiles).clamp(1, max_splits)),
         PlanShape::Balanced => {
             let slots = resident_blocks(mt) * sms.max(1);
             let fill = |blocks: usize| blocks as f64 / (blocks.div_ceil(slots) * slots) as f64;
             let mut best = settle(1);
             for s in 2..=max_splits {
                 let cand = settle(s);
-                let (b, c) = (fill(cols * best.0), fill(cols * cand.0));
+                let (b, c) = (fill(tiles * best.0), fill(tiles * cand.0));
                 // A clearly fuller last wave wins; near-equals keep the fewer blocks found first.
                 if c > b + 0.02 {
                     best = cand;
@@ -110,6 +128,7 @@ pub fn plan(
         mt,
         sw,
         cols,
+        row_blocks,
         splits,
         gpw,
         cb,
@@ -152,6 +171,9 @@ mod tests {
                 (3, 1, 1),
                 (40, 2, 3),
                 (1, 1, 2000),
+                (65, 128, 64),
+                (200, 924, 64),
+                (256, 2, 231),
             ] {
                 let p = plan(shape, m, strips, groups, 128, 132);
                 assert_eq!(p.cb, if p.mt == 4 { 2 } else { 8 });
@@ -164,6 +186,8 @@ mod tests {
                 assert!(p.splits <= MAX_SPLITS && p.mt * 16 >= m.min(64));
                 assert!(p.sw == 1 || p.splits <= 8);
                 assert_eq!(p.cols, strips.div_ceil(p.sw));
+                assert_eq!(p.row_blocks, m.div_ceil(64));
+                assert!(p.row_blocks == 1 || p.mt == 4);
             }
         }
     }
@@ -191,5 +215,23 @@ mod tests {
         // m = 32 (two m-tiles) runs one block per SM: 132 slots, 64 column blocks × 2 splits.
         let p = plan(PlanShape::Balanced, 32, 128, 64, 128, 132);
         assert_eq!((p.mt, p.splits, p.gpw, p.blocks()), (2, 2, 8, 128));
+    }
+
+    #[test]
+    fn more_than_64_rows_go_in_row_blocks_that_count_towards_the_grid() {
+        // m = 200 on 8192 x 8192: 4 row blocks of 4 m-tiles; the spread plan's ~4 blocks per SM come from
+        // 64 column blocks x 4 row blocks x 3 splits.
+        let p = stream_plan(200, 128, 64, 128, 132);
+        assert_eq!((p.mt, p.row_blocks, p.cols), (4, 4, 64));
+        assert_eq!((p.splits, p.gpw), (3, 6));
+        assert_eq!(p.blocks(), 64 * 4 * 3);
+        // The partials: per row block, a tile of 64 rows (not 200).
+        assert_eq!(p.partial_floats(200), 4 * 64 * 3 * 64 * 2 * 64);
+        assert_eq!(
+            stream_plan(1, 128, 64, 128, 132).partial_floats(1),
+            64 * 8 * 128
+        );
+        // k = 512 is 4 groups: one per k-lane, no split, no partials.
+        assert_eq!(stream_plan(16, 924, 4, 128, 132).partial_floats(16), 0);
     }
 }

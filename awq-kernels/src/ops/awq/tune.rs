@@ -8,8 +8,10 @@
 //!   [`PlanShape`]. Different plans sum the k-splits in different groupings, so their outputs may differ in
 //!   the last bit; the choice is made once per process and shape and then kept, and `AWQ_AUTOTUNE=0` fixes
 //!   the default variant for runs that must repeat bit for bit across processes.
-//! - Dequantize + GEMM (m > 64): four ways to write the dense weight; all write the same bits, and only the
-//!   dequantization is timed (the GEMM after it is the same cuBLAS call for every candidate).
+//! - Short prompts (64 < m ≤ 256): the same streaming candidates in row blocks of 64 rows against the
+//!   dequantize + GEMM ones, each call timed whole.
+//! - Long prompts (m > 256): four ways to write the dense weight for the GEMM; all write the same bits, and
+//!   only the dequantization is timed (the GEMM after it is the same cuBLAS call for every candidate).
 //!
 //! A candidate must be faster than the default by [`MARGIN`] to replace it, so that timing noise does not
 //! flip the choice between runs. Shapes whose weights are smaller than [`TUNE_MIN_BYTES`] are not timed
@@ -176,8 +178,9 @@ pub fn pick(times_us: &[f64], margin: f64) -> usize {
     }
 }
 
-/// What a choice is kept for: the layer's shape and dtype, and the m-tiles of the streaming kernel (its plan
-/// depends on them; 0 for the dequantize path, whose kernels do not depend on m).
+/// What a choice is kept for: the layer's shape and dtype, and the m-tiles and 64-row blocks of the streaming
+/// kernels (their plan depends on them; both 0 above 256 rows, where only dequantize + GEMM competes and its
+/// kernels do not depend on m).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TuneKey {
     pub k: usize,
@@ -185,6 +188,7 @@ pub struct TuneKey {
     pub group: usize,
     pub dtype: DType,
     pub mt: usize,
+    pub row_blocks: usize,
 }
 
 /// The choice for one key, with the median time of every candidate (µs; infinite where it failed).
