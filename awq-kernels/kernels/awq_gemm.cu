@@ -252,6 +252,23 @@ static __device__ __forceinline__ RowBlock row_block(int M, int S2) {
                     (size_t)rb * cols * S2 * min(M, 64) * (SW * 64), (size_t)rb * cols};
 }
 
+// A streaming kernel's start: x, y, the split-K partials and counters moved to this block's row block, M cut
+// to its rows; returns where the thread sits.
+template <int MT, int SW, class T>
+static __device__ __forceinline__ Place enter_row_block(const T* __restrict__& x, T* __restrict__& y,
+                                                        float* __restrict__& partials, u32* __restrict__& counters,
+                                                        int& M, int N, int K, int S2) {
+    const RowBlock rows = row_block<MT, SW>(M, S2);
+    x += rows.row0 * K;
+    y += rows.row0 * N;
+    if (S2 > 1) {
+        partials += rows.partials_at;
+        counters += rows.counters_at;
+    }
+    M = rows.rows;
+    return place<SW>(rows.colblock);
+}
+
 // After the main loop of a streaming kernel: the KW k-lanes of each strip are summed, then y is written
 // (S2 == 1) or the block's partial tile is stored and the last block of the column block sums the S2
 // partials in split order. `red` holds 4 warps' fragments (4 · 1024 floats); `s_last` one shared word.
@@ -390,15 +407,7 @@ static __device__ __forceinline__ void stream_kernel(
     int S2) {
     typedef typename D::T T;
     constexpr int KW = 8 / SW;
-    const RowBlock rows = row_block<MT, SW>(M, S2);
-    x += rows.row0 * K;
-    y += rows.row0 * N;
-    if (S2 > 1) {
-        partials += rows.partials_at;
-        counters += rows.counters_at;
-    }
-    M = rows.rows;
-    const Place at = place<SW>(rows.colblock);
+    const Place at = enter_row_block<MT, SW>(x, y, partials, counters, M, N, K, S2);
     const auto [lane, warp, s, kl, g, t, strip] = at;
     const bool strip_ok = strip < NS;
     const int NG = K / G;
@@ -501,15 +510,7 @@ static __device__ __forceinline__ void pipe_kernel(
     typedef typename D::T T;
     constexpr int KW = 8 / SW;
     extern __shared__ uint4 ring_all[];
-    const RowBlock rows = row_block<MT, SW>(M, S2);
-    x += rows.row0 * K;
-    y += rows.row0 * N;
-    if (S2 > 1) {
-        partials += rows.partials_at;
-        counters += rows.counters_at;
-    }
-    M = rows.rows;
-    const Place at = place<SW>(rows.colblock);
+    const Place at = enter_row_block<MT, SW>(x, y, partials, counters, M, N, K, S2);
     const auto [lane, warp, s, kl, g, t, strip] = at;
     const bool strip_ok = strip < NS;
     const int NG = K / G;

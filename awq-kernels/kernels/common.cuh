@@ -37,6 +37,26 @@ struct Vec {
     __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = raw; }
 };
 
+// The second pass of an RMSNorm over one row: out = rms_scale(w, x, inv) for every element the block's threads
+// own (16-byte vectors when `vec`; the same elements each thread read in its first pass).
+template <typename T>
+__device__ __forceinline__ void rms_store_row(const T* x, const T* __restrict__ w, T* __restrict__ out, int width,
+                                              float inv, int vec) {
+    constexpr int N = Vec<T>::N;
+    if (vec) {
+        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
+            Vec<T> a, g, y;
+            a.load(x + c);
+            g.load(w + c);
+#pragma unroll
+            for (int i = 0; i < N; ++i) y.e[i] = rms_scale<T>(g.e[i], to_f32(a.e[i]), inv);
+            y.store(out + c);
+        }
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) out[c] = rms_scale<T>(w[c], to_f32(x[c]), inv);
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -55,19 +55,7 @@ __device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __
     } else {
         for (int c = threadIdx.x; c < width; c += blockDim.x) { float v = to_f32(row[c]); ss += v * v; }
     }
-    const float inv = rsqrtf(block_sum(ss) / width + eps);
-    if (vec) {
-        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
-            Vec<T> a, g, y;
-            a.load(row + c);
-            g.load(w + c);
-#pragma unroll
-            for (int i = 0; i < N; ++i) y.e[i] = rms_scale<T>(g.e[i], to_f32(a.e[i]), inv);
-            y.store(o + c);
-        }
-    } else {
-        for (int c = threadIdx.x; c < width; c += blockDim.x) o[c] = rms_scale<T>(w[c], to_f32(row[c]), inv);
-    }
+    rms_store_row<T>(row, w, o, width, rsqrtf(block_sum(ss) / width + eps), vec);
 }
 
 // Element-wise kernels: n / N 16-byte vectors in a grid-stride loop (allocations are 256-byte aligned), the

@@ -51,19 +51,7 @@ __device__ void add_rms_norm(T* __restrict__ x, const T* __restrict__ res, const
     }
     const float inv = rsqrtf(block_sum(ss) / width + eps);
     // Each thread reads back exactly the elements it wrote above: no barrier needed for them.
-    if (vec) {
-        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
-            Vec<T> a, g, out;
-            a.load(xr + c);
-            g.load(w + c);
-#pragma unroll
-            for (int i = 0; i < N; ++i) out.e[i] = rms_scale<T>(g.e[i], to_f32(a.e[i]), inv);
-            out.store(yr + c);
-        }
-    } else {
-        for (int c = threadIdx.x; c < width; c += blockDim.x)
-            yr[c] = rms_scale<T>(w[c], to_f32(xr[c]), inv);
-    }
+    rms_store_row<T>(xr, w, yr, width, inv, vec);
 }
 
 template <typename T>
