@@ -607,6 +607,19 @@ static __device__ __forceinline__ void dequant_lane_chunk(const uint4& q, const 
         }
 }
 
+// Lane (g = lane / 4) of chunk kc of a strip: its 16-byte weight piece, and its group's scale vector and zero
+// word (the loads of one lane-chunk, issued together).
+struct LaneChunk {
+    uint4 q, sv;
+    u32 zw;
+};
+static __device__ __forceinline__ LaneChunk load_lane_chunk(const uint4* __restrict__ qw, const uint4* __restrict__ sc,
+                                                            const u32* __restrict__ zr, int strip, int kc, int lane,
+                                                            int KC, int NG, int G) {
+    const size_t sidx = ((size_t)strip * NG + kc * 16 / G) * 8 + (lane >> 2);
+    return LaneChunk{ld_stream(qw + ((size_t)strip * KC + kc) * 32 + lane), __ldg(sc + sidx), __ldg(zr + sidx)};
+}
+
 // Dense W [N, K] from the repacked weights, one unit of work per thread: CPT consecutive chunks of one lane of
 // one strip (unit u: lane = u % 32, the unit's chunks kb·CPT .. of strip (u / 32) / KCB, KCB = ceil(KC / CPT)).
 // Its CPT 16-byte loads are issued before any is used; each chunk is written as eight 8-byte pieces, so a
@@ -629,23 +642,17 @@ static __device__ __forceinline__ void dequant_lanes_kernel(const uint4* __restr
         const int kb = (int)(rest % KCB);
         const int g = lane >> 2;
         const int t = lane & 3;
-        uint4 q[CPT], sv[CPT];
-        u32 zw[CPT];
+        LaneChunk lc[CPT];
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
             const int kc = kb * CPT + c;
-            if (CPT == 1 || kc < KC) {
-                q[c] = ld_stream(qw + ((size_t)strip * KC + kc) * 32 + lane);
-                const size_t sidx = ((size_t)strip * NG + kc * 16 / G) * 8 + g;
-                sv[c] = __ldg(sc + sidx);
-                zw[c] = __ldg(zr + sidx);
-            }
+            if (CPT == 1 || kc < KC) lc[c] = load_lane_chunk(qw, sc, zr, strip, kc, lane, KC, NG, G);
         }
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
             const int kc = kb * CPT + c;
             if (CPT == 1 || kc < KC)
-                dequant_lane_chunk<D>(q[c], sv[c], zw[c], [&](int j, uint2 v) {
+                dequant_lane_chunk<D>(lc[c].q, lc[c].sv, lc[c].zw, [&](int j, uint2 v) {
                     const int n = strip * 64 + 8 * j + g;
                     if (n < N) *reinterpret_cast<uint2*>(out + (size_t)n * K + (size_t)kc * 16 + 4 * t) = v;
                 });
@@ -671,23 +678,17 @@ static __device__ __forceinline__ void dequant_tiles_kernel(const uint4* __restr
     const int strip = blockIdx.y, kt = blockIdx.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    uint4 q[CPT], sv[CPT];
-    u32 zw[CPT];
+    LaneChunk lc[CPT];
 #pragma unroll
     for (int c = 0; c < CPT; ++c) {
         const int kc = kt * 8 * CPT + 8 * c + warp;
-        if (kc < KC) {
-            q[c] = ld_stream(qw + ((size_t)strip * KC + kc) * 32 + lane);
-            const size_t sidx = ((size_t)strip * NG + kc * 16 / G) * 8 + g;
-            sv[c] = __ldg(sc + sidx);
-            zw[c] = __ldg(zr + sidx);
-        }
+        if (kc < KC) lc[c] = load_lane_chunk(qw, sc, zr, strip, kc, lane, KC, NG, G);
     }
 #pragma unroll
     for (int c = 0; c < CPT; ++c) {
         const int kc = kt * 8 * CPT + 8 * c + warp;
         if (kc < KC)
-            dequant_lane_chunk<D>(q[c], sv[c], zw[c], [&](int j, uint2 v) {
+            dequant_lane_chunk<D>(lc[c].q, lc[c].sv, lc[c].zw, [&](int j, uint2 v) {
                 *reinterpret_cast<uint2*>(tile + (8 * j + g) * PITCH + (8 * c + warp) * 16 + 4 * t) = v;
             });
     }

@@ -37,6 +37,22 @@ struct Vec {
     __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = raw; }
 };
 
+// dst[0..width) = src[0..width) by the block: 16-byte vectors when `vec` (width·sizeof(T) a multiple of 16, so
+// every row of a row-major tensor starts aligned), else element by element.
+template <typename T>
+__device__ __forceinline__ void copy_row(const T* __restrict__ src, T* __restrict__ dst, int width, int vec) {
+    constexpr int N = Vec<T>::N;
+    if (vec) {
+        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
+            Vec<T> a;
+            a.load(src + c);
+            a.store(dst + c);
+        }
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
+    }
+}
+
 // The second pass of an RMSNorm over one row: out = rms_scale(w, x, inv) for every element the block's threads
 // own (16-byte vectors when `vec`; the same elements each thread read in its first pass).
 template <typename T>

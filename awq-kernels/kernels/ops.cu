@@ -13,22 +13,6 @@
 // that take each path.
 #include "common.cuh"
 
-// dst[0..width) = src[0..width) by the block: 16-byte vectors when `vec` (width·sizeof(T) a multiple of 16, so
-// every row of a row-major tensor starts aligned), else element by element.
-template <typename T>
-__device__ __forceinline__ void copy_row(const T* __restrict__ src, T* __restrict__ dst, int width, int vec) {
-    constexpr int N = Vec<T>::N;
-    if (vec) {
-        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
-            Vec<T> a;
-            a.load(src + c);
-            a.store(dst + c);
-        }
-    } else {
-        for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
-    }
-}
-
 // out[i, :] = table[ids[i], :]; grid = t rows. Ids were range-checked on the host.
 template <typename T>
 __device__ void embedding(const T* __restrict__ table, const unsigned* __restrict__ ids, T* __restrict__ out,

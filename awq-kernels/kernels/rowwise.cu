@@ -132,18 +132,7 @@ __device__ void gelu(const T* __restrict__ x, T* __restrict__ y, long long n) {
 template <typename T>
 __device__ void scatter_rows(T* __restrict__ x, const int* __restrict__ rows, const T* __restrict__ src, int width,
                              int vec) {
-    constexpr int N = Vec<T>::N;
-    T* dst = x + (size_t)rows[blockIdx.x] * width;
-    const T* s = src + (size_t)blockIdx.x * width;
-    if (vec) {
-        for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
-            Vec<T> a;
-            a.load(s + c);
-            a.store(dst + c);
-        }
-    } else {
-        for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = s[c];
-    }
+    copy_row<T>(src + (size_t)blockIdx.x * width, x + (size_t)rows[blockIdx.x] * width, width, vec);
 }
 
 #define INSTANTIATE(name, T)                                                                                 \
