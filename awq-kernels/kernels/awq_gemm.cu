@@ -36,7 +36,7 @@
 //    through L2, `row_block`): memory-bound
 //    weight streaming on tensor cores. CB = chunks loaded per batch (the largest of 8/4/2/1 dividing G/16;
 //    at most 2 for MT = 4, whose 128 accumulators leave no registers for more). Block = 8 warps = SW
-//    strips × KW = 8/SW k-lanes; grid = (ceil(NS/SW) column blocks, S2 k-splits). Split s covers groups [s·gpw·KW, (s+1)·gpw·KW); k-lane kl of it takes the
+//    strips × KW = 8/SW k-lanes; grid = (ceil(NS/SW) column blocks × row blocks, S2 k-splits). Split s covers groups [s·gpw·KW, (s+1)·gpw·KW); k-lane kl of it takes the
 //    groups s·gpw·KW + kl + KW·i. Per batch a warp issues CB independent 16-byte weight loads
 //    (ld.global.nc.L1::no_allocate: read once) before using them, loads its A fragments through L1 (the
 //    SW warps of a k-lane read the same x; rows ≥ M point at a zero row so no load is predicated),
@@ -336,7 +336,7 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
         return;
     }
 
-    // Split-K: partial tile [M][SW·64] f32 of this (column block, split).
+    // Split-K: partial tile [M][SW·64] f32 of this (column block, split), in this row block's region.
     constexpr int WIDTH = SW * 64;
     float* part = partials + ((size_t)colblock * S2 + blockIdx.y) * (size_t)M * WIDTH;
     if (kl == 0) {
