@@ -287,5 +287,38 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("{r}");
         }
     }
+    print_awq_choices(device);
     Ok(())
+}
+
+/// What the AWQ autotuner chose for each layer shape of the model on the GPU (the variant behind the
+/// figures above), with every candidate's median time.
+fn print_awq_choices(device: Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(i) = device {
+        let Ok(Ok(choices)) = awq_kernels::cuda::Gpu::shared_ordinal(i)
+            .map(|gpu| awq_kernels::ops::awq::cuda::tuning_report(&gpu))
+        else {
+            return;
+        };
+        for (key, tuned) in choices {
+            let times: Vec<String> = tuned
+                .timings
+                .iter()
+                .map(|(v, us)| format!("{} {us:.1} us", v.name()))
+                .collect();
+            println!(
+                "awq {}x{} {} m-tiles {} row blocks {}: {} ({})",
+                key.k,
+                key.n,
+                key.dtype,
+                key.mt,
+                key.row_blocks,
+                tuned.chosen.name(),
+                times.join(", ")
+            );
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
 }
