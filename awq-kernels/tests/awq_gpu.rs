@@ -512,6 +512,29 @@ where
         .collect()
 }
 
+/// Two paths give the same bits for the case's random inputs, in f16 and bf16.
+fn assert_same_bits(gpu: &Arc<Gpu>, case: Case, a: AwqPath, b: AwqPath) {
+    for dtype in [DType::F16, DType::BF16] {
+        let (ya, yb) = match dtype {
+            DType::F16 => (gpu_bits::<f16>(gpu, case, a), gpu_bits::<f16>(gpu, case, b)),
+            _ => (
+                gpu_bits::<bf16>(gpu, case, a),
+                gpu_bits::<bf16>(gpu, case, b),
+            ),
+        };
+        assert_eq!(ya.len(), case.m * case.n);
+        if let Some(i) = (0..ya.len()).find(|&i| ya[i] != yb[i]) {
+            panic!(
+                "{case:?} {dtype:?}: y[{}][{}] bits {:#06x} ({a:?}) vs {:#06x} ({b:?})",
+                i / case.n,
+                i % case.n,
+                ya[i],
+                yb[i]
+            );
+        }
+    }
+}
+
 #[test]
 fn the_pipelined_kernel_is_bit_identical_to_the_streaming_one() {
     let Some(gpu) = gpu_for_tests() else { return };
@@ -537,28 +560,7 @@ fn the_pipelined_kernel_is_bit_identical_to_the_streaming_one() {
             bias,
             seed: (7 * m + n + k) as u64,
         };
-        for dtype in [DType::F16, DType::BF16] {
-            let (stream, pipe) = match dtype {
-                DType::F16 => (
-                    gpu_bits::<f16>(&gpu, case, AwqPath::Stream),
-                    gpu_bits::<f16>(&gpu, case, AwqPath::Pipe),
-                ),
-                _ => (
-                    gpu_bits::<bf16>(&gpu, case, AwqPath::Stream),
-                    gpu_bits::<bf16>(&gpu, case, AwqPath::Pipe),
-                ),
-            };
-            assert_eq!(stream.len(), m * n);
-            if let Some(i) = (0..stream.len()).find(|&i| stream[i] != pipe[i]) {
-                panic!(
-                    "{case:?} {dtype:?}: y[{}][{}] bits {:#06x} (pipe) vs {:#06x} (stream)",
-                    i / n,
-                    i % n,
-                    pipe[i],
-                    stream[i]
-                );
-            }
-        }
+        assert_same_bits(&gpu, case, AwqPath::Stream, AwqPath::Pipe);
     }
 }
 
@@ -627,10 +629,11 @@ fn short_prompts_through_the_streaming_kernels_in_row_blocks_match() {
         }
         for shape in [PlanShape::Spread, PlanShape::Balanced] {
             let with = |kernel| AwqPath::Variant(Variant::Stream { kernel, shape });
-            assert_eq!(
-                gpu_bits::<bf16>(&gpu, case, with(StreamKernel::Registers)),
-                gpu_bits::<bf16>(&gpu, case, with(StreamKernel::Pipelined)),
-                "{case:?} {shape:?}"
+            assert_same_bits(
+                &gpu,
+                case,
+                with(StreamKernel::Registers),
+                with(StreamKernel::Pipelined),
             );
         }
     }
@@ -654,10 +657,11 @@ fn the_pipelined_kernel_is_bit_identical_under_the_balanced_plan_too() {
             bias: true,
             seed: (m + k) as u64,
         };
-        assert_eq!(
-            gpu_bits::<f16>(&gpu, case, balanced(StreamKernel::Registers)),
-            gpu_bits::<f16>(&gpu, case, balanced(StreamKernel::Pipelined)),
-            "{case:?}"
+        assert_same_bits(
+            &gpu,
+            case,
+            balanced(StreamKernel::Registers),
+            balanced(StreamKernel::Pipelined),
         );
     }
 }
