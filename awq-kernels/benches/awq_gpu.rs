@@ -25,6 +25,7 @@ use awq_kernels::ops::awq::cuda::{
     awq_linear_with, tuning_report, AwqFloat, AwqGpuWeights, AwqPath, Repacked, STREAM_MAX_M,
     STREAM_MAX_ROWS,
 };
+use awq_kernels::ops::awq::plan::{m_tiles, row_blocks};
 use awq_kernels::ops::awq::tune::{dequant_candidates, stream_candidates, TuneKey, Variant};
 use awq_kernels::DType;
 use cudarc::cublas::{CudaBlas, Gemm};
@@ -126,13 +127,9 @@ fn chosen(gpu: &Gpu, w: &AwqGpuWeights, m: usize) -> Res<String> {
         n: w.n(),
         group: w.group(),
         dtype: w.dtype(),
-        mt: if m <= STREAM_MAX_ROWS {
-            m.div_ceil(16).next_power_of_two().clamp(1, 4)
-        } else {
-            0
-        },
+        mt: if m <= STREAM_MAX_ROWS { m_tiles(m) } else { 0 },
         row_blocks: if m <= STREAM_MAX_ROWS {
-            m.div_ceil(64)
+            row_blocks(m)
         } else {
             0
         },

@@ -24,7 +24,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::plan::plan;
+use super::plan::{m_tiles, plan, row_blocks};
 pub use super::plan::{stream_plan, PlanShape, StreamPlan, CHUNK_K};
 use super::tune::{
     autotune_enabled, dequant_candidates, pick, stream_candidates, time_candidates, DequantKernel,
@@ -702,8 +702,7 @@ where
     // kernels in row blocks against dequantize + GEMM, timed whole), long ones (dequantize + GEMM).
     let (default, mt, row_blocks) = match choose_path(m, w.k, w.n) {
         AwqPath::DequantGemm if m <= STREAM_MAX_ROWS => {
-            let plan = stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms);
-            (Variant::DENSE_DEFAULT, plan.mt, plan.row_blocks)
+            (Variant::DENSE_DEFAULT, m_tiles(m), row_blocks(m))
         }
         AwqPath::DequantGemm => (Variant::DENSE_DEFAULT, 0, 0),
         AwqPath::Pipe => {
@@ -713,11 +712,7 @@ where
             })
         }
         _ if decode_setting() == DECODE_STREAM => return Ok(Variant::STREAM_DEFAULT),
-        _ => (
-            Variant::STREAM_DEFAULT,
-            stream_plan(m, w.strips(), w.k / w.group, w.group, ws.sms).mt,
-            1,
-        ),
+        _ => (Variant::STREAM_DEFAULT, m_tiles(m), 1),
     };
     if !autotune_enabled() || w.device_bytes() < TUNE_MIN_BYTES {
         return Ok(default);

@@ -60,6 +60,16 @@ impl StreamPlan {
     }
 }
 
+/// m-tiles of 16 rows a block of the streaming kernels covers for `m` rows: 1, 2 or 4.
+pub fn m_tiles(m: usize) -> usize {
+    m.div_ceil(16).next_power_of_two().clamp(1, 4)
+}
+
+/// Row blocks of [`ROWS_PER_BLOCK`] rows for `m` rows (1 up to 64).
+pub fn row_blocks(m: usize) -> usize {
+    m.div_ceil(ROWS_PER_BLOCK).max(1)
+}
+
 /// Blocks of 256 threads resident on one SM: two at `mt` = 1 (≤ 128 registers a thread), one above.
 pub fn resident_blocks(mt: usize) -> usize {
     if mt == 1 {
@@ -87,7 +97,7 @@ pub fn plan(
     group: usize,
     sms: usize,
 ) -> StreamPlan {
-    let mt = m.div_ceil(16).next_power_of_two().clamp(1, 4);
+    let mt = m_tiles(m);
     let cpg = group / CHUNK_K;
     let cb = [8, 4, 2, 1]
         .into_iter()
@@ -96,7 +106,7 @@ pub fn plan(
     let sw = if strips >= 64 { 2 } else { 1 };
     let kw = 8 / sw;
     let cols = strips.div_ceil(sw);
-    let row_blocks = m.div_ceil(ROWS_PER_BLOCK).max(1);
+    let row_blocks = row_blocks(m);
     // Column blocks × row blocks before any split.
     let tiles = cols * row_blocks;
     let max_splits = (if sw == 2 { 8 } else { MAX_SPLITS })
