@@ -47,28 +47,7 @@ fn err(e: impl std::fmt::Debug) -> Box<dyn std::error::Error> {
 
 /// Random weights directly in the repacked layout (same bytes and the same kernels as real ones).
 fn random_weights(gpu: &Gpu, k: usize, n: usize, dtype: DType, seed: u64) -> Res<AwqGpuWeights> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (ns, ng) = (n.div_ceil(64), k / GROUP);
-    let qw: Vec<u32> = (0..ns * (k / 16) * 128).map(|_| rng.gen()).collect();
-    let scales: Vec<u16> = (0..ns * ng * 64)
-        .map(|_| {
-            let s: f32 = rng.gen_range(0.002..0.03);
-            match dtype {
-                DType::BF16 => bf16::from_f32(s).to_bits(),
-                _ => f16::from_f32(s).to_bits(),
-            }
-        })
-        .collect();
-    let zeros: Vec<u32> = (0..ns * ng * 8).map(|_| rng.gen()).collect();
-    let r = Repacked {
-        qw,
-        scales,
-        zeros,
-        k,
-        n,
-        group: GROUP,
-        dtype,
-    };
+    let r = Repacked::random(k, n, GROUP, dtype, seed)?;
     Ok(AwqGpuWeights::from_repacked(gpu, &r)?)
 }
 

@@ -6,7 +6,10 @@
 # skips the benches; `--e2e [MODEL]` runs only the end-to-end bench (`internvl bench-e2e` on the synthetic
 # MODEL, default internvl2_5-78b-awq) next to transformers on a synthetic 1B and 4B; `--profile [K,N,M]`
 # runs Nsight Compute on every AWQ kernel variant of one shape (default 8192,59136,1: the 78B's gate|up at
-# batch 1): throughput against the card's peaks, occupancy, warp stalls (where ncu reads the counters).
+# batch 1): throughput against the card's peaks, occupancy, warp stalls (where ncu reads the counters);
+# `--criterion [FILTER]` runs the criterion GPU bench (`awq_criterion_gpu`: AWQ linear and cuBLAS fp16 on the
+# 72B shapes, the copy bandwidth) with criterion's statistics; the default run calls it once per cell as a
+# smoke test.
 set -uo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/out}
@@ -19,6 +22,8 @@ E2E=""
 [ "${1:-}" = "--e2e" ] && E2E="${2:-internvl2_5-78b-awq}"
 PROFILE=""
 [ "${1:-}" = "--profile" ] && PROFILE="${2:-8192,59136,1}"
+CRITERION=0
+[ "${1:-}" = "--criterion" ] && CRITERION=1
 # cuBLAS and the driver come from the machine's CUDA install (loaded at run time by the binaries, which
 # look for `libcublas.so` / `libcublasLt.so`; link the versioned files under those names if needed).
 mkdir -p libs
@@ -55,6 +60,15 @@ if [ -n "$PROFILE" ]; then
         ./bin/bench_awq_gpu --only "$PROFILE" >> "$OUT/ncu.log" 2>&1 || echo "ncu failed (see ncu.log)"
     grep -E "awq_|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Issue Slot|Compute \(SM\)" "$OUT/ncu.log" | head -150
     exit 0
+fi
+
+if [ $CRITERION -eq 1 ]; then
+    echo "== criterion: awq_criterion_gpu ${2:-}" | tee "$OUT/criterion.log"
+    # Criterion keeps its reports under ./target/criterion (not shipped back); the log has every estimate.
+    timeout 500 ./bin/bench_awq_criterion_gpu --bench ${2:-} >> "$OUT/criterion.log" 2>&1
+    rc=$?
+    grep -E "^[a-z_]+/|time:|thrpt:" "$OUT/criterion.log"
+    exit $rc
 fi
 
 if [ -n "$E2E" ]; then

@@ -4,8 +4,10 @@
 //!   `openai` Python client (what `.ci/run` runs).
 //! - `fixtures [--check]`: regenerate the reference fixtures with the pinned Python generator, or check that
 //!   the committed ones are what it produces.
-//! - `bench [criterion args]`: the criterion benches of `awq-kernels`; `bench --e2e [options]`: the whole
-//!   model on a synthetic full-size checkpoint (`internvl bench-e2e`: time to first token, decode tokens/s).
+//! - `bench [criterion args]`: the criterion benches of `awq-kernels` on the CPU; `bench --gpu [criterion
+//!   args]`: the criterion bench of the GPU AWQ linear next to cuBLAS fp16; `bench --e2e [options]`: the
+//!   whole model on a synthetic full-size checkpoint (`internvl bench-e2e`: time to first token, decode
+//!   tokens/s).
 //! - `cuda-toolchain`: installs NVRTC, the CUDA headers and ptxas from pip into `target/cuda-toolchain`.
 //! - `kernels`: registers, shared memory and spills of every kernel (ptxas, sm_80 and sm_90a).
 //! - `gpu-bundle`: builds the GPU tests and benches and packs them with the torch peer and `run.sh` into
@@ -30,8 +32,8 @@ fn main() -> Result<()> {
         Some("gpu-bundle") => gpu_bundle(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | test | fixtures [--check] | bench [criterion args] | \
-                 cuda-toolchain | kernels | gpu-bundle>"
+                "usage: cargo xtask <ci | test | fixtures [--check] | bench [--gpu] [criterion args] | \
+                 bench --e2e [options] | cuda-toolchain | kernels | gpu-bundle>"
             );
             bail!("unknown or missing command")
         }
@@ -149,8 +151,9 @@ fn openai_client_check(root: &Path) -> Result<()> {
     )
 }
 
-/// `bench`: the criterion benches; `bench --e2e [bench-e2e options]`: `internvl bench-e2e` in release
-/// (built with CUDA when `--device cuda` is asked for).
+/// `bench`: the criterion benches of the CPU ops; `bench --gpu [criterion args]`: the criterion bench of
+/// the GPU AWQ linear; `bench --e2e [bench-e2e options]`: `internvl bench-e2e` in release (built with CUDA
+/// when `--device cuda` is asked for).
 fn bench(extra: &[String]) -> Result<()> {
     if extra.first().map(String::as_str) == Some("--e2e") {
         let rest = &extra[1..];
@@ -167,6 +170,22 @@ fn bench(extra: &[String]) -> Result<()> {
         }
         args.extend(["--", "bench-e2e"]);
         args.extend(rest.iter().map(String::as_str));
+        return run("cargo", &args);
+    }
+    if extra.first().map(String::as_str) == Some("--gpu") {
+        // The criterion bench of the GPU kernels (skips itself where there is no GPU).
+        cuda_toolchain(&project_root())?;
+        let mut args = vec![
+            "bench",
+            "-p",
+            "awq-kernels",
+            "--features",
+            "cuda",
+            "--bench",
+            "awq_criterion_gpu",
+            "--",
+        ];
+        args.extend(extra[1..].iter().map(String::as_str));
         return run("cargo", &args);
     }
     let mut args = vec!["bench", "-p", "awq-kernels"];

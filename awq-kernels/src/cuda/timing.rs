@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaSlice};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,40 +27,70 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Times single calls between two CUDA events, each after an L2-flushing memset (the do_bench method);
+/// holds the flush buffer and the events, so a bench harness (criterion's `iter_custom`) can time call after
+/// call without allocating.
+pub struct FlushedTimer {
+    gpu: Arc<Gpu>,
+    flush: CudaSlice<u8>,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+impl FlushedTimer {
+    pub fn new(gpu: &Arc<Gpu>) -> Result<FlushedTimer> {
+        let flush = gpu
+            .stream()
+            .alloc_zeros::<u8>(FLUSH_BYTES)
+            .map_err(|e| cuda_error("allocating the L2 flush", e))?;
+        let ctx = gpu.context();
+        let event = || {
+            ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| cuda_error("creating a timing event", e))
+        };
+        Ok(FlushedTimer {
+            gpu: Arc::clone(gpu),
+            flush,
+            start: event()?,
+            end: event()?,
+        })
+    }
+
+    /// Microseconds the GPU spent in what `call` enqueues on the GPU's stream (waits for it to finish).
+    pub fn time_us(&mut self, call: impl FnOnce() -> Result<()>) -> Result<f64> {
+        let stream = self.gpu.stream();
+        stream
+            .memset_zeros(&mut self.flush)
+            .map_err(|e| cuda_error("flushing L2", e))?;
+        self.start
+            .record(stream)
+            .map_err(|e| cuda_error("recording an event", e))?;
+        call()?;
+        self.end
+            .record(stream)
+            .map_err(|e| cuda_error("recording an event", e))?;
+        let ms = self
+            .start
+            .elapsed_ms(&self.end)
+            .map_err(|e| cuda_error("reading an event", e))?;
+        Ok(ms as f64 * 1e3)
+    }
+}
+
 /// Median microseconds of `call(i)` over calls `warmup..warmup + timed`, after `warmup` untimed ones, each
 /// call after an L2-flushing memset and between two CUDA events.
 pub fn flushed_median_us(
-    gpu: &Gpu,
+    gpu: &Arc<Gpu>,
     warmup: usize,
     timed: usize,
     mut call: impl FnMut(usize) -> Result<()>,
 ) -> Result<f64> {
-    let stream = gpu.stream();
-    let mut flush = stream
-        .alloc_zeros::<u8>(FLUSH_BYTES)
-        .map_err(|e| cuda_error("allocating the L2 flush", e))?;
-    let ctx = gpu.context();
-    let event = || {
-        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| cuda_error("creating a timing event", e))
-    };
-    let (start, end) = (event()?, event()?);
+    let mut timer = FlushedTimer::new(gpu)?;
     let mut times = Vec::with_capacity(timed);
     for i in 0..warmup + timed {
-        stream
-            .memset_zeros(&mut flush)
-            .map_err(|e| cuda_error("flushing L2", e))?;
-        start
-            .record(stream)
-            .map_err(|e| cuda_error("recording an event", e))?;
-        call(i)?;
-        end.record(stream)
-            .map_err(|e| cuda_error("recording an event", e))?;
-        let ms = start
-            .elapsed_ms(&end)
-            .map_err(|e| cuda_error("reading an event", e))?;
+        let us = timer.time_us(|| call(i))?;
         if i >= warmup {
-            times.push(ms as f64 * 1e3);
+            times.push(us);
         }
     }
     gpu.synchronize()?;

@@ -106,6 +106,32 @@ impl Repacked {
     pub fn strips(&self) -> usize {
         self.n.div_ceil(STRIP)
     }
+
+    /// Random weights of shape (k, n, group) directly in this layout, for benches: random codes and zero
+    /// points, scales uniform in [0.002, 0.03) (the kernels' speed does not depend on the values, and the
+    /// bytes are those of real weights). Deterministic in `seed`.
+    pub fn random(k: usize, n: usize, group: usize, dtype: DType, seed: u64) -> Result<Repacked> {
+        use rand::{Rng, SeedableRng};
+        check_shape(k, n, group)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (ns, ng) = (n.div_ceil(STRIP), k / group);
+        let qw = (0..ns * (k / CHUNK_K) * CHUNK_WORDS)
+            .map(|_| rng.gen())
+            .collect();
+        let scales = (0..ns * ng * 64)
+            .map(|_| to_bits(rng.gen_range(0.002..0.03), dtype))
+            .collect();
+        let zeros = (0..ns * ng * 8).map(|_| rng.gen()).collect();
+        Ok(Repacked {
+            qw,
+            scales,
+            zeros,
+            k,
+            n,
+            group,
+            dtype,
+        })
+    }
 }
 
 /// Checks an AWQ shape against what the GPU path supports.
