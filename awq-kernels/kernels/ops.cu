@@ -132,6 +132,14 @@ __device__ void add_bias(T* __restrict__ y, const T* __restrict__ bias, long lon
     if (i < total) y[i] = from_f32<T>(to_f32(y[i]) + to_f32(bias[i % n]));
 }
 
+// y[m, n] = bias[n]: the C operand of a GEMM with beta = 1, so the bias is added to the f32 accumulator before the
+// one rounding (as torch's addmm does), not to an already rounded product.
+template <typename T>
+__device__ void bias_rows(T* __restrict__ y, const T* __restrict__ bias, long long total, int n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) y[i] = bias[i % n];
+}
+
 // Rotate-half RoPE. inv_freq [d/2] comes from the host (computed once as transformers does, 1 / theta^(2i/d) in
 // f32), so the angle pos · inv_freq is the same f32 product on both sides even at positions of tens of
 // thousands; the rotation (a, b) -> (a·cos − b·sin, b·cos + a·sin) of the pair (i, i + d/2) is rounded as the
@@ -339,6 +347,9 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
     }                                                                                                        \
     extern "C" __global__ void add_bias_##name(T* y, const T* bias, long long total, int n) {                \
         add_bias<T>(y, bias, total, n);                                                                      \
+    }                                                                                                        \
+    extern "C" __global__ void bias_rows_##name(T* y, const T* bias, long long total, int n) {               \
+        bias_rows<T>(y, bias, total, n);                                                                     \
     }                                                                                                        \
     extern "C" __global__ void rope_##name(T* x, const int* positions, const float* inv_freq, int heads,     \
                                            int d, int vec) {                                                 \

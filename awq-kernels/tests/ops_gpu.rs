@@ -199,6 +199,77 @@ fn dense_linear_through_cublas_matches_the_cpu() {
     }
 }
 
+/// Half the spacing of `dtype`'s values at |v| (the most that one round-to-nearest moves v), with the smallest
+/// subnormal step below the normal range.
+fn half_ulp_at(v: f32, dtype: DType) -> f32 {
+    let (mantissa_bits, min_exp) = match dtype {
+        DType::F16 => (10, -14),
+        _ => (7, -126),
+    };
+    let e = if v == 0.0 {
+        min_exp
+    } else {
+        (v.abs().log2().floor() as i32).max(min_exp)
+    };
+    0.5 * 2f32.powi(e - mantissa_bits)
+}
+
+#[test]
+fn dense_linear_rounds_once_with_its_bias() {
+    // torch's addmm adds the bias in the GEMM's f32 accumulator and rounds once. Rounding the product
+    // first and then the sum with the bias errs by up to a whole ulp; the bound here is half an ulp of the
+    // result plus the f32 summation error of both sides, which only the single rounding meets for every
+    // element (bias and product of similar size, so that both roundings matter).
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(30);
+    for dtype in [DType::F16, DType::BF16] {
+        // Short dot products keep the f32 summation error (bounded here for any order and for tensor cores
+        // that truncate, 4 units of f32 per term) far below the product's own rounding step.
+        for &(m, k, n) in &[(1usize, 16usize, 512usize), (7, 64, 640)] {
+            let x = random(&mut rng, &[m, k], dtype, 1.0);
+            let w = random(&mut rng, &[n, k], dtype, 0.1);
+            let b = random(&mut rng, &[n], dtype, 1.0).to_f32_vec().unwrap();
+            let layer = Linear::Dense {
+                weight: w.clone(),
+                bias: Some(b.clone()),
+            };
+            let y = layer
+                .to_device(GPU, dtype)
+                .unwrap()
+                .forward(&on_gpu(&x, dtype))
+                .unwrap()
+                .to_f32_vec()
+                .unwrap();
+            let (xs, ws) = (x.to_f32_vec().unwrap(), w.to_f32_vec().unwrap());
+            for r in 0..m {
+                for c in 0..n {
+                    let (xr, wc) = (&xs[r * k..(r + 1) * k], &ws[c * k..(c + 1) * k]);
+                    let exact: f64 = xr
+                        .iter()
+                        .zip(wc)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        + b[c] as f64;
+                    let magnitude: f64 = xr
+                        .iter()
+                        .zip(wc)
+                        .map(|(a, b)| (*a * *b).abs() as f64)
+                        .sum::<f64>()
+                        + b[c].abs() as f64;
+                    let f32_error = (k + 1) as f64 * 2f64.powi(-22) * magnitude;
+                    let got = y[r * n + c];
+                    let bound = half_ulp_at(got, dtype) as f64 + f32_error;
+                    assert!(
+                        (got as f64 - exact).abs() <= bound,
+                        "{dtype} {m}x{k}x{n} [{r}, {c}]: got {got}, exact {exact}, bound {bound}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn paged_attention_over_scattered_blocks_matches_the_cpu_for_prefill_and_decode() {
     let Some(_gpu) = gpu_for_tests() else { return };

@@ -311,6 +311,27 @@ pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
     })
 }
 
+/// Every row of `y` `[m, n]` set to `bias` `[n]` (the C operand of a GEMM with beta = 1).
+fn bias_rows(y: &mut GpuBuffer, bias: &Tensor) -> Result<()> {
+    let gpu = Arc::clone(&y.gpu);
+    let total = y.len() as i64;
+    let n = bias.elem_count() as i32;
+    let dtype = y.dtype();
+    let bb = bias.gpu_buffer()?;
+    float_dispatch!(dtype, "bias_rows", |T, sfx| {
+        let name = format!("bias_rows_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(y.slice_mut::<T>()?)
+            .arg(bb.slice::<T>()?)
+            .arg(&total)
+            .arg(&n);
+        // SAFETY: y holds total elements, a multiple of bias' n elements (checked by the caller).
+        unsafe { launch(&mut l, elementwise(total as usize)) }.map_err(launch_err(&name))?;
+        Ok(())
+    })
+}
+
 /// Rotary embedding in place on `x` `[t, heads, d]`, with `inv_freq` `[d/2]` from the CPU's table.
 /// The positions (as i32) and `inv_freq` of a forward pass on the GPU, for every layer's [`rope_inplace`].
 pub fn upload_rope_inputs(positions: &[usize], inv_freq: &[f32]) -> Result<(GpuBuffer, GpuBuffer)> {
@@ -545,9 +566,8 @@ fn gemm_nt<T: GpuElement + num_traits_like::One>(
     x: &GpuBuffer,
     w: &GpuBuffer,
     y: &mut GpuBuffer,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
 ) -> Result<()>
 where
     cudarc::cublas::CudaBlas: Gemm<T>,
@@ -563,7 +583,7 @@ where
         alpha: T::one(),
         lda: k as i32,
         ldb: k as i32,
-        beta: T::zero(),
+        beta: if accumulate { T::one() } else { T::zero() },
         ldc: n as i32,
     };
     // SAFETY: w holds n*k, x holds m*k and y holds m*n elements of T, matching the leading dimensions.
@@ -621,11 +641,31 @@ pub fn dense_linear(
         });
     }
     let mut out = GpuBuffer::output(&gpu, x.dtype(), m * n)?;
+    // With a bias, y starts as the bias rows and the GEMM adds to them (beta = 1) in its f32 accumulator:
+    // one rounding of x·Wᵀ + b, as torch's addmm; adding the bias to the rounded product would round twice.
+    let accumulate = match bias {
+        Some(b) if b.dtype() == x.dtype() && b.elem_count() == n => {
+            bias_rows(&mut out, b)?;
+            true
+        }
+        Some(b) => {
+            return Err(Error::shape(
+                "dense_linear (GPU)",
+                format!(
+                    "bias {:?} of {} for {n} outputs of {}",
+                    b.shape(),
+                    b.dtype(),
+                    x.dtype()
+                ),
+            ))
+        }
+        None => false,
+    };
     let (xb, wb) = (x.gpu_buffer()?, w.gpu_buffer()?);
     match x.dtype() {
-        DType::F32 => gemm_nt::<f32>(&gpu, xb, wb, &mut out, m, k, n)?,
-        DType::F16 => gemm_nt::<f16>(&gpu, xb, wb, &mut out, m, k, n)?,
-        DType::BF16 => gemm_nt::<bf16>(&gpu, xb, wb, &mut out, m, k, n)?,
+        DType::F32 => gemm_nt::<f32>(&gpu, xb, wb, &mut out, (m, k, n), accumulate)?,
+        DType::F16 => gemm_nt::<f16>(&gpu, xb, wb, &mut out, (m, k, n), accumulate)?,
+        DType::BF16 => gemm_nt::<bf16>(&gpu, xb, wb, &mut out, (m, k, n), accumulate)?,
         other => {
             return Err(Error::DType {
                 op: "dense_linear (GPU)",
@@ -634,9 +674,5 @@ pub fn dense_linear(
             })
         }
     }
-    let mut y = Tensor::from_gpu_buffer(out, &[m, n])?;
-    if let Some(b) = bias {
-        add_bias(&mut y, b)?;
-    }
-    Ok(y)
+    Tensor::from_gpu_buffer(out, &[m, n])
 }
