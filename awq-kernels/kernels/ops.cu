@@ -125,13 +125,6 @@ __device__ void split_columns3(const T* __restrict__ x, T* __restrict__ a, T* __
         c[r * w2 + (col - w0 - w1)] = v;
 }
 
-// y[m, n] += bias[n]
-template <typename T>
-__device__ void add_bias(T* __restrict__ y, const T* __restrict__ bias, long long total, int n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < total) y[i] = from_f32<T>(to_f32(y[i]) + to_f32(bias[i % n]));
-}
-
 // y[m, n] = bias[n]: the C operand of a GEMM with beta = 1, so the bias is added to the f32 accumulator before the
 // one rounding (as torch's addmm does), not to an already rounded product.
 template <typename T>
@@ -344,9 +337,6 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
     extern "C" __global__ void split_columns3_##name(const T* x, T* a, T* b, T* c, long long total, int w0,  \
                                                      int w1, int w2) {                                       \
         split_columns3<T>(x, a, b, c, total, w0, w1, w2);                                                    \
-    }                                                                                                        \
-    extern "C" __global__ void add_bias_##name(T* y, const T* bias, long long total, int n) {                \
-        add_bias<T>(y, bias, total, n);                                                                      \
     }                                                                                                        \
     extern "C" __global__ void bias_rows_##name(T* y, const T* bias, long long total, int n) {               \
         bias_rows<T>(y, bias, total, n);                                                                     \

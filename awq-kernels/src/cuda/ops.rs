@@ -289,28 +289,6 @@ pub fn split_columns3(x: &Tensor, rows: usize, widths: [usize; 3]) -> Result<[Te
     ])
 }
 
-/// `y[m, n] += bias[n]`.
-pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
-    let gpu = gpu_of(y)?;
-    let total = y.elem_count() as i64;
-    let n = bias.elem_count() as i32;
-    let dtype = y.dtype();
-    let bb = bias.gpu_buffer()?;
-    let yb = y.gpu_buffer_mut()?;
-    float_dispatch!(dtype, "add_bias", |T, sfx| {
-        let name = format!("add_bias_{sfx}");
-        let f = gpu.function(MODULE, &name)?;
-        let mut l = gpu.stream().launch_builder(&f);
-        l.arg(yb.slice_mut::<T>()?)
-            .arg(bb.slice::<T>()?)
-            .arg(&total)
-            .arg(&n);
-        // SAFETY: y holds total elements, a multiple of bias' n elements.
-        unsafe { launch(&mut l, elementwise(total as usize)) }.map_err(launch_err(&name))?;
-        Ok(())
-    })
-}
-
 /// Every row of `y` `[m, n]` set to `bias` `[n]` (the C operand of a GEMM with beta = 1).
 fn bias_rows(y: &mut GpuBuffer, bias: &Tensor) -> Result<()> {
     let gpu = Arc::clone(&y.gpu);
