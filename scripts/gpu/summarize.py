@@ -9,8 +9,9 @@ Row-kernel rows (awq-kernels/benches/rowwise_gpu.rs): bytes read + written per s
 next to torch's own op on the same shape ("torch_row"); the one-row cells are launch-bound (the decode step).
 
 Attention rows (awq-kernels/benches/attention_gpu.rs): TFLOP/s (4*h*d*query-key pairs), KV TB/s (keys and
-values read once) and its fraction of the copy bandwidth, next to torch SDPA on the same case (the best of
-"sdpa" and "sdpa_expanded"); speedup = SDPA time / ours.
+values read once) and its fraction of the copy bandwidth, next to torch SDPA on the same case: the fastest of
+its default ("sdpa"), K/V repeated ("sdpa_expanded") and each backend forced ("sdpa:flash", "sdpa:cudnn",
+...), named in the table; speedup = that SDPA time / ours.
 """
 import json
 import sys
@@ -84,8 +85,8 @@ def attention_table(rows, copy_tbs):
             k = key(r)
             if k not in peer or r["us"] < peer[k]["us"]:
                 peer[k] = r
-    print("\n| case | kernel | b | ctx | h / h_kv | dtype | us | TFLOP/s | KV TB/s | % of copy | SDPA us | SDPA TFLOP/s | speedup |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| case | kernel | b | ctx | h / h_kv | dtype | us | TFLOP/s | KV TB/s | % of copy | SDPA us | SDPA TFLOP/s | SDPA impl | speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(ours, key=lambda r: (r["case"], r["b"], r["ctx"], r["dtype"], r["impl"])):
         p = peer.get(key(r))
         pus = p["us"] if p else float("nan")
@@ -93,7 +94,7 @@ def attention_table(rows, copy_tbs):
         extra = f" ({r['splits']} splits)" if "splits" in r else ""
         print(f"| {r['case']} | {r['impl']}{extra} | {r['b']} | {r['ctx']} | {r['h']} / {r['h_kv']} | {r['dtype']} | "
               f"{r['us']:.1f} | {r['tflops']:.0f} | {r['kv_tbps']:.2f} | {100 * r['kv_tbps'] / copy_tbs:.0f}% | "
-              f"{pus:.1f} | {ptf:.0f} | {pus / r['us']:.2f}x |")
+              f"{pus:.1f} | {ptf:.0f} | {p['impl'] if p else '-'} | {pus / r['us']:.2f}x |")
 
 
 def row_table(rows, copy_tbs):

@@ -8,7 +8,8 @@ Prints one `RESULT {json}` line per cell:
   - impl "sdpa": torch.nn.functional.scaled_dot_product_attention on the attention bench's cases (same
     case names and keys: InternViT-6B tiles, Qwen2.5-72B prefill and decode), enable_gqa=True where the
     query heads outnumber the KV heads; "sdpa_expanded": the same with K/V repeated to every query head
-    beforehand (outside the timing), for the backends that do not take GQA. Contiguous K/V (torch has no
+    beforehand (outside the timing), for the backends that do not take GQA; "sdpa:flash", "sdpa:cudnn",
+    "sdpa:efficient": the prefill cases with that backend forced (K/V repeated where it refuses GQA). Contiguous K/V (torch has no
     paged layout), FLOPs and KV bytes counted as the Rust bench does;
   - impl "torch_row": torch's own versions of the row ops of rowwise_gpu.rs (RMSNorm, LayerNorm, GELU,
     SiLU-gate, rotary, embedding, row scatter), same shapes, bf16.
@@ -103,6 +104,16 @@ def main():
         torch.cuda.empty_cache()
 
 
+def sdpa_backends():
+    """(name, SDPBackend) for the fused attention backends this torch has."""
+    try:
+        from torch.nn.attention import SDPBackend
+    except ImportError:
+        return []
+    names = ["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"]
+    return [(n.split("_")[0].lower(), getattr(SDPBackend, n)) for n in names if hasattr(SDPBackend, n)]
+
+
 def attention_cells(dev, quick):
     """The cases of awq-kernels/benches/attention_gpu.rs through torch SDPA."""
     d = 128
@@ -132,11 +143,24 @@ def attention_cells(dev, quick):
         gqa = h != h_kv
         cell("sdpa", case, b, s, s, h, h_kv, causal, dtype, pairs,
              lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa))
+        ke, ve = k, v
         if gqa:
             ke, ve = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
             cell("sdpa_expanded", case, b, s, s, h, h_kv, causal, dtype, pairs,
                  lambda: F.scaled_dot_product_attention(q, ke, ve, is_causal=causal))
-            del ke, ve
+        # Each backend forced (which one the default picked depends on the torch build and the card; on
+        # Hopper, cuDNN's attention may beat FlashAttention-2), with K/V repeated where a backend refuses GQA.
+        for name, backend in sdpa_backends():
+            def forced(kk, vv, g, backend=backend):
+                with torch.nn.attention.sdpa_kernel([backend]):
+                    return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal, enable_gqa=g)
+            try:
+                forced(k, v, gqa)
+                fn = lambda: forced(k, v, gqa)  # noqa: E731
+            except Exception:
+                fn = lambda: forced(ke, ve, False)  # noqa: E731
+            cell(f"sdpa:{name}", case, b, s, s, h, h_kv, causal, dtype, pairs, fn)
+        del ke, ve
         del q, k, v
         torch.cuda.empty_cache()
 
