@@ -51,16 +51,27 @@
 
 typedef unsigned int u32;
 
+// The block's dynamic shared memory as an array of T (the CPU emulator hands it out by a call).
+#ifdef INTERNVL_EMULATE
+#define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(emu::dynamic_shared())
+#else
+#define DYNAMIC_SHARED(T, name) extern __shared__ __align__(128) T name[]
+#endif
+
 #define NEG_INF __int_as_float(0xff800000)
 
 struct F16 {
     typedef __half T;
     static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#ifdef INTERNVL_EMULATE
+        emu::mma_m16n8k16(c, a, b0, b1, false);
+#else
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%0,%1,%2,%3};"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
     // Two floats -> one register of two T, `lo` in bits 0..15 (the lower address).
     static __device__ __forceinline__ u32 pack(float lo, float hi) {
@@ -72,11 +83,15 @@ struct F16 {
 struct BF16 {
     typedef __nv_bfloat16 T;
     static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#ifdef INTERNVL_EMULATE
+        emu::mma_m16n8k16(c, a, b0, b1, true);
+#else
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%0,%1,%2,%3};"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
     static __device__ __forceinline__ u32 pack(float lo, float hi) {
         __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -84,17 +99,28 @@ struct BF16 {
     }
 };
 
-static __device__ __forceinline__ u32 smem_addr(const void* p) {
-    return static_cast<u32>(__cvta_generic_to_shared(p));
-}
 
 // 16 bytes global -> shared, bypassing L1 (.cg: tiles are read once per CTA; reuse across CTAs is in L2).
 // With valid = false nothing is read and the 16 bytes are zero-filled (src-size 0), so a row past the end
 // contributes 0, never stale data or NaN. The "memory" clobbers keep the compiler from moving plain shared
 // memory accesses across the copies and waits.
-static __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+#ifdef INTERNVL_EMULATE
+static void cp_async16(void* dst, const void* src, bool valid) { emu::cp_async(dst, src, valid ? 16 : 0); }
+static void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+static void cp_async_wait() {
+    emu::cp_async_wait(N);
+}
+static void ldmatrix_x4(u32 (&r)[4], const void* row) { emu::ldmatrix_x4(r, row, false); }
+static void ldmatrix_x4_trans(u32 (&r)[4], const void* row) { emu::ldmatrix_x4(r, row, true); }
+#else
+static __device__ __forceinline__ u32 smem_addr(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+static __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
     int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(n)
+                 : "memory");
 }
 static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -102,16 +128,18 @@ static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-static __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {
+// Each lane passes the address of its row of the four 8x8 matrices (lanes 8i..8i+7: the rows of matrix i).
+static __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const void* row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
+                 : "r"(smem_addr(row)));
 }
-static __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], u32 addr) {
+static __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const void* row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
+                 : "r"(smem_addr(row)));
 }
+#endif
 
 // Element offset of 16-byte chunk c of row r in a swizzled [rows][D] tile.
 template <int D>
@@ -140,8 +168,8 @@ static __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const T* __res
         const bool ok = p < p_end;
         size_t off = 0;
         if (ok) off = key_row(tables, kv_start, bs, p) * kv_stride + (size_t)kv_head * D + c * 8;
-        cp_async16(smem_addr(sk + swz<D>(r, c)), k + off, ok);
-        cp_async16(smem_addr(sv + swz<D>(r, c)), v + off, ok);
+        cp_async16(sk + swz<D>(r, c), k + off, ok);
+        cp_async16(sv + swz<D>(r, c), v + off, ok);
     }
 }
 
@@ -200,7 +228,7 @@ static __device__ __forceinline__ void pv_mma(const float (&s)[2 * KS][4], float
 #pragma unroll
         for (int dd = 0; dd < D / 16; ++dd) {
             u32 b[4];
-            ldmatrix_x4_trans(b, smem_addr(sv + swz<D>(row, dd * 2 + (lane >> 4))));
+            ldmatrix_x4_trans(b, sv + swz<D>(row, dd * 2 + (lane >> 4)));
             DT::mma(o[2 * dd], a, b[0], b[1]);
             DT::mma(o[2 * dd + 1], a, b[2], b[3]);
         }
@@ -219,7 +247,7 @@ static __device__ __forceinline__ void qk_mma(const u32 (&qf)[D / 16][4], float 
         for (int nn = 0; nn < NS; ++nn) {
             u32 b[4];
             const int row = k_row0 + nn * 16 + (lane & 7) + ((lane >> 4) << 3);
-            ldmatrix_x4(b, smem_addr(sk + swz<D>(row, kk * 2 + ((lane >> 3) & 1))));
+            ldmatrix_x4(b, sk + swz<D>(row, kk * 2 + ((lane >> 3) & 1)));
             DT::mma(s[2 * nn], qf[kk], b[0], b[1]);
             DT::mma(s[2 * nn + 1], qf[kk], b[2], b[3]);
         }
@@ -238,7 +266,7 @@ __device__ __forceinline__ void flash_fwd(const typename DT::T* __restrict__ q, 
     typedef typename DT::T T;
     using namespace flash;
     constexpr int CH = D / 8;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    DYNAMIC_SHARED(unsigned char, smem_raw);
     T* sq = reinterpret_cast<T*>(smem_raw);  // [BM][D]
     T* sk = sq + BM * D;                      // [2][BN][D]
     T* sv = sk + 2 * BN * D;                  // [2][BN][D]
@@ -262,7 +290,7 @@ __device__ __forceinline__ void flash_fwd(const typename DT::T* __restrict__ q, 
             const int row = m_block * BM + r;
             const bool ok = row < q_len;
             const T* src = ok ? q + (size_t)(q_start + row) * q_stride + (size_t)head * D + c * 8 : q;
-            cp_async16(smem_addr(sq + swz<D>(r, c)), src, ok);
+            cp_async16(sq + swz<D>(r, c), src, ok);
         }
     }
     load_kv_tile<D, BN, NT>(sk, sv, k, v, tables, kv_start, block_size, 0, n_end, kv_stride, kv_head);
@@ -289,7 +317,7 @@ __device__ __forceinline__ void flash_fwd(const typename DT::T* __restrict__ q, 
         if (j == 0) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk)
-                ldmatrix_x4(qf[kk], smem_addr(sq + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+                ldmatrix_x4(qf[kk], sq + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
         }
         float s[BN / 8][4];
         qk_mma<DT, D, BN / 16>(qf, s, sk + buf * BN * D, 0, lane);
@@ -340,7 +368,7 @@ __device__ __forceinline__ void decode_split(const typename DT::T* __restrict__ 
                                              int block_size, int h, int h_kv, int chunk, float scale_log2) {
     typedef typename DT::T T;
     using namespace decode;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    DYNAMIC_SHARED(unsigned char, smem_raw);
     T* sk = reinterpret_cast<T*>(smem_raw);  // [STAGES][BN][D]
     T* sv = sk + STAGES * BN * D;            // [STAGES][BN][D]
 
@@ -449,7 +477,7 @@ __device__ __forceinline__ void decode_split(const typename DT::T* __restrict__ 
         const int head = kv_head * group + row;
         const float val = osum / lsum;
         if (splits == 1) {
-            o[((size_t)q_row * h + head) * D + col] = DT::T(val);
+            o[((size_t)q_row * h + head) * D + col] = typename DT::T(val);
         } else {
             const size_t part = ((size_t)seq * h + head) * splits + split;
             part_o[part * D + col] = val;

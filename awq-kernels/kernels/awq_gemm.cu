@@ -73,20 +73,35 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+// The block's dynamic shared memory as an array of T (the CPU emulator hands it out by a call).
+#ifdef INTERNVL_EMULATE
+#define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(emu::dynamic_shared())
+#else
+#define DYNAMIC_SHARED(T, name) extern __shared__ __align__(128) T name[]
+#endif
+
 struct F16 {
     typedef __half T;
     static constexpr u32 MAGIC = 0x6400u;     // 1024.0
     static constexpr u32 ONE2 = 0x3c003c00u;  // (1.0, 1.0)
     static __device__ __forceinline__ u32 fma2(u32 a, u32 b, u32 c) {
+#ifdef INTERNVL_EMULATE
+        return emu::fma2(a, b, c, false);
+#else
         u32 d;
         asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
         return d;
+#endif
     }
     static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#ifdef INTERNVL_EMULATE
+        emu::mma_m16n8k16(c, a, b0, b1, false);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%0,%1,%2,%3};"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
     static __device__ __forceinline__ float to_f32(T v) { return __half2float(v); }
     // Two floats -> one register of two T, `lo` in bits 0..15 (the lower address).
@@ -101,15 +116,23 @@ struct BF16 {
     static constexpr u32 MAGIC = 0x4300u;     // 128.0
     static constexpr u32 ONE2 = 0x3f803f80u;  // (1.0, 1.0)
     static __device__ __forceinline__ u32 fma2(u32 a, u32 b, u32 c) {
+#ifdef INTERNVL_EMULATE
+        return emu::fma2(a, b, c, true);
+#else
         u32 d;
         asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
         return d;
+#endif
     }
     static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#ifdef INTERNVL_EMULATE
+        emu::mma_m16n8k16(c, a, b0, b1, true);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%0,%1,%2,%3};"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
     static __device__ __forceinline__ float to_f32(T v) { return __bfloat162float(v); }
     static __device__ __forceinline__ u32 pack(float lo, float hi) {
@@ -123,11 +146,15 @@ static constexpr u32 LOW_NIBBLES = 0x000f000fu;
 
 // A 16-byte load of data read once (the weights): not kept in L1, so x stays there.
 static __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+#ifdef INTERNVL_EMULATE
+    return *p;
+#else
     uint4 v;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
     return v;
+#endif
 }
 
 // The T bits of scale j (0..7) from the 16-byte scale vector of a lane, in both halves of a register.
@@ -149,7 +176,11 @@ template <class D>
 static __device__ __forceinline__ u32 dq(u32 q, int sh, u32 nz, u32 s) {
     u32 p;
     // p = ((q >> sh) & LOW_NIBBLES) | MAGIC2 in one instruction (lut 0xEA = (a & b) | c).
+#ifdef INTERNVL_EMULATE
+    p = ((q >> sh) & LOW_NIBBLES) | (D::MAGIC * 0x00010001u);
+#else
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(p) : "r"(q >> sh), "n"(LOW_NIBBLES), "n"(D::MAGIC * 0x00010001u));
+#endif
     return D::fma2(D::fma2(p, D::ONE2, nz), s, NEG_ZERO2);
 }
 
@@ -476,6 +507,14 @@ AWQ_STREAM_ALL(BF16, bf16)
 
 // cp.async helpers (sm_80+): a 16-byte global -> shared copy that bypasses L1 (the weights are read once),
 // and the group bookkeeping.
+#ifdef INTERNVL_EMULATE
+static void cp_async16(void* dst, const void* src) { emu::cp_async(dst, src, 16); }
+static void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+static void cp_async_wait() {
+    emu::cp_async_wait(N);
+}
+#else
 static __device__ __forceinline__ u32 smem_u32(const void* p) {
     return static_cast<u32>(__cvta_generic_to_shared(p));
 }
@@ -487,6 +526,7 @@ template <int N>
 static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+#endif
 
 // uint4 slots of one pipeline stage of one warp: a whole group of one strip, i.e. cpg chunks of 32 lanes'
 // 16-byte weight pieces, then the group's scales (8 × 16 bytes: slot cpg·32 + g is lane g·4+t's scale
@@ -509,7 +549,7 @@ static __device__ __forceinline__ void pipe_kernel(
     int NS, int G, int gpw, int S2) {
     typedef typename D::T T;
     constexpr int KW = 8 / SW;
-    extern __shared__ uint4 ring_all[];
+    DYNAMIC_SHARED(uint4, ring_all);
     const Place at = enter_row_block<MT, SW>(x, y, partials, counters, M, N, K, S2);
     const auto [lane, warp, s, kl, g, t, strip] = at;
     const bool strip_ok = strip < NS;

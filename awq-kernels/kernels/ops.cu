@@ -271,35 +271,72 @@ __device__ void kv_write(const T* __restrict__ k, const T* __restrict__ v, T* __
     copy_row<T>(v + src, vc + dst, width, vec);
 }
 
-// Causal attention over the paged cache. One warp per (query row, head): grid = (t, h), block = 32.
-// Row r sees positions 0..=row_pos[r] of its sequence, whose block table starts at tables[row_table[r]].
-// Each lane holds d/32 elements of q and of the running output; online softmax in f32. d <= 256.
+// Attention of each query row over the keys 0..=row_pos[r] of its sequence, read through a block table that
+// starts at tables[row_table[r]] (the paged cache; keys held contiguously in memory are a table of
+// consecutive rows with block size 1). The fallback for what the flash and decode kernels do not take (f32
+// activations, head dims other than 64 and 128). One warp per (query row, head): grid = (t, h), block = 32.
+// Keys go 32 at a time: each lane scores one key (the whole dot product, q from shared memory), the warp
+// takes the chunk's max and sum once (online softmax in f32), and each lane then accumulates its elements
+// l, l + 32, ... of the output over the chunk's keys (any d up to 256).
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 template <typename T>
 __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                 const int* __restrict__ tables, const int* __restrict__ row_table,
                                 const int* __restrict__ row_pos, T* __restrict__ out, int heads, int kv_heads,
                                 int d, int block_size, float scale) {
+    constexpr int PER_LANE = 8;  // d <= 32 · 8
+    __shared__ float qs[32 * PER_LANE];
+    __shared__ float weights[32];
     const int row = blockIdx.x, head = blockIdx.y, lane = threadIdx.x;
-    const int per_lane = d / 32, kv_head = head / (heads / kv_heads), kv_stride = kv_heads * d;
+    const size_t kv_off = (size_t)(head / (heads / kv_heads)) * d, kv_stride = (size_t)kv_heads * d;
     const T* qv = q + ((size_t)row * heads + head) * d;
-    float qr[8], acc[8];
-    for (int j = 0; j < per_lane; ++j) { qr[j] = to_f32(qv[lane * per_lane + j]) * scale; acc[j] = 0.0f; }
+    for (int c = lane; c < d; c += 32) qs[c] = to_f32(qv[c]) * scale;
+    float acc[PER_LANE];
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) acc[j] = 0.0f;
+    __syncwarp();
     const int* table = tables + row_table[row];
+    auto slot = [&](int p) { return (size_t)table[p / block_size] * block_size + p % block_size; };
+    const int n = row_pos[row] + 1;
     float m = __int_as_float(0xff800000), l = 0.0f;  // -inf
-    for (int p = 0; p <= row_pos[row]; ++p) {
-        size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
-        const T* kp = kc + slot * kv_stride + (size_t)kv_head * d + lane * per_lane;
-        float s = 0.0f;
-        for (int j = 0; j < per_lane; ++j) s += qr[j] * to_f32(kp[j]);
-        s = warp_sum(s);
-        float m_new = fmaxf(m, s), correction = __expf(m - m_new), w = __expf(s - m_new);
-        const T* vp = vc + slot * kv_stride + (size_t)kv_head * d + lane * per_lane;
-        for (int j = 0; j < per_lane; ++j) acc[j] = acc[j] * correction + w * to_f32(vp[j]);
-        l = l * correction + w;
+    for (int p0 = 0; p0 < n; p0 += 32) {
+        const int p = p0 + lane;
+        float s = __int_as_float(0xff800000);
+        if (p < n) {
+            const T* kp = kc + slot(p) * kv_stride + kv_off;
+            s = 0.0f;
+            for (int c = 0; c < d; ++c) s += qs[c] * to_f32(kp[c]);
+        }
+        const float m_new = fmaxf(m, warp_max(s));
+        const float correction = __expf(m - m_new), w = p < n ? __expf(s - m_new) : 0.0f;
+        l = l * correction + warp_sum(w);
+        weights[lane] = w;
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < PER_LANE; ++j) acc[j] *= correction;
+        const int keys = min(32, n - p0);
+        for (int i = 0; i < keys; ++i) {
+            const T* vp = vc + slot(p0 + i) * kv_stride + kv_off;
+            const float wi = weights[i];
+#pragma unroll
+            for (int j = 0; j < PER_LANE; ++j) {
+                const int c = lane + 32 * j;
+                if (c < d) acc[j] += wi * to_f32(vp[c]);
+            }
+        }
+        __syncwarp();  // every lane has read the weights before the next chunk writes them
         m = m_new;
     }
-    T* o = out + ((size_t)row * heads + head) * d + lane * per_lane;
-    for (int j = 0; j < per_lane; ++j) o[j] = from_f32<T>(acc[j] / l);
+    T* o = out + ((size_t)row * heads + head) * d;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+        const int c = lane + 32 * j;
+        if (c < d) o[c] = from_f32<T>(acc[j] / l);
+    }
 }
 
 // out[i, :] = x[rows[i], :]; grid = number of rows.

@@ -276,7 +276,13 @@ fn paged_attention_over_scattered_blocks_matches_the_cpu_for_prefill_and_decode(
     poison_outputs(true);
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     for dtype in DTYPES {
-        for &(heads, kv_heads, d) in &[(14usize, 2usize, 64usize), (8, 1, 128), (5, 5, 64)] {
+        for &(heads, kv_heads, d) in &[
+            (14usize, 2usize, 64usize),
+            (8, 1, 128),
+            (5, 5, 64),
+            (4, 2, 16),
+            (6, 3, 40),
+        ] {
             let config = KvCacheConfig {
                 layers: 1,
                 kv_heads,

@@ -1,7 +1,7 @@
 //! Project workflows: `cargo xtask <command>`.
 //!
-//! - `ci`: format check, clippy with warnings denied, every test, and the server driven by the official
-//!   `openai` Python client (what `.ci/run` runs).
+//! - `ci`: format check, clippy with warnings denied, every test (the GPU suites on the CPU emulator), and
+//!   the server driven by the official `openai` Python client (what `.ci/run` runs).
 //! - `fixtures [--check]`: regenerate the reference fixtures with the pinned Python generator, or check that
 //!   the committed ones are what it produces.
 //! - `bench [criterion args]`: the criterion benches of `awq-kernels` on the CPU; `bench --gpu [criterion
@@ -12,11 +12,15 @@
 //! - `kernels`: registers, shared memory and spills of every kernel (ptxas, sm_80 and sm_90a).
 //! - `gpu-bundle`: builds the GPU tests and benches and packs them with the torch peer and `run.sh` into
 //!   `target/gpu-bundle`, to run on a GPU machine with `bash target/gpu-bundle/run.sh`.
+//! - `emulator`, `test-emulated [FILTER]`: builds the CPU emulator of the CUDA driver and cuBLAS that runs the
+//!   real kernels (`awq-kernels/emulator/`), and runs the GPU test suites against it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod emulator;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,10 +34,16 @@ fn main() -> Result<()> {
         Some("cuda-toolchain") => cuda_toolchain(&root).map(|_| ()),
         Some("kernels") => kernels(&root),
         Some("gpu-bundle") => gpu_bundle(&root),
+        Some("emulator") => emulator::build(&root).map(|_| ()),
+        Some("test-emulated") => {
+            cuda_toolchain(&root)?;
+            emulator::test(&root, args.get(1).map(String::as_str))
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci | test | fixtures [--check] | bench [--gpu] [criterion args] | \
-                 bench --e2e [options] | cuda-toolchain | kernels | gpu-bundle>"
+                 bench --e2e [options] | cuda-toolchain | kernels | gpu-bundle | emulator | \
+                 test-emulated [FILTER]>"
             );
             bail!("unknown or missing command")
         }
@@ -106,6 +116,8 @@ fn test() -> Result<()> {
         "cargo",
         &["test", "-p", "awq-kernels", "--features", "cuda"],
     )?;
+    // And the GPU tests themselves, on the CPU emulator of the driver and cuBLAS (the real kernels).
+    emulator::test(&project_root(), None)?;
     // Doc tests are not covered by --all-targets.
     run("cargo", &["test", "--workspace", "--doc"])?;
     openai_client_check(&project_root())
@@ -344,9 +356,13 @@ fn kernels(root: &Path) -> Result<()> {
 
 /// Builds the `--features cuda` test and bench executables of the crates with GPU code and returns
 /// (target name, path) for each.
-fn cuda_executables(kind: &str) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn cuda_executables(kind: &str, release: bool) -> Result<Vec<(String, PathBuf)>> {
     // `cargo bench` builds with the release-based bench profile; `cargo test` needs --release for it.
-    let release: &[&str] = if kind == "test" { &["--release"] } else { &[] };
+    let release: &[&str] = if kind == "test" && release {
+        &["--release"]
+    } else {
+        &[]
+    };
     let args: Vec<&str> = [kind]
         .iter()
         .chain(release)
@@ -396,12 +412,12 @@ fn gpu_bundle(root: &Path) -> Result<()> {
     std::fs::create_dir_all(bundle.join("bin"))?;
     // The GPU test and bench targets are the ones named `*_gpu` (the others read fixtures from the
     // source tree, which does not travel).
-    let mut exes: Vec<(String, PathBuf)> = cuda_executables("test")?
+    let mut exes: Vec<(String, PathBuf)> = cuda_executables("test", true)?
         .into_iter()
         .filter(|(name, _)| name.ends_with("_gpu"))
         .collect();
     exes.extend(
-        cuda_executables("bench")?
+        cuda_executables("bench", true)?
             .into_iter()
             .filter(|(name, _)| name.ends_with("_gpu"))
             .map(|(name, path)| (format!("bench_{name}"), path)),

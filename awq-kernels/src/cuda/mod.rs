@@ -215,6 +215,12 @@ impl Gpu {
         self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 
+    /// Whether this "GPU" is the CPU emulator (`awq-kernels/emulator`), where a warp collective costs
+    /// microseconds: test suites keep their largest cases for real GPUs.
+    pub fn is_cpu_emulator(&self) -> bool {
+        self.name().starts_with("CPU emulator")
+    }
+
     /// Free and total device memory, in bytes (what the KV cache can be sized from after loading). Memory
     /// the pool keeps from freed buffers is handed back first, so it counts as free.
     pub fn memory(&self) -> Result<(usize, usize)> {

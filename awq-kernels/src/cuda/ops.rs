@@ -464,7 +464,9 @@ pub struct AttentionRows<'a> {
     pub row_pos: &'a [i32],
 }
 
-/// Causal attention over the paged cache; `q` `[t, heads, d]`, caches `[slots, kv_heads, d]`.
+/// Attention of each query row over its sequence's keys `0..=row_pos` read through block tables (the paged
+/// cache, or keys in memory as a table of rows with block size 1); `q` `[t, heads, d]`, caches
+/// `[slots, kv_heads, d]`, any head dim up to 256, f32 or 16-bit.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &Tensor,
@@ -477,9 +479,9 @@ pub fn paged_attention(
 ) -> Result<Tensor> {
     let gpu = gpu_of(q)?;
     let (t, heads, d) = (q.dim(0), q.dim(1), q.dim(2));
-    if d % 32 != 0 || d > 256 {
+    if d == 0 || d > 256 {
         return Err(Error::Unsupported(format!(
-            "GPU attention needs a head dim that is a multiple of 32 up to 256, got {d}"
+            "GPU attention takes head dims from 1 up to 256, got {d}"
         )));
     }
     let tables = upload_i32(&gpu, rows_info.tables)?;

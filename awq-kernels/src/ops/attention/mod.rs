@@ -121,7 +121,8 @@ fn paged_attention_gpu(
 /// `i / (h / h_kv)`. Causal: a sequence's query rows are its newest tokens, so its query row `j` sees keys
 /// `0..=k_len - q_len + j` (with `k_len == q_len`, the lower triangle); this needs `k_len ≥ q_len`.
 /// Non-causal: every query row sees every key of its sequence. Returns `[t, h, d]`.
-/// CPU: f32; GPU: f16/bf16 with head dim 64 or 128 (tensor-core flash kernel).
+/// CPU: f32. GPU: f16/bf16 with head dim 64 or 128 run the tensor-core flash kernel, anything else (f32,
+/// other head dims up to 256) a straightforward kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention(
     q: &Tensor,
@@ -165,8 +166,11 @@ pub fn flash_attention(
             let zeros = crate::cuda::buffer::GpuBuffer::zeros(&gpu, q.dtype(), q.elem_count())?;
             return Tensor::from_gpu_buffer(zeros, q.shape());
         }
-        let batch = gpu_attn::AttnBatch::contiguous(&gpu, &seqs)?;
-        return gpu_attn::flash_attention(q, k, v, h_kv, &batch, causal, scale);
+        if gpu_attn::flash_supported(q.dtype(), d) {
+            let batch = gpu_attn::AttnBatch::contiguous(&gpu, &seqs)?;
+            return gpu_attn::flash_attention(q, k, v, h_kv, &batch, causal, scale);
+        }
+        return varlen_attention_fallback(q, k, v, h_kv, &seqs, causal, scale);
     }
     let (qs, ks, vs) = (
         super::f32_slice(op, q)?,
@@ -176,6 +180,44 @@ pub fn flash_attention(
     let mut out = vec![0.0f32; t * h * d];
     cpu::varlen_attention(qs, ks, vs, [h, h_kv, d], &seqs, causal, scale, &mut out);
     Tensor::from_vec(out, &[t, h, d])
+}
+
+/// [`flash_attention`] on the GPU where the flash kernel does not apply (f32, or a head dim other than 64
+/// and 128: small test checkpoints): the straightforward kernel, with the keys in memory read as a paged
+/// cache of block size 1 whose table is the list of key rows.
+#[cfg(feature = "cuda")]
+fn varlen_attention_fallback(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    h_kv: usize,
+    seqs: &[SeqRows],
+    causal: bool,
+    scale: f32,
+) -> Result<Tensor> {
+    let rows_of = |n: usize| {
+        i32::try_from(n).map_err(|_| Error::Unsupported(format!("GPU attention over {n} rows")))
+    };
+    let tables: Vec<i32> = (0..rows_of(k.dim(0))?).collect();
+    let (mut row_table, mut row_pos) = (vec![0i32; q.dim(0)], vec![0i32; q.dim(0)]);
+    for s in seqs {
+        for j in 0..s.q_len {
+            row_table[s.q_start + j] = rows_of(s.k_start)?;
+            // Causal: query row j is token k_len - q_len + j of its sequence; otherwise it sees every key.
+            let last = if causal {
+                s.k_len - s.q_len + j
+            } else {
+                s.k_len - 1
+            };
+            row_pos[s.q_start + j] = rows_of(last)?;
+        }
+    }
+    let rows = crate::cuda::ops::AttentionRows {
+        tables: &tables,
+        row_table: &row_table,
+        row_pos: &row_pos,
+    };
+    crate::cuda::ops::paged_attention(q, k, v, &rows, h_kv, 1, scale)
 }
 
 /// One sequence of a [`flash_attention`] batch: its query and key rows.
