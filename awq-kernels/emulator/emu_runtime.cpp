@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "emu_device.h"
@@ -153,11 +154,45 @@ const char* name_of(Wait w) {
     }
 }
 
+// The order in which a scheduling round runs the block's threads: by index (the default), or per
+// EMU_SCHEDULE=reverse or =random (a fresh permutation each round, seeded by EMU_SEED), to expose a missing
+// barrier that the index order happens to hide.
+enum class Schedule { Index, Reverse, Random };
+
+Schedule schedule_from_env() {
+    const char* v = std::getenv("EMU_SCHEDULE");
+    if (v != nullptr && std::strcmp(v, "reverse") == 0) return Schedule::Reverse;
+    if (v != nullptr && std::strcmp(v, "random") == 0) return Schedule::Random;
+    return Schedule::Index;
+}
+
+const Schedule schedule = schedule_from_env();
+uint64_t rng_state = [] {
+    const char* v = std::getenv("EMU_SEED");
+    return v != nullptr ? std::strtoull(v, nullptr, 10) * 2654435761u + 1 : 88172645463325252ull;
+}();
+
+uint64_t next_random() {  // xorshift64
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+void order_round(std::vector<size_t>& order, size_t threads) {
+    order.resize(threads);
+    for (size_t i = 0; i < threads; ++i) order[i] = schedule == Schedule::Reverse ? threads - 1 - i : i;
+    if (schedule == Schedule::Random)
+        for (size_t i = threads - 1; i > 0; --i) std::swap(order[i], order[next_random() % (i + 1)]);
+}
+
 // Runs one block to completion; false after reporting a deadlock.
 bool run_block(size_t threads) {
     size_t live = threads;
+    std::vector<size_t> order;
     while (live > 0) {
-        for (size_t i = 0; i < threads; ++i) {
+        order_round(order, threads);
+        for (size_t i : order) {
             Fiber& f = fibers[i];
             if (f.wait != Wait::None) continue;
             current = &f;
