@@ -78,56 +78,7 @@ void cp_async_wait(int pending_groups);
 #define gridDim (emu::grid_dim)
 
 // ---- 16-bit floats ----
-namespace emu {
-inline float f16_bits_to_f32(unsigned short h) {
-    const unsigned sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu;
-    unsigned bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {  // subnormal: man · 2^-24
-        float v = (float)man * 5.9604644775390625e-8f;
-        std::memcpy(&bits, &v, 4);
-        bits |= sign;
-    }
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-inline unsigned short f32_to_f16_bits(float f) {
-    unsigned x;
-    std::memcpy(&x, &f, 4);
-    const unsigned sign = (x >> 16) & 0x8000u;
-    const unsigned abs = x & 0x7fffffffu;
-    if (abs >= 0x7f800000u) return (unsigned short)(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
-    if (abs >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // rounds to >= 65520: inf
-    if (abs < 0x38800000u) {                                           // below 2^-14: subnormal or zero
-        float a;
-        std::memcpy(&a, &abs, 4);
-        const float steps = std::nearbyint(a * 16777216.0f);  // in units of 2^-24, nearest even
-        return (unsigned short)(sign | (unsigned)steps);
-    }
-    // Normal: drop 13 mantissa bits with round to nearest even.
-    const unsigned rebased = abs - (112u << 23);
-    const unsigned lsb = (rebased >> 13) & 1u;
-    return (unsigned short)(sign | ((rebased + 0xfffu + lsb) >> 13));
-}
-inline float bf16_bits_to_f32(unsigned short h) {
-    const unsigned bits = (unsigned)h << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-inline unsigned short f32_to_bf16_bits(float f) {
-    unsigned x;
-    std::memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((x >> 16) | 0x40u);  // quiet NaN
-    return (unsigned short)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-}  // namespace emu
+#include "emu_half.h"
 
 // As CUDA's: converting constructors from float (rounding to nearest even) and back.
 struct __half {

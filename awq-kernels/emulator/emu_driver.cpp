@@ -482,6 +482,36 @@ CUresult host_alloc(void** pp, size_t bytes, unsigned flags) {
     return allocate(d, pp, bytes, true);
 }
 
+// The name or the description of an error code.
+CUresult error_text(CUresult error, const char** out, bool name) {
+    if (out == nullptr) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    for (const ErrorText& e : kErrors) {
+        if (e.code == error) {
+            *out = name ? e.name : e.text;
+            return CUDA_SUCCESS;
+        }
+    }
+    *out = nullptr;
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+// The checks every call about the device makes: the driver initialized, the one device, an output to write.
+CUresult check_device(CUdevice device) {
+    if (!driver().initialized) {
+        return CUDA_ERROR_NOT_INITIALIZED;
+    }
+    return device == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+CUresult check_device(CUdevice device, const void* out) {
+    if (CUresult r = check_device(device); r != CUDA_SUCCESS) {
+        return r;
+    }
+    return out == nullptr ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+
 }  // namespace
 
 extern "C" {
@@ -506,20 +536,6 @@ CUresult cuDriverGetVersion(int* version) {
     return CUDA_SUCCESS;
 }
 
-// The name or the description of an error code.
-static CUresult error_text(CUresult error, const char** out, bool name) {
-    if (out == nullptr) {
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    for (const ErrorText& e : kErrors) {
-        if (e.code == error) {
-            *out = name ? e.name : e.text;
-            return CUDA_SUCCESS;
-        }
-    }
-    *out = nullptr;
-    return CUDA_ERROR_INVALID_VALUE;
-}
 
 CUresult cuGetErrorName(CUresult error, const char** out) {
     trace(__func__);
@@ -562,11 +578,8 @@ CUresult cuDeviceGet(CUdevice* device, int ordinal) {
 
 CUresult cuDeviceGetName(char* name, int len, CUdevice device) {
     trace(__func__);
-    if (!driver().initialized) {
-        return CUDA_ERROR_NOT_INITIALIZED;
-    }
-    if (device != 0) {
-        return CUDA_ERROR_INVALID_DEVICE;
+    if (CUresult r = check_device(device); r != CUDA_SUCCESS) {
+        return r;
     }
     if (name == nullptr || len <= 0) {
         return CUDA_ERROR_INVALID_VALUE;
@@ -577,14 +590,8 @@ CUresult cuDeviceGetName(char* name, int len, CUdevice device) {
 
 CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
     trace(__func__);
-    if (!driver().initialized) {
-        return CUDA_ERROR_NOT_INITIALIZED;
-    }
-    if (device != 0) {
-        return CUDA_ERROR_INVALID_DEVICE;
-    }
-    if (bytes == nullptr) {
-        return CUDA_ERROR_INVALID_VALUE;
+    if (CUresult r = check_device(device, bytes); r != CUDA_SUCCESS) {
+        return r;
     }
     *bytes = kTotalMemory;
     return CUDA_SUCCESS;
@@ -592,14 +599,8 @@ CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
 
 CUresult cuDeviceGetUuid(CUuuid* uuid, CUdevice device) {
     trace(__func__);
-    if (!driver().initialized) {
-        return CUDA_ERROR_NOT_INITIALIZED;
-    }
-    if (device != 0) {
-        return CUDA_ERROR_INVALID_DEVICE;
-    }
-    if (uuid == nullptr) {
-        return CUDA_ERROR_INVALID_VALUE;
+    if (CUresult r = check_device(device, uuid); r != CUDA_SUCCESS) {
+        return r;
     }
     std::memcpy(uuid->bytes, "awq-kernels-emu\0", 16);
     return CUDA_SUCCESS;
@@ -607,14 +608,8 @@ CUresult cuDeviceGetUuid(CUuuid* uuid, CUdevice device) {
 
 CUresult cuDeviceGetAttribute(int* value, int attribute, CUdevice device) {
     trace(__func__);
-    if (!driver().initialized) {
-        return CUDA_ERROR_NOT_INITIALIZED;
-    }
-    if (device != 0) {
-        return CUDA_ERROR_INVALID_DEVICE;
-    }
-    if (value == nullptr) {
-        return CUDA_ERROR_INVALID_VALUE;
+    if (CUresult r = check_device(device, value); r != CUDA_SUCCESS) {
+        return r;
     }
     *value = device_attribute(attribute);
     return CUDA_SUCCESS;
@@ -626,14 +621,8 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice device) {
     trace(__func__);
     Driver& d = driver();
     std::lock_guard<std::mutex> lock(d.mutex);
-    if (!d.initialized) {
-        return CUDA_ERROR_NOT_INITIALIZED;
-    }
-    if (device != 0) {
-        return CUDA_ERROR_INVALID_DEVICE;
-    }
-    if (ctx == nullptr) {
-        return CUDA_ERROR_INVALID_VALUE;
+    if (CUresult r = check_device(device, ctx); r != CUDA_SUCCESS) {
+        return r;
     }
     ++d.primary.retained;
     *ctx = &d.primary;
@@ -644,11 +633,8 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) {
     trace(__func__);
     Driver& d = driver();
     std::lock_guard<std::mutex> lock(d.mutex);
-    if (!d.initialized) {
-        return CUDA_ERROR_NOT_INITIALIZED;
-    }
-    if (device != 0) {
-        return CUDA_ERROR_INVALID_DEVICE;
+    if (CUresult r = check_device(device); r != CUDA_SUCCESS) {
+        return r;
     }
     if (d.primary.retained == 0) {
         return CUDA_ERROR_INVALID_CONTEXT;
@@ -917,16 +903,10 @@ CUresult cuMemFreeHost(void* p) {
 
 CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice device) {
     trace(__func__);
+    if (CUresult r = check_device(device, pool); r != CUDA_SUCCESS) {
+        return r;
+    }
     Driver& d = driver();
-    if (!d.initialized) {
-        return CUDA_ERROR_NOT_INITIALIZED;
-    }
-    if (device != 0) {
-        return CUDA_ERROR_INVALID_DEVICE;
-    }
-    if (pool == nullptr) {
-        return CUDA_ERROR_INVALID_VALUE;
-    }
     *pool = &d.pool;
     return CUDA_SUCCESS;
 }
