@@ -777,3 +777,61 @@ extern "C" __global__ void __launch_bounds__(256) awq_bias_rows(const unsigned s
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
         y[i] = bias[i % N];
 }
+
+// Load-time repacking on the device: the layout `repack` in src/ops/awq/cuda.rs makes on the host (that
+// function states it; these kernels are its twins, tested bit for bit against it). AutoAWQ qweight
+// [K][N/8] -> codes [NS][K/16][32][4]; qzeros [K/G][N/8] and scales [K/G][N] (already in the activation
+// type) -> zeros [NS][K/G][8] and scales [NS][K/G][8][8]. Columns past N (the last strip's padding) are 0.
+__device__ __forceinline__ unsigned awq_code(const unsigned* __restrict__ row, int col) {
+    // AutoAWQ packing: column 8c + j is nibble slot j/2 + 4(j%2) of word c (awq_format.rs, SLOT_OF_COLUMN).
+    const int j = col & 7;
+    return (row[col >> 3] >> (4 * ((j >> 1) + 4 * (j & 1)))) & 0xFu;
+}
+
+// One thread per output word: lane (g, t) = (lane / 4, lane % 4) holds, in nibble i, the code of column
+// strip·64 + 8(2w + tile) + g at row 16c + 4t + kk, (tile, kk) = nibble_place(i).
+extern "C" __global__ void __launch_bounds__(256) awq_repack_codes(const unsigned* __restrict__ qweight,
+                                                                    unsigned* __restrict__ out, int K, int N) {
+    const int nw = N / 8, kc = K / 16;
+    const size_t total = (size_t)((N + 63) / 64) * kc * 128;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int w = (int)(i & 3), lane = (int)((i >> 2) & 31);
+        const size_t chunk = i >> 7;
+        const int c = (int)(chunk % kc), strip = (int)(chunk / kc);
+        const int g = lane >> 2, t = lane & 3;
+        unsigned word = 0;
+        for (int nib = 0; nib < 8; ++nib) {
+            const int s = nib & 3, tile = s >> 1, kk = 2 * (s & 1) + (nib >> 2);
+            const int col = strip * 64 + 8 * (2 * w + tile) + g;
+            if (col < N) word |= awq_code(qweight + (size_t)(c * 16 + 4 * t + kk) * nw, col) << (4 * nib);
+        }
+        out[i] = word;
+    }
+}
+
+// One thread per (strip, group, g): the zero-point word (nibble j: column strip·64 + 8j + g) and the eight
+// scales of those columns.
+extern "C" __global__ void __launch_bounds__(256) awq_repack_groups(const unsigned* __restrict__ qzeros,
+                                                                     const unsigned short* __restrict__ scales,
+                                                                     unsigned* __restrict__ zeros_out,
+                                                                     unsigned short* __restrict__ scales_out, int N,
+                                                                     int NG) {
+    const int nw = N / 8;
+    const size_t total = (size_t)((N + 63) / 64) * NG * 8;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int g = (int)(i & 7);
+        const size_t sg = i >> 3;
+        const int grp = (int)(sg % NG), strip = (int)(sg / NG);
+        unsigned z = 0;
+        for (int j = 0; j < 8; ++j) {
+            const int col = strip * 64 + 8 * j + g;
+            unsigned short s = 0;
+            if (col < N) {
+                s = scales[(size_t)grp * N + col];
+                z |= awq_code(qzeros + (size_t)grp * nw, col) << (4 * j);
+            }
+            scales_out[i * 8 + j] = s;
+        }
+        zeros_out[i] = z;
+    }
+}

@@ -352,6 +352,37 @@ __device__ void cast(const S* __restrict__ src, D* __restrict__ dst, long long n
     if (i < n) dst[i] = from_f32<D>(to_f32(src[i]));
 }
 
+// Synthetic tensors (src/synthetic.rs, which states the formula): element i of seed s is drawn from
+// splitmix64(s ^ i * 0x2545f4914f6cdd1d); the same bits as the host makes. Grid-stride, any length.
+__device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// kind 0: uniform in [-a, a); 1: the constant a.
+template <typename T>
+__device__ void synthetic_float(T* __restrict__ out, long long n, int kind, float a, unsigned long long seed) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float v = a;
+        if (kind == 0) {
+            unsigned long long r = splitmix64(seed ^ ((unsigned long long)i * 0x2545f4914f6cdd1dull));
+            // 24 bits scaled to [0, 1), then to [-1, 1): exact in f32; the product with a rounds once.
+            float u = (float)(r >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
+            v = __fmul_rn(u, a);
+        }
+        out[i] = from_f32<T>(v);
+    }
+}
+
+// kind 2: random words (AWQ codes); 3: every code 8 (AWQ zero points).
+extern "C" __global__ void synthetic_words(unsigned* __restrict__ out, long long n, int kind, unsigned long long seed) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        out[i] = kind == 2 ? (unsigned)splitmix64(seed ^ ((unsigned long long)i * 0x2545f4914f6cdd1dull)) : 0x88888888u;
+    }
+}
+
 #define FOR_EACH_TYPE(X) X(f32, float) X(f16, __half) X(bf16, __nv_bfloat16)
 
 #define INSTANTIATE(name, T)                                                                                 \
@@ -410,6 +441,12 @@ FOR_EACH_TYPE(INSTANTIATE)
     extern "C" __global__ void cast_f32_to_##name(const float* src, T* dst, long long n) {                   \
         cast<float, T>(src, dst, n);                                                                         \
     }
+
+#define INSTANTIATE_SYNTHETIC(name, T)                                                                       \
+    extern "C" __global__ void synthetic_##name(T* out, long long n, int kind, float a, unsigned long long seed) { \
+        synthetic_float<T>(out, n, kind, a, seed);                                                           \
+    }
+FOR_EACH_TYPE(INSTANTIATE_SYNTHETIC)
 
 INSTANTIATE_CASTS(f16, __half)
 INSTANTIATE_CASTS(bf16, __nv_bfloat16)

@@ -12,6 +12,7 @@ pub mod error;
 pub mod kv_cache;
 pub mod ops;
 pub mod sampling;
+pub mod synthetic;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;

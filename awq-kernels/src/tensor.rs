@@ -1,10 +1,11 @@
 //! `Tensor`: a contiguous, row-major block of elements with a shape and a dtype, owned or memory-mapped.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use half::{bf16, f16};
 
 use crate::dtype::OwnedBuffer;
+use crate::synthetic::Fill;
 use crate::{DType, Device, Element, Error, Result};
 
 /// Read-only bytes shared by many tensors (a memory-mapped file, or bytes embedded in the program).
@@ -22,6 +23,27 @@ enum Buffer {
         offset: usize,
         len: usize,
     },
+    /// Pseudo-random elements described, not stored: made on the host at the first read (and kept), or
+    /// by a kernel on the GPU when the tensor moves there unread.
+    Synthetic(Arc<SyntheticBuffer>),
+}
+
+/// A synthetic tensor's recipe and, once read on the host, its elements.
+struct SyntheticBuffer {
+    fill: Fill,
+    seed: u64,
+    host: OnceLock<OwnedBuffer>,
+}
+
+impl SyntheticBuffer {
+    fn host(&self, dtype: DType, len: usize) -> &OwnedBuffer {
+        self.host.get_or_init(|| {
+            let mut bytes = vec![0u8; len * dtype.size()];
+            crate::synthetic::fill_bytes(&mut bytes, dtype, self.fill, self.seed)
+                .expect("the fill was checked against the dtype when the tensor was made");
+            OwnedBuffer::from_bytes(dtype, &bytes)
+        })
+    }
 }
 
 /// A contiguous tensor on the CPU. Shapes use the project's dimension names in comments: `[t, h, d]` etc.
@@ -110,6 +132,30 @@ impl Tensor {
         })
     }
 
+    /// A tensor of pseudo-random elements ([`crate::synthetic`]): nothing is allocated until it is read on
+    /// the host or moved to a GPU, where a kernel makes the same bits.
+    pub fn synthetic(dtype: DType, shape: &[usize], fill: Fill, seed: u64) -> Result<Tensor> {
+        fill.check(dtype)?;
+        Ok(Tensor {
+            buffer: Buffer::Synthetic(Arc::new(SyntheticBuffer {
+                fill,
+                seed,
+                host: OnceLock::new(),
+            })),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// The recipe of a synthetic tensor not yet made on the host.
+    #[cfg(feature = "cuda")]
+    fn unmade_synthetic(&self) -> Option<(Fill, u64)> {
+        match &self.buffer {
+            Buffer::Synthetic(s) if s.host.get().is_none() => Some((s.fill, s.seed)),
+            _ => None,
+        }
+    }
+
     /// True when the elements are read in place from shared bytes (a memory-mapped file), not copied.
     pub fn is_mapped(&self) -> bool {
         matches!(self.buffer, Buffer::Mapped { .. })
@@ -150,6 +196,7 @@ impl Tensor {
         match &self.buffer {
             Buffer::Owned(b) => b.bytes(),
             Buffer::Mapped { bytes, offset, len } => &(**bytes).as_ref()[*offset..*offset + *len],
+            Buffer::Synthetic(s) => s.host(self.dtype, self.elem_count()).bytes(),
             #[cfg(feature = "cuda")]
             Buffer::Cuda(_) => &[],
         }
@@ -179,7 +226,7 @@ impl Tensor {
     pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {
         self.check_dtype::<T>("Tensor::as_mut_slice")?;
         self.check_on_cpu("Tensor::as_mut_slice")?;
-        if let Buffer::Mapped { .. } = self.buffer {
+        if let Buffer::Mapped { .. } | Buffer::Synthetic(_) = self.buffer {
             self.buffer = Buffer::Owned(OwnedBuffer::from_bytes(self.dtype, self.bytes()));
         }
         match &mut self.buffer {
@@ -255,9 +302,17 @@ impl Tensor {
                 (Buffer::Cuda(b), Device::Cpu) => Buffer::Owned(b.download()?),
                 (_, Device::Cuda(ordinal)) => {
                     let gpu = crate::cuda::Gpu::shared_ordinal(ordinal)?;
-                    Buffer::Cuda(Arc::new(crate::cuda::buffer::GpuBuffer::upload(
-                        &gpu, self,
-                    )?))
+                    let buffer = match self.unmade_synthetic() {
+                        Some((fill, seed)) => crate::cuda::ops::synthetic(
+                            &gpu,
+                            self.dtype,
+                            self.elem_count(),
+                            fill,
+                            seed,
+                        )?,
+                        None => crate::cuda::buffer::GpuBuffer::upload(&gpu, self)?,
+                    };
+                    Buffer::Cuda(Arc::new(buffer))
                 }
                 _ => unreachable!("CPU to CPU returned above"),
             };

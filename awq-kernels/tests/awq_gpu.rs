@@ -31,6 +31,7 @@
 use std::sync::Arc;
 
 use awq_kernels::awq_format::pack_word;
+use awq_kernels::cuda::buffer::poison_outputs;
 use awq_kernels::cuda::{gpu_for_tests, Gpu};
 use awq_kernels::ops::awq::cpu::{self, AwqWeights};
 use awq_kernels::ops::awq::cuda::{
@@ -41,7 +42,8 @@ use awq_kernels::ops::awq::tune::{
     dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, TuneKey,
     Variant,
 };
-use awq_kernels::{DType, FloatElement};
+use awq_kernels::ops::linear::Linear;
+use awq_kernels::{DType, Device, FloatElement, Tensor};
 use cudarc::cublas::{CudaBlas, Gemm};
 use half::{bf16, f16};
 use proptest::prelude::*;
@@ -808,4 +810,151 @@ fn bad_calls_are_errors() {
     gpu.synchronize().unwrap();
     let got: Vec<f16> = stream.clone_dtoh(&y).unwrap();
     assert!(got.iter().all(|v| v.to_f32() == 0.0));
+}
+
+/// The layer as the checkpoint stores it: i32 words and scales of `S`, on the host.
+fn host_tensors<S: FloatElement>(layer: &Layer<S>) -> (Tensor, Tensor, Tensor) {
+    let (k, n, group) = (layer.k, layer.n, layer.group);
+    let words = |w: &[u32], rows: usize| {
+        Tensor::from_vec(
+            w.iter().map(|&v| v as i32).collect::<Vec<i32>>(),
+            &[rows, n / 8],
+        )
+        .unwrap()
+    };
+    (
+        words(&layer.qweight, k),
+        words(&layer.qzeros, k / group),
+        Tensor::from_vec(layer.scales.clone(), &[k / group, n]).unwrap(),
+    )
+}
+
+#[test]
+fn repacking_on_the_gpu_gives_the_host_repack_bit_for_bit() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    // Partial last strips (n = 8, 72, 200), several strips, every group size the kernels take.
+    for (k, n, group, seed) in [
+        (128, 8, 128, 1),
+        (256, 72, 64, 2),
+        (96, 200, 32, 3),
+        (512, 128, 256, 4),
+    ] {
+        let layer = Layer::<f32>::random(k, n, group, seed);
+        let (qw, qz, sc) = host_tensors(&layer);
+        for dtype in [DType::F16, DType::BF16] {
+            let want = repack(
+                &layer.qweight,
+                &layer.qzeros,
+                &layer.scales,
+                k,
+                n,
+                group,
+                dtype,
+            )
+            .unwrap();
+            let on_gpu = |t: &Tensor| t.to_device(Device::Cuda(0)).unwrap();
+            let got = AwqGpuWeights::repack_on_device(
+                &on_gpu(&qw),
+                &on_gpu(&qz),
+                &on_gpu(&sc.to_dtype(dtype).unwrap()),
+                k,
+                n,
+                group,
+            )
+            .unwrap()
+            .download(&gpu)
+            .unwrap();
+            let case = format!("k={k} n={n} group={group} {dtype}");
+            assert_eq!(got.qw, want.qw, "codes, {case}");
+            assert_eq!(got.scales, want.scales, "scales, {case}");
+            assert_eq!(got.zeros, want.zeros, "zeros, {case}");
+        }
+    }
+    // Wrong lengths and dtypes are errors, not reads out of bounds.
+    let layer = Layer::<f32>::random(128, 64, 128, 5);
+    let (qw, qz, sc) = host_tensors(&layer);
+    let g = |t: &Tensor| t.to_device(Device::Cuda(0)).unwrap();
+    let sc16 = g(&sc.to_dtype(DType::F16).unwrap());
+    assert!(AwqGpuWeights::repack_on_device(&g(&qw), &g(&qz), &sc16, 128, 72, 128).is_err());
+    assert!(AwqGpuWeights::repack_on_device(&g(&qw), &g(&qz), &g(&sc), 128, 64, 128).is_err());
+    assert!(AwqGpuWeights::repack_on_device(&sc16, &g(&qz), &sc16, 128, 64, 128).is_err());
+}
+
+#[test]
+fn layers_joined_on_the_gpu_equal_layers_fused_on_the_host() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let gpu_dev = Device::Cuda(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let k = 256;
+    let bias = |n: usize, rng: &mut ChaCha8Rng| -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(-0.5f32..0.5)).collect()
+    };
+    // AWQ: whole strips then a partial one (joined on the GPU), and widths the GPU cannot join (a
+    // partial strip first: fused on the host), each with a bias on some parts only.
+    for widths in [vec![128, 64, 72], vec![72, 64]] {
+        let parts: Vec<Linear> = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let layer = Layer::<f16>::random(k, n, 128, 30 + i as u64);
+                let (qweight, qzeros, scales) = host_tensors(&layer);
+                Linear::Awq {
+                    qweight,
+                    qzeros,
+                    scales,
+                    bias: (i == 1).then(|| bias(n, &mut rng)),
+                    k,
+                    n,
+                    group: 128,
+                }
+            })
+            .collect();
+        check_joined(&parts, gpu_dev, &mut rng, &format!("AWQ {widths:?}"));
+    }
+    // Dense, any widths.
+    let parts: Vec<Linear> = [48, 16, 24]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Linear::Dense {
+            weight: Tensor::from_vec(
+                (0..n * k).map(|_| rng.gen_range(-0.1f32..0.1)).collect(),
+                &[n, k],
+            )
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap(),
+            bias: (i == 0).then(|| bias(n, &mut rng)),
+        })
+        .collect();
+    check_joined(&parts, gpu_dev, &mut rng, "dense");
+}
+
+fn check_joined(parts: &[Linear], device: Device, rng: &mut ChaCha8Rng, what: &str) {
+    let refs: Vec<&Linear> = parts.iter().collect();
+    let k = parts[0].in_features();
+    for m in [1, 5] {
+        for dtype in [DType::F16, DType::BF16] {
+            let joined = Linear::concat_out_to_device(&refs, device, dtype).unwrap();
+            let fused = Linear::concat_out(&refs)
+                .unwrap()
+                .to_device(device, dtype)
+                .unwrap();
+            let x = Tensor::from_vec(
+                (0..m * k).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
+                &[m, k],
+            )
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            .to_device(device)
+            .unwrap();
+            let a = joined.forward(&x).unwrap().to_device(Device::Cpu).unwrap();
+            let b = fused.forward(&x).unwrap().to_device(Device::Cpu).unwrap();
+            assert_eq!(a.shape(), b.shape());
+            assert!(a.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
+            assert_eq!(a.bytes(), b.bytes(), "{what}, m = {m}, {dtype}");
+        }
+    }
 }

@@ -602,3 +602,47 @@ fn top_k_rows_on_the_gpu_equals_the_cpu_ranking_with_ties_nan_and_signed_zeros()
         }
     }
 }
+
+#[test]
+fn synthetic_tensors_made_on_the_gpu_have_the_bits_made_on_the_host() {
+    use awq_kernels::synthetic::Fill;
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    // Lengths around the block size and past one grid-stride pass of a small grid are covered by the
+    // lengths 1, 255, 257 and 70001.
+    for len in [1usize, 255, 257, 70_001] {
+        for (dtype, fill) in [
+            (DType::F32, Fill::Uniform(1.0)),
+            (DType::F16, Fill::Uniform(0.0346)),
+            (DType::BF16, Fill::Uniform(0.003)),
+            (DType::BF16, Fill::Constant(0.1)),
+            (DType::F16, Fill::Constant(1.0)),
+            (DType::I32, Fill::Nibbles),
+            (DType::U32, Fill::Nibbles),
+            (DType::I32, Fill::Eights),
+        ] {
+            let seed = len as u64 * 31 + 7;
+            let made_on_gpu = Tensor::synthetic(dtype, &[len], fill, seed)
+                .unwrap()
+                .to_device(GPU)
+                .unwrap();
+            let made_on_host = Tensor::synthetic(dtype, &[len], fill, seed).unwrap();
+            assert_eq!(
+                made_on_gpu.to_device(Device::Cpu).unwrap().bytes(),
+                made_on_host.bytes(),
+                "{dtype} {fill:?} over {len}"
+            );
+            // Once read on the host, moving it uploads those bytes.
+            let uploaded = made_on_host.to_device(GPU).unwrap();
+            assert_eq!(
+                uploaded.to_device(Device::Cpu).unwrap().bytes(),
+                made_on_host.bytes()
+            );
+        }
+    }
+    // The values are not all alike (a constant kernel would pass the comparison with a constant host).
+    let t = Tensor::synthetic(DType::F16, &[1000], Fill::Uniform(1.0), 3).unwrap();
+    let v = t.to_device(GPU).unwrap().to_f32_vec().unwrap();
+    assert!(v.iter().any(|&x| x > 0.5) && v.iter().any(|&x| x < -0.5));
+    assert!(Tensor::synthetic(DType::F16, &[4], Fill::Nibbles, 1).is_err());
+}

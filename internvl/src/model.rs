@@ -237,6 +237,26 @@ impl InternVlModel {
         Self::from_parts(origin, origin, &root, &weights, tokenizer, gen.as_ref())
     }
 
+    /// A model over weights made elsewhere (a synthetic checkpoint), with its config, tokenizer and
+    /// optional generation config texts.
+    pub(crate) fn from_weights(
+        origin: &str,
+        root: &Value,
+        weights: Arc<Weights>,
+        tokenizer_json: &[u8],
+        generation_config_json: Option<&str>,
+    ) -> Result<InternVlModel> {
+        let gen: Option<Value> = generation_config_json
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::BadFile {
+                path: origin.to_string(),
+                reason: format!("invalid JSON: {e}"),
+            })?;
+        let tokenizer = TextTokenizer::from_bytes(tokenizer_json)?;
+        Self::from_parts(origin, origin, root, &weights, tokenizer, gen.as_ref())
+    }
+
     fn from_parts(
         origin: &str,
         config_origin: &str,

@@ -1,19 +1,23 @@
 //! Synthetic full-size models: the exact configuration and tensor shapes of a family member
-//! (`internvl2_5-1b`, `-4b`, `-38b`, `-78b`, `-78b-awq`), with pseudo-random weights made in memory, so
-//! benchmarks run at the real scale with nothing downloaded. The answers are gibberish by construction.
+//! (`internvl2_5-1b`, `-4b`, `-38b`, `-78b`, `-78b-awq`), with pseudo-random weights, so benchmarks run at
+//! the real scale with nothing downloaded. The answers are gibberish by construction.
 //!
-//! The weights are written straight into one in-memory safetensors image (filled in parallel) and loaded
-//! through the ordinary checkpoint path, so a synthetic model exercises exactly the loader, the dtype
-//! handling and the kernels a real checkpoint does. Values are scaled so that activations stay in the
-//! range real checkpoints have (no f16 overflow through 80 layers): linear weights uniform with standard
+//! The weights are a synthetic checkpoint ([`Weights::synthetic`]) loaded through the ordinary path, so a
+//! synthetic model exercises exactly the loader, the dtype handling and the kernels a real checkpoint
+//! does. No tensor is made before it is needed: moved to a GPU unread, a tensor is made there by a kernel
+//! (the language model, embeddings and head; the GPU also repacks the AWQ codes and joins the fused
+//! projections), so the 78B-AWQ's 33 GiB of int4 weights never exist in host memory. Read on the host, a
+//! tensor is made there with the same bits (the CPU path, and the vision encoder, whose loading folds its
+//! layer scales into its linears on the host). Values are scaled so that activations stay in the range
+//! real checkpoints have (no f16 overflow through 80 layers): linear weights uniform with standard
 //! deviation 0.02 (output projections of a residual branch divided by sqrt(2 · layers)), norms 1, biases
-//! and layer scales small; AWQ layers random nibbles with zero point near 8 and scales that give the same
+//! and layer scales small; AWQ layers random nibbles with zero point 8 and scales that give the same
 //! spread after dequantization.
 
 use std::sync::Arc;
 
-use awq_kernels::{DType, DTypeRule, TensorSpec};
-use rayon::prelude::*;
+use awq_kernels::synthetic::{mix, Fill};
+use awq_kernels::{DType, DTypeRule, TensorSpec, Weights};
 use serde_json::{json, Value};
 
 use crate::inspect::VisionSummary;
@@ -28,10 +32,43 @@ pub const NAMES: [&str; 5] = [
     "internvl2_5-78b-awq",
 ];
 
+/// Shapes of the vision encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisionShape {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    /// The tile side in pixels (patches of 14).
+    pub image_size: usize,
+    /// InternViT-6B's layer design: RMSNorm, q/k normalization, no qkv bias (else InternViT-300M's).
+    pub six_b_design: bool,
+}
+
+/// InternViT-300M-448px-V2_5 (spec 1.3).
+pub const VIT_300M: VisionShape = VisionShape {
+    hidden: 1024,
+    layers: 24,
+    heads: 16,
+    intermediate: 4096,
+    image_size: 448,
+    six_b_design: false,
+};
+
+/// InternViT-6B-448px-V2_5 (spec 1.3).
+pub const VIT_6B: VisionShape = VisionShape {
+    hidden: 3200,
+    layers: 45,
+    heads: 25,
+    intermediate: 12800,
+    image_size: 448,
+    six_b_design: true,
+};
+
 /// Shapes of one family member (spec 1.3 and 1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
-    pub vit_6b: bool,
+    pub vision: VisionShape,
     pub hidden: usize,
     pub layers: usize,
     pub heads: usize,
@@ -43,7 +80,7 @@ pub struct Shape {
 /// The shape named `name` (one of [`NAMES`]).
 pub fn shape(name: &str) -> Result<Shape> {
     let llm = |hidden, layers, heads, kv_heads, intermediate| Shape {
-        vit_6b: false,
+        vision: VIT_300M,
         hidden,
         layers,
         heads,
@@ -55,15 +92,15 @@ pub fn shape(name: &str) -> Result<Shape> {
         "internvl2_5-1b" => llm(896, 24, 14, 2, 4864),
         "internvl2_5-4b" => llm(2048, 36, 16, 2, 11008),
         "internvl2_5-38b" => Shape {
-            vit_6b: true,
+            vision: VIT_6B,
             ..llm(5120, 64, 40, 8, 27648)
         },
         "internvl2_5-78b" => Shape {
-            vit_6b: true,
+            vision: VIT_6B,
             ..llm(8192, 80, 64, 8, 29568)
         },
         "internvl2_5-78b-awq" => Shape {
-            vit_6b: true,
+            vision: VIT_6B,
             awq: true,
             ..llm(8192, 80, 64, 8, 29568)
         },
@@ -79,33 +116,53 @@ pub fn shape(name: &str) -> Result<Shape> {
     })
 }
 
+/// A miniature of the 78B-AWQ's design (InternViT-6B-style layers, AWQ Qwen2 with grouped-query heads,
+/// group 128) small enough for tests: 28-pixel tiles (one image token each), widths 64 and 128, two
+/// layers each.
+pub fn tiny() -> Shape {
+    Shape {
+        vision: VisionShape {
+            hidden: 64,
+            layers: 2,
+            heads: 2,
+            intermediate: 128,
+            image_size: 28,
+            six_b_design: true,
+        },
+        hidden: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 256,
+        awq: true,
+    }
+}
+
 /// The `config.json` of a family member, as the released checkpoints have it (spec 1.2-1.4, 9.5).
 pub fn config_json(shape: &Shape) -> Value {
-    let vision = if shape.vit_6b {
-        json!({
-            "hidden_size": 3200, "num_hidden_layers": 45, "num_attention_heads": 25,
-            "intermediate_size": 12800, "norm_type": "rms_norm", "qkv_bias": false,
-            "qk_normalization": true, "initializer_factor": 0.1,
-        })
+    let v = &shape.vision;
+    let mut vision = json!({
+        "hidden_size": v.hidden, "num_hidden_layers": v.layers, "num_attention_heads": v.heads,
+        "intermediate_size": v.intermediate, "image_size": v.image_size,
+    });
+    let design = if v.six_b_design {
+        json!({"norm_type": "rms_norm", "qkv_bias": false, "qk_normalization": true, "initializer_factor": 0.1})
     } else {
-        json!({
-            "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-            "intermediate_size": 4096, "norm_type": "layer_norm", "qkv_bias": true,
-            "qk_normalization": false, "initializer_factor": 1.0,
-        })
+        json!({"norm_type": "layer_norm", "qkv_bias": true, "qk_normalization": false, "initializer_factor": 1.0})
     };
-    let mut vision = vision;
-    for (k, v) in [
+    for (k, val) in design.as_object().into_iter().flatten() {
+        vision[k] = val.clone();
+    }
+    for (k, val) in [
         ("architectures", json!(["InternVisionModel"])),
         ("model_type", json!("intern_vit_6b")),
         ("hidden_act", json!("gelu")),
         ("layer_norm_eps", json!(1e-6)),
-        ("image_size", json!(448)),
         ("patch_size", json!(14)),
         ("num_channels", json!(3)),
         ("torch_dtype", json!("bfloat16")),
     ] {
-        vision[k] = v;
+        vision[k] = val;
     }
     let dtype = if shape.awq { "float16" } else { "bfloat16" };
     let mut llm = json!({
@@ -136,7 +193,7 @@ pub fn config_json(shape: &Shape) -> Value {
         "template": "internvl2_5",
         "downsample_ratio": 0.5,
         "dynamic_image_size": true,
-        "force_image_size": 448,
+        "force_image_size": v.image_size,
         "max_dynamic_patch": 12,
         "min_dynamic_patch": 1,
         "ps_version": "v2",
@@ -147,18 +204,6 @@ pub fn config_json(shape: &Shape) -> Value {
         "vision_config": vision,
         "llm_config": llm,
     })
-}
-
-/// How one tensor is filled.
-#[derive(Debug, Clone, Copy)]
-enum Fill {
-    /// Uniform in [-a, a] (standard deviation a / sqrt(3)).
-    Uniform(f32),
-    Constant(f32),
-    /// Random nibbles in every 4-bit slot (AWQ `qweight`).
-    Nibbles,
-    /// Every nibble 8 (AWQ `qzeros`: the middle of the range).
-    Eights,
 }
 
 /// The dtype and fill of a needed tensor.
@@ -207,89 +252,7 @@ fn plan(spec: &TensorSpec, float: DType, layers: usize) -> (DType, Fill) {
     (float, fill)
 }
 
-/// A cheap, well-mixed hash of an element index (splitmix64), for reproducible parallel filling.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Writes `fill` over `out` (elements of `dtype`), element `i` seeded by `seed + i`.
-fn fill_bytes(out: &mut [u8], dtype: DType, fill: Fill, seed: u64) {
-    const CHUNK: usize = 1 << 20;
-    let size = dtype.size();
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let first = (c * CHUNK / size) as u64;
-            for (i, element) in chunk.chunks_exact_mut(size).enumerate() {
-                let r = mix(seed ^ (first + i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-                let value = match fill {
-                    Fill::Uniform(a) => ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a,
-                    Fill::Constant(v) => v,
-                    Fill::Nibbles => {
-                        element.copy_from_slice(&(r as u32).to_le_bytes()[..size]);
-                        continue;
-                    }
-                    Fill::Eights => {
-                        element.copy_from_slice(&0x8888_8888u32.to_le_bytes()[..size]);
-                        continue;
-                    }
-                };
-                match dtype {
-                    DType::F32 => element.copy_from_slice(&value.to_le_bytes()),
-                    DType::F16 => {
-                        element.copy_from_slice(&half::f16::from_f32(value).to_le_bytes())
-                    }
-                    DType::BF16 => {
-                        element.copy_from_slice(&half::bf16::from_f32(value).to_le_bytes())
-                    }
-                    _ => element.fill(0),
-                }
-            }
-        });
-}
-
-/// The safetensors image of `specs` (optional ones included), filled as [`plan`] says.
-fn safetensors_image(specs: &[TensorSpec], float: DType, layers: usize) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    let mut placed = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let (dtype, fill) = plan(spec, float, layers);
-        let bytes = spec.shape.iter().product::<usize>() * dtype.size();
-        header.insert(
-            spec.name.clone(),
-            json!({
-                "dtype": dtype.safetensors_name(),
-                "shape": spec.shape,
-                "data_offsets": [offset, offset + bytes],
-            }),
-        );
-        placed.push((offset, bytes, dtype, fill));
-        offset += bytes;
-    }
-    let mut text = Value::Object(header).to_string().into_bytes();
-    // The data starts 8-aligned, as safetensors writers pad it.
-    while !(8 + text.len()).is_multiple_of(8) {
-        text.push(b' ');
-    }
-    let start = 8 + text.len();
-    let mut image = Vec::with_capacity(start + offset);
-    image.extend_from_slice(&(text.len() as u64).to_le_bytes());
-    image.extend_from_slice(&text);
-    image.resize(start + offset, 0);
-    let mut rest = &mut image[start..];
-    for (i, &(_, bytes, dtype, fill)) in placed.iter().enumerate() {
-        let (tensor, tail) = rest.split_at_mut(bytes);
-        fill_bytes(tensor, dtype, fill, mix(i as u64 + 1));
-        rest = tail;
-    }
-    image
-}
-
-/// The weight bytes of the named model (what [`model`] allocates on the CPU before any device copy).
+/// The weight bytes of the named model (what [`model`] puts on the device it moves to).
 pub fn weight_bytes(name: &str) -> Result<u64> {
     let shape = shape(name)?;
     let root = config_json(&shape);
@@ -316,21 +279,73 @@ fn specs_of(root: &Value, shape: &Shape) -> Result<(Vec<TensorSpec>, DType)> {
     Ok((specs, float))
 }
 
-/// The named synthetic model, on the CPU (move it with [`InternVlModel::to_device`]). Uses the embedded
-/// checkpoint's tokenizer (the image tokens and the template's special tokens are what matter).
+/// The synthetic checkpoint of `shape`: every tensor the model reads (optional ones included), tensor
+/// `i` of the list seeded by `mix(i + 1)`.
+fn weights(origin: &str, root: &Value, shape: &Shape) -> Result<Weights> {
+    let (specs, float) = specs_of(root, shape)?;
+    let tensors = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let (dtype, fill) = plan(spec, float, shape.layers);
+            (
+                spec.name.clone(),
+                dtype,
+                spec.shape.clone(),
+                fill,
+                mix(i as u64 + 1),
+            )
+        })
+        .collect();
+    Ok(Weights::synthetic(origin, tensors)?)
+}
+
+/// The named synthetic model, on the CPU with nothing made yet (move it with
+/// [`InternVlModel::to_device`]).
 pub fn model(name: &str) -> Result<InternVlModel> {
-    let shape = shape(name)?;
-    let root = config_json(&shape);
-    let (specs, float) = specs_of(&root, &shape)?;
-    let image = safetensors_image(&specs, float, shape.layers);
+    model_of_shape(name, &shape(name)?)
+}
+
+/// The synthetic model of `shape`, labelled `name`. Uses the embedded checkpoint's tokenizer (the image
+/// tokens and the template's special tokens are what matter).
+pub fn model_of_shape(name: &str, shape: &Shape) -> Result<InternVlModel> {
+    let origin = format!("synthetic {name} (random weights)");
+    let root = config_json(shape);
+    let weights = Arc::new(weights(&origin, &root, shape)?);
     let (tokenizer, generation_config) = crate::embedded::internvl_tokenizer_files();
-    InternVlModel::from_shared(
-        &format!("synthetic {name} (random weights)"),
-        &root.to_string(),
-        Arc::new(image),
-        tokenizer,
-        Some(generation_config),
-    )
+    InternVlModel::from_weights(&origin, &root, weights, tokenizer, Some(generation_config))
+}
+
+/// The synthetic checkpoint of `shape` written out as the bytes of a safetensors file, every tensor made on
+/// the host: what loading a file of it reads. Tests load it beside [`model_of_shape`] to show that weights
+/// made on a GPU are those made on the host.
+pub fn checkpoint_image(shape: &Shape) -> Result<Vec<u8>> {
+    let root = config_json(shape);
+    let w = weights("synthetic checkpoint", &root, shape)?;
+    let names = w.names();
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    let mut data = Vec::with_capacity(names.len());
+    for name in names {
+        let raw = w.raw(name)?;
+        let bytes = raw.data.len();
+        header.insert(
+            name.to_string(),
+            json!({"dtype": raw.dtype_name, "shape": raw.shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+        data.push(raw.data.into_owned());
+    }
+    let mut text = Value::Object(header).to_string().into_bytes();
+    // The data starts 8-aligned, as safetensors writers pad it.
+    while !(8 + text.len()).is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut image = Vec::with_capacity(8 + text.len() + offset);
+    image.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    image.extend_from_slice(&text);
+    data.iter().for_each(|d| image.extend_from_slice(d));
+    Ok(image)
 }
 
 #[cfg(test)]
@@ -341,8 +356,9 @@ mod tests {
     fn the_shapes_follow_the_spec_tables() {
         let s = shape("internvl2_5-78b-awq").unwrap();
         assert_eq!((s.hidden, s.layers, s.heads, s.kv_heads), (8192, 80, 64, 8));
-        assert!(s.vit_6b && s.awq);
+        assert!(s.vision == VIT_6B && s.awq);
         assert_eq!(shape("internvl2_5-1b").unwrap().intermediate, 4864);
+        assert_eq!(shape("internvl2_5-1b").unwrap().vision, VIT_300M);
         assert!(shape("internvl2_5-7b").is_err());
     }
 
@@ -365,19 +381,26 @@ mod tests {
     }
 
     #[test]
-    fn fills_are_reproducible_and_have_the_planned_spread() {
-        let mut a = vec![0u8; 4 << 20];
-        let mut b = vec![0u8; 4 << 20];
-        fill_bytes(&mut a, DType::F32, Fill::Uniform(1.0), 7);
-        fill_bytes(&mut b, DType::F32, Fill::Uniform(1.0), 7);
-        assert_eq!(a, b);
-        let values: Vec<f32> = bytemuck::cast_slice::<u8, f32>(&a).to_vec();
-        let mean = values.iter().sum::<f32>() / values.len() as f32;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / values.len() as f32;
-        assert!(mean.abs() < 0.01, "{mean}");
-        assert!((var - 1.0 / 3.0).abs() < 0.01, "{var}");
-        assert!(values.iter().all(|v| v.abs() <= 1.0));
-        fill_bytes(&mut b, DType::F32, Fill::Uniform(1.0), 8);
-        assert_ne!(a, b);
+    fn building_the_78b_awq_makes_no_tensor() {
+        // 49 GiB of weights: built in well under a second and a few MB, because nothing is made until it
+        // is read or moved (this test would run out of memory or time otherwise).
+        let model = model("internvl2_5-78b-awq").unwrap();
+        assert_eq!(model.config.llm.num_hidden_layers, 80);
+    }
+
+    #[test]
+    fn a_synthetic_tensor_reads_the_same_through_the_checkpoint_and_directly() {
+        let shape = tiny();
+        let root = config_json(&shape);
+        let w = Arc::new(weights("tiny", &root, &shape).unwrap());
+        let name = "language_model.model.layers.1.self_attn.q_proj.qweight";
+        let got = w.scope("").get(name, &[128, 16]).unwrap();
+        let raw = w.raw(name).unwrap();
+        assert_eq!(got.bytes(), &raw.data[..]);
+        // Random codes, and not all tensors alike.
+        let other = w
+            .raw("language_model.model.layers.0.self_attn.q_proj.qweight")
+            .unwrap();
+        assert_ne!(raw.data, other.data);
     }
 }

@@ -177,3 +177,78 @@ fn vision_on_the_gpu_matches_transformers_within_bf16_rounding() {
         );
     }
 }
+
+/// A synthetic model moved to the GPU unread (its weights made there by kernels, the AWQ codes repacked
+/// and the fused projections joined there) computes the same bits as the same checkpoint made on the host
+/// and loaded from its bytes, for a prompt with an image; and it is the CPU's model (logits within a
+/// loose bound: f16 and bf16 activations against f32, on logits of order 0.1).
+#[test]
+fn a_synthetic_model_made_on_the_gpu_is_the_one_made_on_the_host() {
+    if gpu_for_tests().is_none() {
+        return;
+    }
+    use internvl::synthetic;
+    let shape = synthetic::tiny();
+    let (tokenizer, generation) = internvl::embedded::internvl_tokenizer_files();
+    let from_bytes = || {
+        InternVlModel::from_shared(
+            "tiny synthetic checkpoint (bytes)",
+            &synthetic::config_json(&shape).to_string(),
+            Arc::new(synthetic::checkpoint_image(&shape).unwrap()),
+            tokenizer,
+            Some(generation),
+        )
+        .unwrap()
+    };
+    let made_on_gpu = synthetic::model_of_shape("tiny", &shape)
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap();
+    let loaded = from_bytes().to_device(Device::Cuda(0)).unwrap();
+    let cpu = from_bytes();
+
+    let context = made_on_gpu.image_tokens.context;
+    let text = made_on_gpu
+        .text
+        .tokenizer
+        .encode("Describe the image.")
+        .unwrap();
+    let mut ids = vec![context];
+    ids.extend(text);
+    let values: Vec<f32> = (0..3 * 28 * 28)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let pixels = Tensor::from_vec(values, &[1, 3, 28, 28]).unwrap();
+    let logits = |model: &InternVlModel| -> Vec<f32> {
+        let llm = &model.text.llm;
+        let x = model.prompt_embeddings(&ids, Some(&pixels)).unwrap();
+        let x = llm.to_model_input(x).unwrap();
+        let mut cache = llm.new_kv_cache(16, 4);
+        let mut table = awq_kernels::kv_cache::BlockTable::new();
+        let mut seqs = [qwen2::SeqInput {
+            table: &mut table,
+            len: ids.len(),
+        }];
+        let out = llm
+            .forward_embeds(x, &mut cache, &mut seqs, Default::default())
+            .unwrap();
+        out.logits.to_f32_vec().unwrap()
+    };
+    let (a, b, c) = (logits(&made_on_gpu), logits(&loaded), logits(&cpu));
+    assert_eq!(a.len(), 151674);
+    assert!(a.iter().all(|v| v.is_finite()));
+    let max = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max > 0.01, "degenerate logits (max |logit| {max})");
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "the GPU-made and the host-made model differ"
+    );
+    let worst = a
+        .iter()
+        .zip(&c)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= 0.05 * max,
+        "GPU vs CPU: {worst} against max |logit| {max}"
+    );
+}

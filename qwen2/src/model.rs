@@ -44,6 +44,22 @@ impl Projections {
         })
     }
 
+    /// These projections fused into one layer on `device` (a GPU joins the parts it receives one by one:
+    /// see [`Linear::concat_out_to_device`]).
+    fn fused_on(&self, device: Device, dtype: DType) -> Result<Projections> {
+        match self {
+            Projections::Separate(parts) => Ok(Projections::Fused {
+                linear: Box::new(Linear::concat_out_to_device(
+                    &parts.iter().collect::<Vec<_>>(),
+                    device,
+                    dtype,
+                )?),
+                widths: parts.iter().map(Linear::out_features).collect(),
+            }),
+            fused => fused.to_device(device, dtype),
+        }
+    }
+
     fn to_device(&self, device: Device, dtype: DType) -> Result<Projections> {
         Ok(match self {
             Projections::Separate(parts) => Projections::Separate(
@@ -319,13 +335,12 @@ impl Qwen2 {
             Ok(x.to_dtype(dtype)?.to_device(device)?)
         };
         let l = |x: &Linear| -> Result<Linear> { Ok(x.to_device(device, dtype)?) };
-        // On a GPU the projections sharing an input become one GEMM each (fused on the host one layer at
-        // a time, so the host holds one layer's copy at most).
+        // On a GPU the projections sharing an input become one GEMM each (joined on the GPU).
         let p = |x: &Projections| -> Result<Projections> {
             if device == Device::Cpu {
                 Ok(x.clone())
             } else {
-                x.fuse()?.to_device(device, dtype)
+                x.fused_on(device, dtype)
             }
         };
         let layers = self

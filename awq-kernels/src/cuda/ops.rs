@@ -218,6 +218,86 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     Tensor::from_gpu_buffer(out, x.shape())
 }
 
+/// `parts` (GPU tensors of one float dtype and the same trailing dims) stacked along their first dim.
+pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
+    let Some(first) = parts.first() else {
+        return Err(Error::shape("concat_rows (cuda)", "nothing to join"));
+    };
+    let (dtype, tail) = (first.dtype(), &first.shape()[1..]);
+    if parts.iter().any(|p| {
+        p.dtype() != dtype || p.shape().len() != first.shape().len() || &p.shape()[1..] != tail
+    }) {
+        return Err(Error::shape(
+            "concat_rows (cuda)",
+            "tensors of different dtypes or trailing dims",
+        ));
+    }
+    let gpu = gpu_of(first)?;
+    let rows: usize = parts.iter().map(|p| p.dim(0)).sum();
+    let mut shape = first.shape().to_vec();
+    shape[0] = rows;
+    let mut out = GpuBuffer::output(&gpu, dtype, rows * tail.iter().product::<usize>())?;
+    let e = |e| cuda_error("joining tensors on the GPU", e);
+    float_dispatch!(dtype, "concat_rows", |T, _sfx| {
+        let dst = out.slice_mut::<T>()?;
+        let mut at = 0;
+        for p in parts {
+            let src = p.gpu_buffer()?.slice::<T>()?;
+            gpu.stream()
+                .memcpy_dtod(src, &mut dst.slice_mut(at..at + src.len()))
+                .map_err(e)?;
+            at += src.len();
+        }
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, &shape)
+}
+
+/// `len` elements of `dtype` made on the GPU by `fill` with `seed`: the bits [`crate::synthetic::fill_bytes`]
+/// makes on the host.
+pub fn synthetic(
+    gpu: &Arc<Gpu>,
+    dtype: DType,
+    len: usize,
+    fill: crate::synthetic::Fill,
+    seed: u64,
+) -> Result<GpuBuffer> {
+    fill.check(dtype)?;
+    let mut out = GpuBuffer::output(gpu, dtype, len)?;
+    let (kind, a) = fill.kernel_code();
+    let n = len as i64;
+    // Grid-stride: a bounded grid covers tensors of any length.
+    let config = elementwise(len.min(1 << 26));
+    if dtype.is_float() {
+        float_dispatch!(dtype, "synthetic", |T, sfx| {
+            let name = format!("synthetic_{sfx}");
+            let f = gpu.function(MODULE, &name)?;
+            let mut l = gpu.stream().launch_builder(&f);
+            l.arg(out.slice_mut::<T>()?)
+                .arg(&n)
+                .arg(&kind)
+                .arg(&a)
+                .arg(&seed);
+            // SAFETY: out holds n elements of T; the kernel writes exactly those (grid-stride loop).
+            unsafe { launch(&mut l, config) }.map_err(launch_err(&name))?;
+            Ok(())
+        })?;
+    } else {
+        let name = "synthetic_words";
+        let f = gpu.function(MODULE, name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        match dtype {
+            DType::I32 => l.arg(out.slice_mut::<i32>()?),
+            _ => l.arg(out.slice_mut::<u32>()?),
+        };
+        l.arg(&n).arg(&kind).arg(&seed);
+        // SAFETY: out holds n 32-bit words (the fill was checked against the dtype); the kernel writes
+        // exactly those.
+        unsafe { launch(&mut l, config) }.map_err(launch_err(name))?;
+    }
+    Ok(out)
+}
+
 /// `silu(x[.., :half]) * x[.., half:]` over rows of `2 · half` (the fused gate|up projection).
 pub fn silu_mul_halves(x: &Tensor, rows: usize, half: usize) -> Result<Tensor> {
     let gpu = gpu_of(x)?;

@@ -13,6 +13,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::synthetic::Fill;
 use crate::tensor::SharedBytes;
 use crate::{DType, Error, Result, Tensor};
 
@@ -27,6 +28,8 @@ pub enum WeightFormat {
     Safetensors,
     /// PyTorch zip/pickle (`torch.save`), read by a restricted unpickler.
     TorchBin,
+    /// No file: pseudo-random tensors ([`Weights::synthetic`]).
+    Synthetic,
 }
 
 impl Display for WeightFormat {
@@ -34,6 +37,7 @@ impl Display for WeightFormat {
         f.write_str(match self {
             WeightFormat::Safetensors => "safetensors",
             WeightFormat::TorchBin => "PyTorch .bin (zip + pickle)",
+            WeightFormat::Synthetic => "synthetic (pseudo-random, made where read)",
         })
     }
 }
@@ -52,6 +56,8 @@ pub(crate) enum Layout {
     /// A strided view (torch writes transposes and slices this way): element `idx` lies at
     /// `offset + sum(idx[i] * strides[i]) * elem_size`. Bounds are checked when the file is opened.
     Strided { offset: usize, strides: Vec<usize> },
+    /// Not stored: pseudo-random elements made where they are read ([`crate::synthetic`]).
+    Synthetic { fill: Fill, seed: u64 },
 }
 
 /// A tensor as a file reader describes it.
@@ -323,6 +329,36 @@ impl Weights {
         )
     }
 
+    /// A checkpoint of pseudo-random tensors, `(name, dtype, shape, fill, seed)` each: nothing is
+    /// allocated until a tensor is read on the host (then made there) or moved to a GPU unread (then made
+    /// there by a kernel, with the same bits). Synthetic full-size models are built on it.
+    pub fn synthetic(
+        origin: &str,
+        tensors: Vec<(String, DType, Vec<usize>, Fill, u64)>,
+    ) -> Result<Weights> {
+        let mut entries = HashMap::new();
+        for (name, dtype, shape, fill, seed) in tensors {
+            fill.check(dtype)?;
+            let raw = RawEntry {
+                dtype_name: dtype.safetensors_name().to_string(),
+                elem_size: dtype.size(),
+                shape,
+                layout: Layout::Synthetic { fill, seed },
+            };
+            entries.insert(name, Entry { file: 0, raw });
+        }
+        let empty: SharedBytes = Arc::new(Vec::<u8>::new());
+        Ok(Weights {
+            files: vec![WeightFile {
+                name: origin.to_string(),
+                bytes: empty,
+            }],
+            entries,
+            origin: origin.to_string(),
+            format: WeightFormat::Synthetic,
+        })
+    }
+
     fn from_sources(
         origin: String,
         format: WeightFormat,
@@ -333,6 +369,8 @@ impl Weights {
         for (file_idx, (name, bytes, path)) in sources.into_iter().enumerate() {
             let data: &[u8] = (*bytes).as_ref();
             let tensors = match format {
+                // Synthetic weights are made by `Weights::synthetic`, never read from bytes.
+                WeightFormat::Synthetic => Vec::new(),
                 WeightFormat::Safetensors => {
                     safetensors::read(data).map_err(|reason| Error::BadSafetensors {
                         path: path.clone(),
@@ -495,6 +533,14 @@ fn materialize<'a>(bytes: &'a [u8], raw: &RawEntry) -> Cow<'a, [u8]> {
     let numel: usize = raw.shape.iter().product();
     match &raw.layout {
         Layout::Contiguous { offset } => Cow::Borrowed(&bytes[*offset..*offset + numel * esz]),
+        Layout::Synthetic { fill, seed } => {
+            let mut out = vec![0u8; numel * esz];
+            let dtype = DType::from_safetensors_name(&raw.dtype_name)
+                .expect("synthetic entries are made with a supported dtype");
+            crate::synthetic::fill_bytes(&mut out, dtype, *fill, *seed)
+                .expect("the fill was checked against the dtype when the entry was made");
+            Cow::Owned(out)
+        }
         Layout::Strided { offset, strides } => {
             let mut out = Vec::with_capacity(numel * esz);
             if numel == 0 {
@@ -615,6 +661,7 @@ impl WeightsScope {
                 let bytes = materialize((*file.bytes).as_ref(), &entry.raw);
                 Tensor::from_le_bytes(&bytes, dtype, shape)
             }
+            Layout::Synthetic { fill, seed } => Tensor::synthetic(dtype, shape, *fill, *seed),
         }
     }
 

@@ -301,6 +301,102 @@ impl AwqGpuWeights {
         Self::from_repacked(gpu, &r)
     }
 
+    /// Repacks AutoAWQ GEMM-layout tensors that are already on the GPU, there (the kernels
+    /// `awq_repack_codes` and `awq_repack_groups`, bit for bit what [`repack`] makes on the host): `qweight`
+    /// [k, n/8] and `qzeros` [k/group, n/8] as i32 or u32 words, `scales` [k/group, n] in the activation
+    /// dtype (F16 or BF16) the layer will run with. Loading moves the checkpoint's bytes as they are and
+    /// leaves the reordering to the GPU.
+    pub fn repack_on_device(
+        qweight: &crate::Tensor,
+        qzeros: &crate::Tensor,
+        scales: &crate::Tensor,
+        k: usize,
+        n: usize,
+        group: usize,
+    ) -> Result<Self> {
+        check_shape(k, n, group)?;
+        let dtype = scales.dtype();
+        if !matches!(dtype, DType::F16 | DType::BF16) {
+            return Err(Error::Unsupported(format!(
+                "{OP}: activations must be f16 or bf16, not {dtype}"
+            )));
+        }
+        let (nw, ng) = (n / PACK_FACTOR, k / group);
+        for (what, t, want) in [
+            ("qweight [k, n/8]", qweight, k * nw),
+            ("qzeros [k/group, n/8]", qzeros, ng * nw),
+            ("scales [k/group, n]", scales, ng * n),
+        ] {
+            if t.elem_count() != want {
+                return Err(Error::shape(
+                    OP,
+                    format!("{what} has {} elements, expected {want}", t.elem_count()),
+                ));
+            }
+        }
+        for t in [qweight, qzeros] {
+            if !matches!(t.dtype(), DType::I32 | DType::U32) {
+                return Err(Error::DType {
+                    op: "AwqGpuWeights::repack_on_device",
+                    expected: DType::I32,
+                    got: t.dtype(),
+                });
+            }
+        }
+        let gpu = Arc::clone(&qweight.gpu_buffer()?.gpu);
+        let stream = Arc::clone(gpu.stream());
+        let (ns, kc) = (n.div_ceil(STRIP), k / CHUNK_K);
+        let alloc = |what: &str, e| cuda_error(&format!("allocating repacked AWQ {what}"), e);
+        // SAFETY (the three allocations): every element is written by the kernels below before any read.
+        let mut qw =
+            unsafe { stream.alloc::<u32>(ns * kc * CHUNK_WORDS) }.map_err(|e| alloc("codes", e))?;
+        let mut sc =
+            unsafe { stream.alloc::<u16>(ns * ng * 64) }.map_err(|e| alloc("scales", e))?;
+        let mut zr = unsafe { stream.alloc::<u32>(ns * ng * 8) }.map_err(|e| alloc("zeros", e))?;
+        let grid = |total: usize| LaunchConfig {
+            grid_dim: (
+                total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32,
+                1,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ki, ni, ngi) = (k as i32, n as i32, ng as i32);
+        {
+            let (qp, _gq) = words_ptr(qweight.gpu_buffer()?, &stream)?;
+            let (op, _go) = qw.device_ptr_mut(&stream);
+            let f = gpu.function(MODULE, "awq_repack_codes")?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&qp).arg(&op).arg(&ki).arg(&ni);
+            // SAFETY: qweight holds k·n/8 words (checked above), out ns·(k/16)·128 words; the kernel reads
+            // rows < k and words < n/8 and writes exactly its output (grid-stride loop).
+            unsafe { b.launch(grid(ns * kc * CHUNK_WORDS)) }
+                .map_err(launch_error("awq_repack_codes"))?;
+        }
+        {
+            let (zp, _gz) = words_ptr(qzeros.gpu_buffer()?, &stream)?;
+            let (sp, _gs) = half_ptr(scales.gpu_buffer()?, &stream)?;
+            let (zo, _gzo) = zr.device_ptr_mut(&stream);
+            let (so, _gso) = sc.device_ptr_mut(&stream);
+            let f = gpu.function(MODULE, "awq_repack_groups")?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&zp).arg(&sp).arg(&zo).arg(&so).arg(&ni).arg(&ngi);
+            // SAFETY: qzeros holds (k/group)·n/8 words and scales (k/group)·n 16-bit values (checked above);
+            // the outputs hold ns·(k/group)·8 words and 8 times as many 16-bit values, all written.
+            unsafe { b.launch(grid(ns * ng * 8)) }.map_err(launch_error("awq_repack_groups"))?;
+        }
+        Ok(Self {
+            qw,
+            scales: sc,
+            zeros: zr,
+            k,
+            n,
+            group,
+            dtype,
+        })
+    }
+
     /// Copies already repacked weights to `gpu`.
     pub fn from_repacked(gpu: &Gpu, r: &Repacked) -> Result<Self> {
         check_shape(r.k, r.n, r.group)?;
@@ -330,6 +426,56 @@ impl AwqGpuWeights {
             group: r.group,
             dtype: r.dtype,
         })
+    }
+
+    /// One layer whose outputs are those of `parts` side by side, joined on the device. The layout is
+    /// strip-major, so this is three concatenations, equal to repacking the host-fused tensors as long as
+    /// every part but the last fills whole 64-column strips ([`Self::joinable`]).
+    pub fn concat_out(gpu: &Gpu, parts: &[&AwqGpuWeights]) -> Result<Self> {
+        if !Self::joinable(parts) {
+            return Err(Error::Unsupported(format!(
+                "{OP}: joining AWQ layers on the GPU needs one k, group and dtype and every width but the \
+                 last a multiple of {STRIP}"
+            )));
+        }
+        let s = gpu.stream();
+        let e = |e| cuda_error("joining AWQ layers", e);
+        let (first, n) = (parts[0], parts.iter().map(|p| p.n).sum::<usize>());
+        let total = |f: fn(&AwqGpuWeights) -> usize| parts.iter().map(|p| f(p)).sum::<usize>();
+        // SAFETY (the three allocations): the copies below write every element.
+        let mut qw = unsafe { s.alloc::<u32>(total(|p| p.qw.len())) }.map_err(e)?;
+        let mut scales = unsafe { s.alloc::<u16>(total(|p| p.scales.len())) }.map_err(e)?;
+        let mut zeros = unsafe { s.alloc::<u32>(total(|p| p.zeros.len())) }.map_err(e)?;
+        let (mut a, mut b, mut c) = (0, 0, 0);
+        for p in parts {
+            s.memcpy_dtod(&p.qw, &mut qw.slice_mut(a..a + p.qw.len()))
+                .map_err(e)?;
+            s.memcpy_dtod(&p.scales, &mut scales.slice_mut(b..b + p.scales.len()))
+                .map_err(e)?;
+            s.memcpy_dtod(&p.zeros, &mut zeros.slice_mut(c..c + p.zeros.len()))
+                .map_err(e)?;
+            (a, b, c) = (a + p.qw.len(), b + p.scales.len(), c + p.zeros.len());
+        }
+        Ok(Self {
+            qw,
+            scales,
+            zeros,
+            k: first.k,
+            n,
+            group: first.group,
+            dtype: first.dtype,
+        })
+    }
+
+    /// Whether [`Self::concat_out`] can join `parts`.
+    pub fn joinable(parts: &[&AwqGpuWeights]) -> bool {
+        let Some((last, rest)) = parts.split_last() else {
+            return false;
+        };
+        parts
+            .iter()
+            .all(|p| (p.k, p.group, p.dtype) == (last.k, last.group, last.dtype))
+            && rest.iter().all(|p| p.n.is_multiple_of(STRIP))
     }
 
     /// A device-side copy (benches rotate several copies so that timings are not L2 hits).
@@ -603,6 +749,34 @@ fn check_aligned(what: &str, ptr: u64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The device address of a buffer of 32-bit words (i32 or u32).
+fn words_ptr<'a>(
+    b: &'a crate::cuda::buffer::GpuBuffer,
+    stream: &'a Arc<CudaStream>,
+) -> Result<(
+    cudarc::driver::sys::CUdeviceptr,
+    cudarc::driver::SyncOnDrop<'a>,
+)> {
+    Ok(match b.dtype() {
+        DType::I32 => b.slice::<i32>()?.device_ptr(stream),
+        _ => b.slice::<u32>()?.device_ptr(stream),
+    })
+}
+
+/// The device address of a buffer of f16 or bf16 values.
+fn half_ptr<'a>(
+    b: &'a crate::cuda::buffer::GpuBuffer,
+    stream: &'a Arc<CudaStream>,
+) -> Result<(
+    cudarc::driver::sys::CUdeviceptr,
+    cudarc::driver::SyncOnDrop<'a>,
+)> {
+    Ok(match b.dtype() {
+        DType::BF16 => b.slice::<bf16>()?.device_ptr(stream),
+        _ => b.slice::<f16>()?.device_ptr(stream),
+    })
 }
 
 fn launch_error(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {

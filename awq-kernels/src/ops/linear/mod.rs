@@ -208,6 +208,116 @@ impl Linear {
         }
     }
 
+    /// [`Linear::concat_out`] of host layers `parts`, on `device` computing in `dtype`: the layer that
+    /// fusing on the host and then moving would give. On a GPU each part moves on its own and the GPU joins
+    /// them, so the host never holds a fused copy (and synthetic weights are made on the GPU only); AWQ
+    /// parts whose widths the GPU layout cannot join (not whole 64-column strips) are fused on the host.
+    pub fn concat_out_to_device(
+        parts: &[&Linear],
+        device: crate::Device,
+        dtype: DType,
+    ) -> Result<Linear> {
+        #[cfg(feature = "cuda")]
+        if device != crate::Device::Cpu && Self::joinable_on_device(parts) {
+            let moved = parts
+                .iter()
+                .map(|p| p.to_device(device, dtype))
+                .collect::<Result<Vec<_>>>()?;
+            return Self::join_on_device(&moved);
+        }
+        Linear::concat_out(parts)?.to_device(device, dtype)
+    }
+
+    /// Host layers of one kind and input width whose GPU copies [`Self::join_on_device`] can join.
+    #[cfg(feature = "cuda")]
+    fn joinable_on_device(parts: &[&Linear]) -> bool {
+        let Some((last, rest)) = parts.split_last() else {
+            return false;
+        };
+        let k = last.in_features();
+        parts.iter().all(|p| p.in_features() == k)
+            && match last {
+                Linear::Dense { .. } => parts.iter().all(|p| matches!(p, Linear::Dense { .. })),
+                Linear::Awq { group, .. } => {
+                    parts
+                        .iter()
+                        .all(|p| matches!(p, Linear::Awq { group: g, .. } if g == group))
+                        && rest
+                            .iter()
+                            .all(|p| p.out_features().is_multiple_of(super::awq::cuda::STRIP))
+                }
+                _ => false,
+            }
+    }
+
+    /// GPU layers of one kind, joined side by side on the device.
+    #[cfg(feature = "cuda")]
+    fn join_on_device(parts: &[Linear]) -> Result<Linear> {
+        use crate::cuda::ops::concat_rows;
+        let gpu = crate::cuda::Gpu::shared()?;
+        let host_layers =
+            || Error::Unsupported("Linear::join_on_device: mixed or host layers".into());
+        // (bias, width, activation dtype) of each part.
+        let mut biases = Vec::with_capacity(parts.len());
+        for p in parts {
+            match p {
+                Linear::DenseGpu { weight, bias } => {
+                    biases.push((bias.as_ref(), weight.dim(0), weight.dtype()))
+                }
+                Linear::AwqGpu {
+                    weights, bias, n, ..
+                } => biases.push((bias.as_ref(), *n, weights.dtype())),
+                _ => return Err(host_layers()),
+            }
+        }
+        let bias = if biases.iter().any(|b| b.0.is_some()) {
+            let filled = biases
+                .iter()
+                .map(|&(b, n, dtype)| match b {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::from_gpu_buffer(
+                        crate::cuda::buffer::GpuBuffer::zeros(&gpu, dtype, n)?,
+                        &[n],
+                    ),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(concat_rows(&filled.iter().collect::<Vec<_>>())?)
+        } else {
+            None
+        };
+        match &parts[0] {
+            Linear::DenseGpu { .. } => {
+                let weights = parts
+                    .iter()
+                    .map(|p| match p {
+                        Linear::DenseGpu { weight, .. } => Ok(weight),
+                        _ => Err(host_layers()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Linear::DenseGpu {
+                    weight: concat_rows(&weights)?,
+                    bias,
+                })
+            }
+            _ => {
+                let weights = parts
+                    .iter()
+                    .map(|p| match p {
+                        Linear::AwqGpu { weights, .. } => Ok(weights.as_ref()),
+                        _ => Err(host_layers()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let joined = super::awq::cuda::AwqGpuWeights::concat_out(&gpu, &weights)?;
+                Ok(Linear::AwqGpu {
+                    k: joined.k(),
+                    n: joined.n(),
+                    weights: std::sync::Arc::new(joined),
+                    bias,
+                })
+            }
+        }
+    }
+
     /// A bias-free dense layer over a weight `[n, k]` already where it will compute (e.g. a device copy of
     /// an embedding table that a tied lm_head shares).
     pub fn dense_on_device(weight: Tensor) -> Linear {
@@ -270,13 +380,16 @@ impl Linear {
                     n,
                     group,
                 } => {
-                    let gpu = crate::cuda::Gpu::shared()?;
-                    let (qw, qz) = (qweight.as_u32_bits()?, qzeros.as_u32_bits()?);
-                    let weights = with_float_slice!(scales, "Linear::to_device", |s| {
-                        super::awq::cuda::AwqGpuWeights::upload(
-                            &gpu, qw, qz, s, *k, *n, *group, dtype,
-                        )?
-                    });
+                    // The checkpoint's words move as they are (a synthetic tensor is made on the GPU)
+                    // and the GPU repacks them: the host does no per-weight work.
+                    let weights = super::awq::cuda::AwqGpuWeights::repack_on_device(
+                        &qweight.to_device(device)?,
+                        &qzeros.to_device(device)?,
+                        &scales.to_dtype(dtype)?.to_device(device)?,
+                        *k,
+                        *n,
+                        *group,
+                    )?;
                     Ok(Linear::AwqGpu {
                         weights: std::sync::Arc::new(weights),
                         bias: bias_on(bias)?,
