@@ -448,6 +448,26 @@ FOR_EACH_TYPE(INSTANTIATE)
     }
 FOR_EACH_TYPE(INSTANTIATE_SYNTHETIC)
 
+// out[r][j] = w[r][j] · scale[r], the product rounded to f32 and then to the output type: a layer scale
+// folded into the layer before it, with the roundings of the host's f32 fold followed by its cast.
+template <typename S, typename D>
+__device__ void scale_rows(const S* __restrict__ w, const float* __restrict__ scale, D* __restrict__ out,
+                           long long total, int k) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+        out[i] = from_f32<D>(__fmul_rn(to_f32(w[i]), scale[i / k]));
+}
+
+#define INSTANTIATE_SCALE_ROWS_TO(sname, S, dname, D)                                                        \
+    extern "C" __global__ void scale_rows_##sname##_to_##dname(const S* w, const float* scale, D* out,       \
+                                                               long long total, int k) {                     \
+        scale_rows<S, D>(w, scale, out, total, k);                                                           \
+    }
+#define INSTANTIATE_SCALE_ROWS(sname, S)                                                                     \
+    INSTANTIATE_SCALE_ROWS_TO(sname, S, f32, float)                                                          \
+    INSTANTIATE_SCALE_ROWS_TO(sname, S, f16, __half)                                                         \
+    INSTANTIATE_SCALE_ROWS_TO(sname, S, bf16, __nv_bfloat16)
+FOR_EACH_TYPE(INSTANTIATE_SCALE_ROWS)
+
 INSTANTIATE_CASTS(f16, __half)
 INSTANTIATE_CASTS(bf16, __nv_bfloat16)
 // Between the 16-bit types through f32 (exact), one rounding: what the host conversion does.

@@ -7,6 +7,8 @@
 //! takes its top 24 bits as a uniform in [-1, 1) (exact in f32), times the amplitude (one rounding), then
 //! rounded to the tensor's dtype.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rayon::prelude::*;
 
 use crate::{DType, Error, Result};
@@ -76,9 +78,19 @@ fn float_value(fill: Fill, seed: u64, index: u64) -> f32 {
     }
 }
 
+/// Bytes of synthetic tensors made on the host so far, by this process.
+static HOST_BYTES_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// How many bytes of synthetic tensors this process has made on the host (the rest were made on a GPU or
+/// not at all): lets tests hold the promise that a synthetic model moved to a GPU is not made on the host.
+pub fn host_bytes_made() -> u64 {
+    HOST_BYTES_MADE.load(Ordering::Relaxed)
+}
+
 /// Writes elements `0..` of a synthetic tensor of `dtype` into `out` (little-endian), in parallel.
 pub fn fill_bytes(out: &mut [u8], dtype: DType, fill: Fill, seed: u64) -> Result<()> {
     fill.check(dtype)?;
+    HOST_BYTES_MADE.fetch_add(out.len() as u64, Ordering::Relaxed);
     const CHUNK: usize = 1 << 20;
     let size = dtype.size();
     out.par_chunks_mut(CHUNK)

@@ -410,9 +410,12 @@ impl Tensor {
         Tensor::from_vec(self.to_f32_vec()?, &self.shape)
     }
 
-    /// Rows `start..end` of the first dimension, copied.
+    /// Rows `start..end` of the first dimension, copied (on the tensor's device).
     pub fn narrow_rows(&self, start: usize, end: usize) -> Result<Tensor> {
-        self.check_on_cpu("Tensor::narrow_rows")?;
+        #[cfg(feature = "cuda")]
+        if self.device() != Device::Cpu {
+            return crate::cuda::ops::narrow_rows(self, start, end);
+        }
         let rows = *self.shape.first().unwrap_or(&0);
         if start > end || end > rows {
             return Err(Error::shape(

@@ -4,15 +4,16 @@
 //!
 //! The weights are a synthetic checkpoint ([`Weights::synthetic`]) loaded through the ordinary path, so a
 //! synthetic model exercises exactly the loader, the dtype handling and the kernels a real checkpoint
-//! does. No tensor is made before it is needed: moved to a GPU unread, a tensor is made there by a kernel
-//! (the language model, embeddings and head; the GPU also repacks the AWQ codes and joins the fused
-//! projections), so the 78B-AWQ's 33 GiB of int4 weights never exist in host memory. Read on the host, a
-//! tensor is made there with the same bits (the CPU path, and the vision encoder, whose loading folds its
-//! layer scales into its linears on the host). Values are scaled so that activations stay in the range
-//! real checkpoints have (no f16 overflow through 80 layers): linear weights uniform with standard
-//! deviation 0.02 (output projections of a residual branch divided by sqrt(2 · layers)), norms 1, biases
-//! and layer scales small; AWQ layers random nibbles with zero point 8 and scales that give the same
-//! spread after dequantization.
+//! does. No tensor is made before it is needed: moved to a GPU unread, a tensor is made there by a kernel,
+//! and the load-time rewrites that touch large weights run there too (the AWQ codes repacked, the fused
+//! projections joined, InternViT's qkv rows split and its layer scales folded), so none of the 78B-AWQ's
+//! 49 GiB of weights is made in host memory; only small ones are (norms, biases, layer scales, the patch
+//! embedding). Read on the host, a tensor is made there with the same bits (the CPU path).
+//!
+//! Values are scaled so that activations stay in the range real checkpoints have (no f16 overflow through
+//! 80 layers): linear weights uniform with standard deviation 0.02 (output projections of a residual
+//! branch divided by sqrt(2 · layers)), norms 1, biases and layer scales small; AWQ layers random nibbles
+//! with zero point 8 and scales that give the same spread after dequantization.
 
 use std::sync::Arc;
 

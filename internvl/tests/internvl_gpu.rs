@@ -179,9 +179,10 @@ fn vision_on_the_gpu_matches_transformers_within_bf16_rounding() {
 }
 
 /// A synthetic model moved to the GPU unread (its weights made there by kernels, the AWQ codes repacked
-/// and the fused projections joined there) computes the same bits as the same checkpoint made on the host
-/// and loaded from its bytes, for a prompt with an image; and it is the CPU's model (logits within a
-/// loose bound: f16 and bf16 activations against f32, on logits of order 0.1).
+/// and the fused projections joined there; the host makes only small tensors) computes the same bits as
+/// the same checkpoint made on the host and loaded from its bytes, for a prompt with an image; and it is
+/// the CPU's model (logits within a loose bound: f16 and bf16 activations against f32, on logits of order
+/// 0.1).
 #[test]
 fn a_synthetic_model_made_on_the_gpu_is_the_one_made_on_the_host() {
     if gpu_for_tests().is_none() {
@@ -200,10 +201,16 @@ fn a_synthetic_model_made_on_the_gpu_is_the_one_made_on_the_host() {
         )
         .unwrap()
     };
+    let before = awq_kernels::synthetic::host_bytes_made();
     let made_on_gpu = synthetic::model_of_shape("tiny", &shape)
         .unwrap()
         .to_device(Device::Cuda(0))
         .unwrap();
+    // Of its 80 MB (mostly the embedding table and the head, 39 MB each), the host made only the small
+    // tensors: the patch embedding (64 x 588 bf16, 75 KB), norms, biases, layer scales and positions (4
+    // KB). No other test of this binary makes synthetic tensors.
+    let host_made = awq_kernels::synthetic::host_bytes_made() - before;
+    assert!(host_made < 128 << 10, "{host_made} bytes made on the host");
     let loaded = from_bytes().to_device(Device::Cuda(0)).unwrap();
     let cpu = from_bytes();
 
@@ -251,4 +258,35 @@ fn a_synthetic_model_made_on_the_gpu_is_the_one_made_on_the_host() {
         worst <= 0.05 * max,
         "GPU vs CPU: {worst} against max |logit| {max}"
     );
+}
+
+/// The encoder's load-time rewrites done on the GPU (the qkv rows split there, the layer scales folded
+/// there by a kernel) give the bits of the same rewrites done on the host in f32 and then moved, for both
+/// encoder designs (the 300M's fused qkv with bias, the 6B's RMSNorm and q/k norms).
+#[test]
+fn vision_rewrites_on_the_gpu_give_the_bits_of_the_host_rewrites() {
+    if gpu_for_tests().is_none() {
+        return;
+    }
+    let gpu = Device::Cuda(0);
+    for name in ["internvl-300m-like", "internvl-6b-like"] {
+        let model = InternVlModel::load(&fixtures().join(name)).unwrap();
+        let dtype = awq_kernels::DType::BF16;
+        let rewritten_on_gpu = model.vit.to_device(gpu, dtype).unwrap();
+        let rewritten_on_host = model
+            .vit
+            .rewritten()
+            .unwrap()
+            .to_device(gpu, dtype)
+            .unwrap();
+        let px = pixels("image");
+        let a = rewritten_on_gpu.forward(&px).unwrap();
+        let b = rewritten_on_host.forward(&px).unwrap();
+        let (a, b) = (
+            a.to_device(Device::Cpu).unwrap(),
+            b.to_device(Device::Cpu).unwrap(),
+        );
+        assert!(a.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
+        assert_eq!(a.bytes(), b.bytes(), "{name}");
+    }
 }

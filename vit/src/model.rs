@@ -72,23 +72,9 @@ fn output_rows(linear: &Linear, start: usize, end: usize) -> Result<Linear> {
     })
 }
 
-/// A dense layer with its output `j` multiplied by `scale[j]` (a layer scale folded into the layer).
+/// A dense layer with its output `j` multiplied by `scale[j]` (a layer scale folded into the layer), in f32.
 fn scaled_outputs(linear: &Linear, scale: &Tensor) -> Result<Linear> {
-    let Linear::Dense { weight, bias } = linear else {
-        return Err(awq_kernels::Error::Unsupported("scaling a non-dense linear".into()).into());
-    };
-    let scale = scale.to_f32_vec()?;
-    let k = weight.dim(1);
-    let mut w = weight.to_f32_vec()?;
-    for (row, s) in w.chunks_exact_mut(k).zip(&scale) {
-        row.iter_mut().for_each(|v| *v *= s);
-    }
-    Ok(Linear::Dense {
-        weight: Tensor::from_vec(w, weight.shape())?,
-        bias: bias
-            .as_ref()
-            .map(|b| b.iter().zip(&scale).map(|(v, s)| v * s).collect()),
-    })
+    Ok(linear.scaled_outputs_to_device(&scale.to_f32_vec()?, Device::Cpu, DType::F32)?)
 }
 
 #[derive(Clone)]
@@ -248,37 +234,62 @@ impl InternVit {
         if device == Device::Cpu {
             return Ok(self.clone_on_cpu());
         }
-        let r = self.rewritten()?;
+        if self.device != Device::Cpu {
+            return Err(awq_kernels::Error::Unsupported(
+                "move the encoder to a GPU from the CPU".into(),
+            )
+            .into());
+        }
+        // The rewrites of [`Self::rewritten`], done on the device where they touch the large weights (a
+        // weight moves as stored, then the GPU splits or scales it), with the same roundings.
+        let c = self.config.hidden_size;
         let lin = |l: &Linear| -> Result<Linear> { Ok(l.to_device(device, dtype)?) };
         let opt = |t: &Option<Tensor>| t.as_ref().map(|t| on(t, device, dtype)).transpose();
-        let mut layers = Vec::with_capacity(r.layers.len());
-        for layer in &r.layers {
-            let QkvProjection::Split { q, k, v } = &layer.attn.qkv else {
-                unreachable!("rewritten() splits qkv");
+        let fold = |l: &Linear, ls: &Option<Tensor>| -> Result<Linear> {
+            match ls {
+                Some(ls) => Ok(l.scaled_outputs_to_device(&ls.to_f32_vec()?, device, dtype)?),
+                None => lin(l),
+            }
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let qkv = match &layer.attn.qkv {
+                QkvProjection::Fused(qkv) => {
+                    let qkv = lin(qkv)?;
+                    QkvProjection::Split {
+                        q: Box::new(qkv.output_rows(0, c)?),
+                        k: Box::new(qkv.output_rows(c, 2 * c)?),
+                        v: Box::new(qkv.output_rows(2 * c, 3 * c)?),
+                    }
+                }
+                QkvProjection::Split { q, k, v } => QkvProjection::Split {
+                    q: Box::new(lin(q)?),
+                    k: Box::new(lin(k)?),
+                    v: Box::new(lin(v)?),
+                },
             };
             layers.push(EncoderLayer {
                 norm1: layer.norm1.to_device(device, dtype)?,
                 attn: Attention {
-                    qkv: QkvProjection::Split {
-                        q: Box::new(lin(q)?),
-                        k: Box::new(lin(k)?),
-                        v: Box::new(lin(v)?),
-                    },
+                    qkv,
                     q_norm: opt(&layer.attn.q_norm)?,
                     k_norm: opt(&layer.attn.k_norm)?,
-                    proj: lin(&layer.attn.proj)?,
+                    proj: fold(&layer.attn.proj, &layer.ls1)?,
                 },
                 ls1: None,
                 norm2: layer.norm2.to_device(device, dtype)?,
                 mlp: Mlp {
                     fc1: lin(&layer.mlp.fc1)?,
-                    fc2: lin(&layer.mlp.fc2)?,
+                    fc2: fold(&layer.mlp.fc2, &layer.ls2)?,
                 },
                 ls2: None,
             });
         }
-        let mut embeddings = r.embeddings.clone();
-        embeddings.augmented = r.embeddings.augmented.as_ref().map(lin).transpose()?;
+        let mut embeddings = self.embeddings.clone();
+        embeddings.augmented = Some(match &self.embeddings.augmented {
+            Some(augmented) => lin(augmented)?,
+            None => lin(&self.augmented_patch_embedding()?)?,
+        });
         Ok(InternVit {
             config: self.config.clone(),
             embeddings,

@@ -253,6 +253,73 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
     Tensor::from_gpu_buffer(out, &shape)
 }
 
+/// Rows `start..end` of a GPU tensor, copied on the device.
+pub fn narrow_rows(t: &Tensor, start: usize, end: usize) -> Result<Tensor> {
+    let rows = t.dim(0);
+    if start > end || end > rows {
+        return Err(Error::shape(
+            "narrow_rows (cuda)",
+            format!("rows {start}..{end} out of {rows}"),
+        ));
+    }
+    let gpu = gpu_of(t)?;
+    let row = t.elem_count() / rows.max(1);
+    let mut shape = t.shape().to_vec();
+    shape[0] = end - start;
+    let mut out = GpuBuffer::output(&gpu, t.dtype(), (end - start) * row)?;
+    let e = |e| cuda_error("copying rows on the GPU", e);
+    float_dispatch!(t.dtype(), "narrow_rows", |T, _sfx| {
+        let src = t.gpu_buffer()?.slice::<T>()?;
+        gpu.stream()
+            .memcpy_dtod(&src.slice(start * row..end * row), out.slice_mut::<T>()?)
+            .map_err(e)?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, &shape)
+}
+
+/// `w` `[n, k]` (a GPU tensor of any float dtype) with row `r` multiplied by `scale[r]`, in `dtype`: the
+/// product rounded to f32, then to `dtype` (what scaling in f32 on the host and then casting gives).
+pub fn scale_rows(w: &Tensor, scale: &[f32], dtype: DType) -> Result<Tensor> {
+    let (n, k) = (w.dim(0), w.elem_count() / w.dim(0).max(1));
+    if scale.len() != n || w.shape().len() != 2 {
+        return Err(Error::shape(
+            "scale_rows (cuda)",
+            format!("{} scales for a weight {:?}", scale.len(), w.shape()),
+        ));
+    }
+    let gpu = gpu_of(w)?;
+    let scale_gpu = GpuBuffer::from_slice(&gpu, scale)?;
+    let mut out = GpuBuffer::output(&gpu, dtype, n * k)?;
+    let sfx = |d: DType| match d {
+        DType::F16 => Ok("f16"),
+        DType::BF16 => Ok("bf16"),
+        DType::F32 => Ok("f32"),
+        other => Err(Error::Unsupported(format!("scale_rows to or from {other}"))),
+    };
+    let name = format!("scale_rows_{}_to_{}", sfx(w.dtype())?, sfx(dtype)?);
+    let f = gpu.function(MODULE, &name)?;
+    let src = w.gpu_buffer()?;
+    let mut l = gpu.stream().launch_builder(&f);
+    match w.dtype() {
+        DType::F16 => l.arg(src.slice::<f16>()?),
+        DType::BF16 => l.arg(src.slice::<bf16>()?),
+        _ => l.arg(src.slice::<f32>()?),
+    };
+    l.arg(scale_gpu.slice::<f32>()?);
+    match dtype {
+        DType::F16 => l.arg(out.slice_mut::<f16>()?),
+        DType::BF16 => l.arg(out.slice_mut::<bf16>()?),
+        _ => l.arg(out.slice_mut::<f32>()?),
+    };
+    let (total, ki) = ((n * k) as i64, k as i32);
+    l.arg(&total).arg(&ki);
+    // SAFETY: w holds n·k elements of its type, scale n floats, out n·k elements of dtype; the kernel
+    // (named for that pair of types) touches exactly those (grid-stride loop).
+    unsafe { launch(&mut l, elementwise((n * k).min(1 << 26))) }.map_err(launch_err(&name))?;
+    Tensor::from_gpu_buffer(out, w.shape())
+}
+
 /// `len` elements of `dtype` made on the GPU by `fill` with `seed`: the bits [`crate::synthetic::fill_bytes`]
 /// makes on the host.
 pub fn synthetic(

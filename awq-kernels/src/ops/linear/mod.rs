@@ -208,6 +208,84 @@ impl Linear {
         }
     }
 
+    /// The outputs `start..end` of a dense layer (those rows of its weight and bias) as a layer of their
+    /// own, on the layer's device (a GPU copies the rows there).
+    pub fn output_rows(&self, start: usize, end: usize) -> Result<Linear> {
+        let op = "Linear::output_rows";
+        if start > end || end > self.out_features() {
+            return Err(Error::shape(
+                op,
+                format!("outputs {start}..{end} of {}", self.out_features()),
+            ));
+        }
+        match self {
+            Linear::Dense { weight, bias } => Ok(Linear::Dense {
+                weight: weight.narrow_rows(start, end)?,
+                bias: bias.as_ref().map(|b| b[start..end].to_vec()),
+            }),
+            #[cfg(feature = "cuda")]
+            Linear::DenseGpu { weight, bias } => Ok(Linear::DenseGpu {
+                weight: weight.narrow_rows(start, end)?,
+                bias: bias
+                    .as_ref()
+                    .map(|b| b.narrow_rows(start, end))
+                    .transpose()?,
+            }),
+            _ => Err(Error::Unsupported(format!("{op}: a non-dense layer"))),
+        }
+    }
+
+    /// This host dense layer with output `j` multiplied by `scale[j]` (a layer scale folded into the layer
+    /// before it), on `device` computing in `dtype`: the product is made in f32 and rounded to `dtype`
+    /// once. On a GPU the weight moves as stored (a synthetic one is made there) and a kernel scales it.
+    pub fn scaled_outputs_to_device(
+        &self,
+        scale: &[f32],
+        device: crate::Device,
+        dtype: DType,
+    ) -> Result<Linear> {
+        let op = "Linear::scaled_outputs_to_device";
+        let Linear::Dense { weight, bias } = self else {
+            return Err(Error::Unsupported(format!(
+                "{op}: a non-dense or device layer"
+            )));
+        };
+        if scale.len() != weight.dim(0) {
+            return Err(Error::shape(
+                op,
+                format!("{} scales for {} outputs", scale.len(), weight.dim(0)),
+            ));
+        }
+        let bias = bias.as_ref().map(|b| {
+            b.iter()
+                .zip(scale)
+                .map(|(v, s)| v * s)
+                .collect::<Vec<f32>>()
+        });
+        #[cfg(feature = "cuda")]
+        if device != crate::Device::Cpu {
+            let weight = crate::cuda::ops::scale_rows(&weight.to_device(device)?, scale, dtype)?;
+            let bias = bias
+                .map(|b| {
+                    Tensor::from_vec(b.clone(), &[b.len()])?
+                        .to_dtype(dtype)?
+                        .to_device(device)
+                })
+                .transpose()?;
+            return Ok(Linear::DenseGpu { weight, bias });
+        }
+        let k = weight.dim(1);
+        let mut w = weight.to_f32_vec()?;
+        for (row, s) in w.chunks_exact_mut(k).zip(scale) {
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        Linear::Dense {
+            weight: Tensor::from_vec(w, weight.shape())?,
+            bias,
+        }
+        .to_device(device, dtype)
+    }
+
     /// [`Linear::concat_out`] of host layers `parts`, on `device` computing in `dtype`: the layer that
     /// fusing on the host and then moving would give. On a GPU each part moves on its own and the GPU joins
     /// them, so the host never holds a fused copy (and synthetic weights are made on the GPU only); AWQ
