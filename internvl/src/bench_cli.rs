@@ -19,7 +19,7 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// The family member (internvl2_5-1b, -4b, -38b, -78b, -78b-awq).
+    /// The family member (internvl2_5-1b, -4b, -38b, -78b, -78b-awq; `tiny` for a smoke run).
     #[arg(long, default_value = "internvl2_5-1b")]
     synthetic: String,
     /// cpu, or cuda (with the `cuda` feature).
@@ -114,8 +114,8 @@ fn prompt_ids(model: &InternVlModel, tiles: usize, question: &[u32]) -> Result<V
     Ok(ids)
 }
 
-fn random_pixels(tiles: usize) -> Result<Tensor> {
-    let n = tiles * 3 * 448 * 448;
+fn random_pixels(tiles: usize, side: usize) -> Result<Tensor> {
+    let n = tiles * 3 * side * side;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let values: Vec<f32> = (0..n)
         .map(|_| {
@@ -126,7 +126,7 @@ fn random_pixels(tiles: usize) -> Result<Tensor> {
             ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
         })
         .collect();
-    Ok(Tensor::from_vec(values, &[tiles, 3, 448, 448])?)
+    Ok(Tensor::from_vec(values, &[tiles, 3, side, side])?)
 }
 
 /// Runs every queued sequence until `done` sequences have finished; returns the tokens seen.
@@ -212,22 +212,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .with_context(|| format!("making {} on {device}", source.describe()))?;
     eprintln!("ready in {:.1} s", started.elapsed().as_secs_f64());
     let question = question_ids(&model, args.question_tokens)?;
+    let prompt = prompt_ids(&model, args.tiles, &question)?;
+    let text_prompt = prompt_ids(&model, 0, &question)?;
     let max_batch = args.batch.iter().copied().max().unwrap_or(1);
+    // Room for the image prompt, or for the largest decode batch all at once (each sequence's prompt, its
+    // decode steps and the two untimed tokens), plus a partly filled block per sequence: a batch that did
+    // not fit would be prefilled in pieces and the timed steps would not all decode `batch` sequences.
+    let block_size = 16;
+    let kv_cache_tokens = (prompt.len() + 1)
+        .max(max_batch * (text_prompt.len() + args.decode_steps + 2))
+        + (max_batch + 1) * block_size;
     let mut engine = Engine::new(
         &model,
         EngineConfig {
             max_running: max_batch,
-            kv_cache_tokens: max_batch * (question.len() + 64 + args.decode_steps + 8)
-                + args.tiles * model.tokens_per_tile()
-                + 256,
-            block_size: 16,
+            kv_cache_tokens,
+            block_size,
         },
     )?;
     let mut rows = Vec::new();
 
     // Time to first token: one image, one sequence, one token.
-    let prompt = prompt_ids(&model, args.tiles, &question)?;
-    let pixels = random_pixels(args.tiles)?;
+    let pixels = random_pixels(args.tiles, model.config.vision.image_size)?;
     let mut ttft = Vec::new();
     for run in 0..=args.repeats {
         let t0 = Instant::now();
@@ -248,7 +254,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }));
 
     // Decode: `batch` text-only sequences; the timed steps each decode one token of every sequence.
-    let text_prompt = prompt_ids(&model, 0, &question)?;
     for kernel in &args.awq_decode_kernels {
         choose_awq_decode_kernel(kernel)?;
         for sampling in &args.decode_sampling {

@@ -78,7 +78,7 @@ pub struct Shape {
     pub awq: bool,
 }
 
-/// The shape named `name` (one of [`NAMES`]).
+/// The shape named `name` (one of [`NAMES`], or [`TINY`]).
 pub fn shape(name: &str) -> Result<Shape> {
     let llm = |hidden, layers, heads, kv_heads, intermediate| Shape {
         vision: VIT_300M,
@@ -105,11 +105,13 @@ pub fn shape(name: &str) -> Result<Shape> {
             awq: true,
             ..llm(8192, 80, 64, 8, 29568)
         },
+        TINY => tiny(),
         other => {
             return Err(Error::BadFile {
                 path: "--synthetic".into(),
                 reason: format!(
-                    "unknown synthetic model `{other}`; expected one of {}",
+                    "unknown synthetic model `{other}`; expected one of {}, or {TINY} (a miniature for \
+                     smoke tests)",
                     NAMES.join(", ")
                 ),
             })
@@ -117,9 +119,12 @@ pub fn shape(name: &str) -> Result<Shape> {
     })
 }
 
+/// The name of [`tiny`] for `--synthetic`.
+pub const TINY: &str = "tiny";
+
 /// A miniature of the 78B-AWQ's design (InternViT-6B-style layers, AWQ Qwen2 with grouped-query heads,
-/// group 128) small enough for tests: 28-pixel tiles (one image token each), widths 64 and 128, two
-/// layers each.
+/// group 128) small enough for tests and for smoke runs of the programs (`--synthetic tiny`): 28-pixel
+/// tiles (one image token each), widths 64 and 128, two layers each.
 pub fn tiny() -> Shape {
     Shape {
         vision: VisionShape {

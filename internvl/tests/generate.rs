@@ -217,3 +217,42 @@ fn a_synthetic_1b_loads_with_the_released_shapes_and_generates() {
     assert_eq!(out.tokens.len(), 3);
     assert!(out.tokens.iter().all(|&t| (t as usize) < 151674));
 }
+
+/// `internvl bench-e2e` end to end on the tiny synthetic model: every figure it promises comes out (its
+/// own checks hold: each timed decode step decodes the whole batch, so the KV cache it sizes must fit a
+/// batch of 16 at once). The figures themselves are not checked (no timing in tests).
+#[test]
+fn the_end_to_end_bench_runs_and_prints_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_internvl"))
+        .args([
+            "bench-e2e",
+            "--synthetic",
+            "tiny",
+            "--tiles",
+            "3",
+            "--batch",
+            "1,16",
+            "--decode-steps",
+            "2",
+            "--repeats",
+            "1",
+            "--decode-sampling",
+            "greedy,top_k40",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let figures: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let count = |figure: &str| figures.iter().filter(|f| f["figure"] == figure).count();
+    assert_eq!(count("time_to_first_token_s"), 1, "{stdout}");
+    assert_eq!(count("decode_tokens_per_s"), 4, "{stdout}");
+    assert!(figures
+        .iter()
+        .all(|f| f["value"].as_f64().is_some_and(|v| v > 0.0)));
+}

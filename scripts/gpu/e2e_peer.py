@@ -5,6 +5,9 @@ shape of InternVL2_5-1B or -4B (spec 1.3/1.4), bf16 on the GPU with SDPA attenti
 --question-tokens question, and decode tokens/s at each batch size. Prints one JSON object per figure.
 
     python3 e2e_peer.py --shape 1b --tiles 13 --batch 1,16
+
+`--device cpu` runs the same steps on the CPU (a smoke check of the script where there is no GPU; its
+timings mean nothing).
 """
 
 import argparse
@@ -25,6 +28,9 @@ VOCAB = 151674
 IMAGE_TOKEN = 151667  # <IMG_CONTEXT>
 
 
+DEVICE = "cuda"
+
+
 def build(shape):
     vision = transformers.InternVLVisionConfig(
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -39,16 +45,21 @@ def build(shape):
         vision_feature_select_strategy="default", tie_word_embeddings=False)
     for c in (config, config.vision_config, config.text_config):
         c._attn_implementation = "sdpa"
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = transformers.InternVLForConditionalGeneration(config).to(torch.bfloat16).eval()
     return model
 
 
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(fn):
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -60,18 +71,21 @@ def main():
     p.add_argument("--batch", default="1,16")
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
     torch.manual_seed(0)
     model = build(args.shape)
     name = f"transformers {transformers.__version__} InternVLForConditionalGeneration {args.shape} bf16 sdpa"
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    question = torch.randint(1000, 100000, (args.question_tokens,), device="cuda", generator=gen)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    question = torch.randint(1000, 100000, (args.question_tokens,), device=DEVICE, generator=gen)
     # ~30 template tokens around the image and the question, as in our prompt.
-    head = torch.randint(1000, 100000, (20,), device="cuda", generator=gen)
-    tail = torch.randint(1000, 100000, (10,), device="cuda", generator=gen)
-    image = torch.full((256 * args.tiles,), IMAGE_TOKEN, device="cuda")
+    head = torch.randint(1000, 100000, (20,), device=DEVICE, generator=gen)
+    tail = torch.randint(1000, 100000, (10,), device=DEVICE, generator=gen)
+    image = torch.full((256 * args.tiles,), IMAGE_TOKEN, device=DEVICE)
     ids = torch.cat([head, image, question, tail]).unsqueeze(0)
-    pixels = (torch.rand(args.tiles, 3, 448, 448, device="cuda", generator=gen) - 0.5) * 4
+    pixels = (torch.rand(args.tiles, 3, 448, 448, device=DEVICE, generator=gen) - 0.5) * 4
     pixels = pixels.to(torch.bfloat16)
 
     with torch.inference_mode():

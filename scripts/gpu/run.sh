@@ -115,6 +115,12 @@ PYTHONUNBUFFERED=1 timeout 180 python3 server_check.py --server ./server \
     --image "$PWD/../../fixtures/preprocess/src/tiny7x5.png" >> "$OUT/tests.log" 2>&1 \
     || { echo "the server on the GPU FAILED"; failed=1; }
 tail -8 "$OUT/tests.log"
+echo "== internvl bench-e2e --synthetic tiny (a smoke run of the end-to-end bench: made on the GPU, every path)" \
+    | tee -a "$OUT/tests.log"
+timeout 120 ./internvl bench-e2e --synthetic tiny --device cuda --decode-steps 4 --repeats 1 \
+    --awq-decode-kernels tuned,stream,pipe --decode-sampling greedy,top_k40 >> "$OUT/tests.log" 2>&1 \
+    || { echo "bench-e2e on the GPU FAILED"; failed=1; }
+tail -3 "$OUT/tests.log"
 
 if [ $TESTS_ONLY -eq 1 ]; then
     [ $failed -ne 0 ] && echo "SOME CHECKS FAILED"
