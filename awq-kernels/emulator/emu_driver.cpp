@@ -10,7 +10,8 @@
 // configurations over the device's limits, dynamic shared memory above what the kernel was opted into.
 //
 // Functions the emulator does not define stay missing: cudarc then panics naming the symbol, which is how to
-// find the next one to add. EMU_TRACE=1 prints every call to stderr.
+// find the next one to add. EMU_TRACE=1 prints every call to stderr, EMU_STATS=1 a count of each at exit;
+// EMU_SKIP_KERNELS=1 checks launches without running them (a program's own cost per step then shows).
 #include "emu_runtime.h"
 
 #include <atomic>
@@ -223,13 +224,47 @@ std::mutex& launch_mutex() {
 // The calling thread's context stack (cuCtxPush/Pop, cuCtxSetCurrent replaces the top).
 thread_local std::vector<CUcontext> context_stack;
 
+bool env_is_1(const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// EMU_SKIP_KERNELS=1: launches are checked and counted but not run (nor are cuBLAS GEMMs, device-to-device
+// copies and memsets: the device's work), fresh allocations are not filled and copies to the host read as
+// zeros, so a program runs its usual course at any model size and its own cost per step (host work and
+// driver calls) shows in its timings; its results are meaningless.
+bool skip_kernels() {
+    static const bool on = env_is_1("EMU_SKIP_KERNELS");
+    return on;
+}
+
+// EMU_STATS=1: how many times each driver function was called, printed to stderr at exit.
+struct CallCounts {
+    std::mutex mutex;
+    std::map<std::string, long long> counts;
+    ~CallCounts() {
+        std::fprintf(stderr, "[emu driver] calls:\n");
+        for (const auto& [name, count] : counts) {
+            std::fprintf(stderr, "  %-32s %lld\n", name.c_str(), count);
+        }
+    }
+};
+
 void trace(const char* function) {
-    static const bool on = [] {
-        const char* v = std::getenv("EMU_TRACE");
-        return v != nullptr && std::strcmp(v, "1") == 0;
-    }();
+    static const bool on = env_is_1("EMU_TRACE");
+    static const bool stats = env_is_1("EMU_STATS");
     if (on) {
         std::fprintf(stderr, "[emu driver] %s\n", function);
+    }
+    if (stats) {
+        static CallCounts* counts = new CallCounts;  // printed by the atexit handler below
+        static const bool registered = [] {
+            std::atexit([] { delete counts; });
+            return true;
+        }();
+        (void)registered;
+        std::lock_guard<std::mutex> lock(counts->mutex);
+        ++counts->counts[function];
     }
 }
 
@@ -270,7 +305,9 @@ CUresult allocate(Driver& d, void** out, size_t bytes, bool pinned_host) {
     if (posix_memalign(&p, kAllocAlignment, rounded) != 0) {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    std::memset(p, kGarbageByte, rounded);
+    if (!skip_kernels()) {  // nothing reads it then, and touching every page would dominate the timings
+        std::memset(p, kGarbageByte, rounded);
+    }
     d.allocations[reinterpret_cast<uintptr_t>(p)] = Allocation{bytes, pinned_host};
     if (!pinned_host) {
         d.device_bytes_in_use += bytes;
@@ -358,6 +395,9 @@ CUresult copy(uintptr_t dst, Side dst_side, uintptr_t src, Side src_side, size_t
         (src_side == Side::Device && !in_allocation(d, src, bytes))) {
         return CUDA_ERROR_INVALID_VALUE;
     }
+    if (skip_kernels() && dst_side == Side::Device && src_side == Side::Device) {
+        return CUDA_SUCCESS;  // work of the device, skipped as kernels are
+    }
     std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
     return CUDA_SUCCESS;
 }
@@ -377,6 +417,9 @@ CUresult set(uintptr_t dst, uint32_t value, size_t width, size_t count, const CU
     }
     if (dst % width != 0 || count > SIZE_MAX / width || !in_allocation(d, dst, count * width)) {
         return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (skip_kernels()) {
+        return CUDA_SUCCESS;  // work of the device, skipped as kernels are
     }
     unsigned char* p = reinterpret_cast<unsigned char*>(dst);
     if (width == 1) {
@@ -979,14 +1022,25 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, CU
     return copy(dst, Side::Device, reinterpret_cast<uintptr_t>(src), Side::Host, bytes, &stream);
 }
 
+// With kernels skipped (EMU_SKIP_KERNELS=1) device memory holds garbage, so what comes back to the host reads
+// as zeros: a program then sees valid indices (token 0, argmax 0) and runs its usual course.
+static CUresult zeroed_if_skipping(CUresult result, void* dst, size_t bytes) {
+    if (result == CUDA_SUCCESS && skip_kernels() && bytes > 0) {
+        std::memset(dst, 0, bytes);
+    }
+    return result;
+}
+
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
     trace(__func__);
-    return copy(reinterpret_cast<uintptr_t>(dst), Side::Host, src, Side::Device, bytes, nullptr);
+    CUresult result = copy(reinterpret_cast<uintptr_t>(dst), Side::Host, src, Side::Device, bytes, nullptr);
+    return zeroed_if_skipping(result, dst, bytes);
 }
 
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, CUstream stream) {
     trace(__func__);
-    return copy(reinterpret_cast<uintptr_t>(dst), Side::Host, src, Side::Device, bytes, &stream);
+    CUresult result = copy(reinterpret_cast<uintptr_t>(dst), Side::Host, src, Side::Device, bytes, &stream);
+    return zeroed_if_skipping(result, dst, bytes);
 }
 
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
@@ -1194,6 +1248,9 @@ CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy, unsigned 
             return CUDA_ERROR_INVALID_VALUE;
         }
         kernel = function->kernel;
+    }
+    if (skip_kernels()) {
+        return CUDA_SUCCESS;
     }
     std::lock_guard<std::mutex> lock(launch_mutex());
     if (emu_launch(kernel, gx, gy, gz, bx, by, bz, shared_bytes, params) != 0) {

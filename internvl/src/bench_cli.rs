@@ -129,20 +129,34 @@ fn random_pixels(tiles: usize, side: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, &[tiles, 3, side, side])?)
 }
 
-/// Runs every queued sequence until `done` sequences have finished; returns the tokens seen.
+/// Runs engine steps until `expected` sequences have finished; returns the tokens seen. A failed
+/// sequence fails the bench, and so does an engine left with nothing to do before then.
 fn drain(engine: &mut Engine, expected: usize) -> Result<usize> {
     let mut finished = 0;
     let mut tokens = 0;
     while finished < expected {
-        for event in engine.step() {
-            match event {
-                StepEvent::Token { .. } => tokens += 1,
-                StepEvent::Finished { .. } => finished += 1,
-                StepEvent::Failed { error, .. } => return Err(error.into()),
-            }
-        }
+        anyhow::ensure!(
+            !engine.is_idle(),
+            "the engine ran out of work with {finished} of {expected} sequences finished"
+        );
+        let (step_tokens, step_finished) = step_counted(engine)?;
+        tokens += step_tokens;
+        finished += step_finished;
     }
     Ok(tokens)
+}
+
+/// One engine step: the tokens it produced and the sequences it finished, or the first failure.
+fn step_counted(engine: &mut Engine) -> Result<(usize, usize)> {
+    let (mut tokens, mut finished) = (0, 0);
+    for event in engine.step() {
+        match event {
+            StepEvent::Token { .. } => tokens += 1,
+            StepEvent::Finished { .. } => finished += 1,
+            StepEvent::Failed { error, .. } => return Err(error.into()),
+        }
+    }
+    Ok((tokens, finished))
 }
 
 fn greedy(max_new_tokens: usize) -> GenerationConfig {
@@ -186,8 +200,12 @@ fn time_decode(
             })?;
         }
         // The first step prefills everyone; the second is the first batched decode (warm-up).
-        engine.step();
-        engine.step();
+        let (_, finished_early) = step_counted(engine)?;
+        let (_, more) = step_counted(engine)?;
+        anyhow::ensure!(
+            finished_early + more == 0,
+            "a sequence finished in the untimed steps; --decode-steps must leave steps to time"
+        );
         let t0 = Instant::now();
         let tokens = drain(engine, batch)?;
         let elapsed = t0.elapsed().as_secs_f64();
@@ -326,4 +344,58 @@ fn print_awq_choices(device: Device) {
     }
     #[cfg(not(feature = "cuda"))]
     let _ = device;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_engine(model: &InternVlModel) -> Engine<'_> {
+        let config = EngineConfig {
+            max_running: 2,
+            kv_cache_tokens: 256,
+            block_size: 16,
+        };
+        Engine::new(model, config).unwrap()
+    }
+
+    #[test]
+    fn draining_an_engine_with_nothing_to_do_fails_instead_of_waiting_forever() {
+        let model = ModelSource::Synthetic("tiny").load(Device::Cpu).unwrap();
+        let mut engine = tiny_engine(&model);
+        let error = drain(&mut engine, 1).unwrap_err().to_string();
+        assert!(error.contains("ran out of work"), "{error}");
+    }
+
+    #[test]
+    fn a_sequence_failing_while_drained_fails_the_bench() {
+        let model = ModelSource::Synthetic("tiny").load(Device::Cpu).unwrap();
+        let mut engine = tiny_engine(&model);
+        // A prompt that is fine, and one whose token id the model does not have.
+        for prompt_ids in [vec![1, 2, 3], vec![1, u32::MAX]] {
+            let request = SeqRequest {
+                prompt_ids,
+                pixels: None,
+                config: greedy(4),
+            };
+            engine.add(request).unwrap();
+        }
+        assert!(drain(&mut engine, 2).is_err());
+    }
+
+    #[test]
+    fn draining_counts_every_token_of_every_sequence() {
+        let model = ModelSource::Synthetic("tiny").load(Device::Cpu).unwrap();
+        let mut engine = tiny_engine(&model);
+        for _ in 0..2 {
+            let request = SeqRequest {
+                prompt_ids: vec![1, 2, 3],
+                pixels: None,
+                config: greedy(5),
+            };
+            engine.add(request).unwrap();
+        }
+        assert_eq!(drain(&mut engine, 2).unwrap(), 10);
+        assert!(engine.is_idle());
+    }
 }

@@ -217,7 +217,9 @@ fn kernel_unit(stem: &str, cu: &Path, names: &[String]) -> String {
 /// `Gpu::is_cpu_emulator`).
 pub fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     let lib = build(root)?;
-    let exes: Vec<(String, PathBuf)> = crate::cuda_executables("test", false)?
+    let all = crate::cuda_executables("test", false)?;
+    let program = crate::program_of(&all, "internvl")?;
+    let exes: Vec<(String, PathBuf)> = all
         .into_iter()
         .filter(|(name, _)| name.ends_with("_gpu"))
         .collect();
@@ -239,6 +241,49 @@ pub fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     }
     if !failed.is_empty() {
         bail!("GPU suites failing on the emulator: {}", failed.join(", "));
+    }
+    if filter.is_none() {
+        full_size_launches(&program, &lib)?;
+    }
+    Ok(())
+}
+
+/// The synthetic family members whose full-size run fits the emulator's 64 GiB of device memory.
+const FULL_SIZE_MODELS: [&str; 3] = ["internvl2_5-1b", "internvl2_5-4b", "internvl2_5-78b-awq"];
+
+/// The whole end-to-end bench of each full-size synthetic model with the device's work skipped
+/// (`EMU_SKIP_KERNELS=1`): every launch, allocation and copy the program makes at the real shapes is checked
+/// against the device's limits (grids, blocks, shared memory, memory ranges), and the engine's own logic
+/// (cache sizing, batching, the autotuner's candidates) runs at the real scale, in seconds. The tests cover
+/// the kernels' results on small shapes; this covers what only the large shapes reach.
+fn full_size_launches(program: &Path, lib: &Path) -> Result<()> {
+    for model in FULL_SIZE_MODELS {
+        eprintln!("== bench-e2e --synthetic {model} on the emulator, the device's work skipped");
+        let mut args = vec![
+            "bench-e2e",
+            "--synthetic",
+            model,
+            "--device",
+            "cuda",
+            "--decode-steps",
+            "2",
+            "--repeats",
+            "1",
+            "--decode-sampling",
+            "greedy,top_k40",
+        ];
+        if model.ends_with("-awq") {
+            args.extend(["--awq-decode-kernels", "tuned,stream,pipe"]);
+        }
+        let status = Command::new(program)
+            .args(&args)
+            .env("LD_LIBRARY_PATH", lib)
+            .env("EMU_SKIP_KERNELS", "1")
+            .status()
+            .with_context(|| format!("running {}", program.display()))?;
+        if !status.success() {
+            bail!("the full-size {model} run failed on the emulator ({status})");
+        }
     }
     Ok(())
 }

@@ -400,9 +400,29 @@ pub(crate) fn cuda_executables(kind: &str, release: bool) -> Result<Vec<(String,
         else {
             continue;
         };
-        found.push((name.to_string(), PathBuf::from(exe)));
+        // A program (not its unit tests, which share its name) is listed as `bin:<name>`.
+        let is_program = msg["profile"]["test"] == false
+            && msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
+        let name = if is_program {
+            format!("bin:{name}")
+        } else {
+            name.to_string()
+        };
+        found.push((name, PathBuf::from(exe)));
     }
     Ok(found)
+}
+
+/// The program `name` among `cuda_executables`' results.
+pub(crate) fn program_of(executables: &[(String, PathBuf)], name: &str) -> Result<PathBuf> {
+    let wanted = format!("bin:{name}");
+    executables
+        .iter()
+        .find(|(n, _)| *n == wanted)
+        .map(|(_, exe)| exe.clone())
+        .with_context(|| format!("cargo built no `{name}` program"))
 }
 
 fn gpu_bundle(root: &Path) -> Result<()> {
