@@ -5,6 +5,7 @@
 //!  - `vit6b_tiles`: InternViT-6B on 13 tiles, 13 sequences x 1025 tokens, 25 heads, d 128, non-causal;
 //!  - `qwen72b_prefill`: Qwen2.5-72B prefill of 4096 tokens, 64 query / 8 KV heads, d 128, causal, keys
 //!    contiguous (`flash`) and read through the paged cache's block tables (`flash_paged`, 16-token blocks);
+//!    `flash` is the CTA tile the launcher picks for the batch, `flash/r64` and `flash/r128` each tile forced;
 //!  - `qwen72b_decode`: one decode step for batch 1 and 32 at contexts 1k, 8k, 32k (64 / 8 heads, d 128),
 //!    paged cache with 16-token blocks in shuffled order.
 //!
@@ -21,7 +22,7 @@
 use std::sync::Arc;
 
 use awq_kernels::cuda::attention::{
-    decode_attention_into, flash_attention_into, AttnBatch, DecodePlan,
+    decode_attention_into, flash_attention_tile_into, AttnBatch, DecodePlan, FlashTile,
 };
 use awq_kernels::cuda::buffer::GpuBuffer;
 use awq_kernels::cuda::timing::{flushed_median_us, random_uniform};
@@ -119,31 +120,47 @@ fn prefill(
             .collect();
         batch = AttnBatch::contiguous(gpu, &seqs)?;
     }
-    let us = time(gpu, || {
-        flash_attention_into(&q, &k, &v, h_kv, &batch, causal, scale, &mut out)
-    })?;
     let pairs = if causal {
         (b * s * (s + 1) / 2) as f64
     } else {
         (b * s * s) as f64
     };
-    report(
-        &Cell {
-            imp: if paged { "flash_paged" } else { "flash" },
-            case,
-            b,
-            s,
-            ctx: s,
-            h,
-            h_kv,
-            d,
-            causal,
-            dtype,
-            pairs,
-            extra: String::new(),
-        },
-        us,
-    );
+    let sms = gpu.multiprocessors()?;
+    let auto = FlashTile::for_batch(&batch, h, sms);
+    // What a model runs (the tile chosen for the batch), then, keys contiguous, each tile forced.
+    let forced: &[FlashTile] = if paged {
+        &[]
+    } else {
+        &[FlashTile::Rows64, FlashTile::Rows128]
+    };
+    for tile in std::iter::once(None).chain(forced.iter().copied().map(Some)) {
+        let us = time(gpu, || {
+            let tile = tile.unwrap_or(auto);
+            flash_attention_tile_into(&q, &k, &v, h_kv, &batch, causal, scale, tile, &mut out)
+        })?;
+        let imp = match (paged, tile) {
+            (true, _) => "flash_paged".to_string(),
+            (false, None) => "flash".to_string(),
+            (false, Some(t)) => format!("flash/r{}", t.rows()),
+        };
+        report(
+            &Cell {
+                imp: &imp,
+                case,
+                b,
+                s,
+                ctx: s,
+                h,
+                h_kv,
+                d,
+                causal,
+                dtype,
+                pairs,
+                extra: format!(",\"tile\":{}", tile.unwrap_or(auto).rows()),
+            },
+            us,
+        );
+    }
     Ok(())
 }
 

@@ -25,11 +25,13 @@
 // (no bank conflicts), and cp.async writes whole chunks.
 //
 // Kernels.
-//  - flash_fwd_<T>_d<D>: grid (m blocks, h, b), 128 threads = 4 warps, BM = 64 query rows per CTA (16 per
-//    warp), BN = 64 keys per tile. Q tile and K/V tiles double-buffered in shared memory by cp.async
-//    (5·64·D·2 bytes: 40 KB for D = 64, 80 KB for D = 128, 2 CTAs per SM). Per tile a warp computes
-//    S = Q·Kᵀ (16 x 64: D/16 · 8 mma), masks, rescales, and O += P·V (P straight from the S accumulators:
-//    the C fragment of m16n8k16 is the A fragment of the next mma once packed to T). m blocks are taken
+//  - flash_fwd_<T>_d<D>[_r128]: grid (m blocks, h, b), 128 threads = 4 warps, BM = 64 query rows per CTA (16
+//    per warp; `_r128`: 128, 32 per warp in two m-tiles that share every K and V fragment read from shared
+//    memory, Q re-read from it per tile), BN = 64 keys per tile. Q tile and K/V tiles double-buffered in
+//    shared memory by cp.async ((BM + 4·64)·D·2 bytes: 40 / 48 KB for D = 64, 80 / 96 KB for D = 128, 2 CTAs
+//    per SM). The host picks the tile (src/cuda/attention.rs `FlashTile`). Per tile a warp computes
+//    S = Q·Kᵀ (16 x 64 per m-tile: D/16 · 8 mma), masks, rescales, and O += P·V (P straight from the S
+//    accumulators: the C fragment of m16n8k16 is the A fragment of the next mma once packed to T). m blocks are taken
 //    from the last (longest under the causal mask) to the first, so the heavy CTAs start first. Causal CTAs
 //    stop at the last key their last row sees; only tiles crossing kv_len or the diagonal are masked.
 //  - decode_split_<T>_d<D>: one query row per sequence, paged keys. Grid (splits, h_kv, b), 128 threads.
@@ -254,17 +256,81 @@ static __device__ __forceinline__ void qk_mma(const u32 (&qf)[D / 16][4], float 
     }
 }
 
-namespace flash {
-constexpr int BM = 64, BN = 64, NT = 128;
+// S[mt] = Q[mt]·Kᵀ for the MT m-tiles of a warp (its rows q_row0 + 16·mt of the swizzled Q tile sq), Q's A
+// fragments read from shared memory at every k-step: two m-tiles of Q do not fit in registers beside their
+// score and output accumulators. Each K fragment serves all MT m-tiles.
+template <class DT, int D, int NS, int MT, class T>
+static __device__ __forceinline__ void qk_mma_shared_q(const T* sq, int q_row0, float (&s)[MT][2 * NS][4],
+                                                       const T* sk, int lane) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < 2 * NS; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        u32 a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+            ldmatrix_x4(a[mt], sq + swz<D>(q_row0 + 16 * mt + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+        for (int nn = 0; nn < NS; ++nn) {
+            u32 b[4];
+            const int row = nn * 16 + (lane & 7) + ((lane >> 4) << 3);
+            ldmatrix_x4(b, sk + swz<D>(row, kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                DT::mma(s[mt][2 * nn], a[mt], b[0], b[1]);
+                DT::mma(s[mt][2 * nn + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
 }
 
-template <class DT, int D>
+// O[mt] += P[mt] · V for the MT m-tiles of a warp (P from their score accumulators), each V fragment read from
+// shared memory once for all of them.
+template <class DT, int D, int KS, int MT, class T>
+static __device__ __forceinline__ void pv_mma_tiles(const float (&s)[MT][2 * KS][4], float (&o)[MT][D / 8][4],
+                                                    const T* sv, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        u32 a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            a[mt][0] = DT::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+            a[mt][1] = DT::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+            a[mt][2] = DT::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+            a[mt][3] = DT::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+        const int row = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+#pragma unroll
+        for (int dd = 0; dd < D / 16; ++dd) {
+            u32 b[4];
+            ldmatrix_x4_trans(b, sv + swz<D>(row, dd * 2 + (lane >> 4)));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                DT::mma(o[mt][2 * dd], a[mt], b[0], b[1]);
+                DT::mma(o[mt][2 * dd + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
+
+namespace flash {
+constexpr int BN = 64, NT = 128;
+}
+
+// MT m-tiles of 16 query rows per warp: BM = 64·MT rows per CTA of 4 warps. MT = 1 keeps the warp's Q
+// fragments in registers for the whole key loop; MT = 2 re-reads them from shared memory at every key tile
+// but reads each K and V fragment once for 32 rows, halving the shared-memory reads per mma (the tile
+// FlashAttention-2 uses for head dims 64 and 128). Warp w holds the CTA's rows 16·MT·w .. 16·MT·(w+1).
+template <class DT, int D, int MT>
 __device__ __forceinline__ void flash_fwd(const typename DT::T* __restrict__ q, const typename DT::T* __restrict__ k,
                                           const typename DT::T* __restrict__ v, typename DT::T* __restrict__ o,
                                           const int* __restrict__ meta, const int* __restrict__ tables, int b,
                                           int block_size, int h, int h_kv, int causal, float scale_log2) {
     typedef typename DT::T T;
     using namespace flash;
+    constexpr int BM = 64 * MT;
     constexpr int CH = D / 8;
     DYNAMIC_SHARED(unsigned char, smem_raw);
     T* sq = reinterpret_cast<T*>(smem_raw);  // [BM][D]
@@ -296,13 +362,21 @@ __device__ __forceinline__ void flash_fwd(const typename DT::T* __restrict__ q, 
     load_kv_tile<D, BN, NT>(sk, sv, k, v, tables, kv_start, block_size, 0, n_end, kv_stride, kv_head);
     cp_async_commit();
 
-    float acc[D / 8][4];
+    float acc[MT][D / 8][4];
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
-    u32 qf[D / 16][4];
-    // Rows this lane holds in the C fragments, relative to the sequence's first query row.
-    const int row0 = m_block * BM + warp * 16 + (lane >> 2);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = NEG_INF;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
+    u32 qf[MT == 1 ? D / 16 : 1][4];  // MT = 1: the warp's Q fragments, loaded once
+    const int warp_row = warp * 16 * MT;  // the warp's first row in the CTA's tile
+    // Rows this lane holds in the C fragments of m-tile mt (and + 8), relative to the sequence's first row.
+    const int row0 = m_block * BM + warp_row + (lane >> 2);
     const int first_diag_row = m_block * BM;
 
     for (int j = 0; j < n_tiles; ++j) {
@@ -314,46 +388,62 @@ __device__ __forceinline__ void flash_fwd(const typename DT::T* __restrict__ q, 
         cp_async_commit();
         cp_async_wait<1>();  // everything but the group just issued: tile j (and Q) landed
         __syncthreads();
-        if (j == 0) {
+        float s[MT][BN / 8][4];
+        if constexpr (MT == 1) {
+            if (j == 0) {
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk)
-                ldmatrix_x4(qf[kk], sq + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+                for (int kk = 0; kk < D / 16; ++kk)
+                    ldmatrix_x4(qf[kk], sq + swz<D>(warp_row + (lane & 15), kk * 2 + (lane >> 4)));
+            }
+            qk_mma<DT, D, BN / 16>(qf, s[0], sk + buf * BN * D, 0, lane);
+        } else {
+            qk_mma_shared_q<DT, D, BN / 16, MT>(sq, warp_row, s, sk + buf * BN * D, lane);
         }
-        float s[BN / 8][4];
-        qk_mma<DT, D, BN / 16>(qf, s, sk + buf * BN * D, 0, lane);
 #pragma unroll
-        for (int jj = 0; jj < BN / 8; ++jj)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) s[jj][e] *= scale_log2;
+            for (int jj = 0; jj < BN / 8; ++jj)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][jj][e] *= scale_log2;
         const bool crosses_end = (j + 1) * BN > kv_len;
         const bool crosses_diag = causal && (j + 1) * BN - 1 > offset + first_diag_row;
         if (crosses_end || crosses_diag) {
 #pragma unroll
-            for (int jj = 0; jj < BN / 8; ++jj)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int col = j * BN + jj * 8 + 2 * (lane & 3) + (e & 1);
-                    const int row = row0 + (e >> 1) * 8;
-                    if (col >= kv_len || (causal && col > offset + row)) s[jj][e] = NEG_INF;
-                }
+                for (int jj = 0; jj < BN / 8; ++jj)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int col = j * BN + jj * 8 + 2 * (lane & 3) + (e & 1);
+                        const int row = row0 + 16 * mt + (e >> 1) * 8;
+                        if (col >= kv_len || (causal && col > offset + row)) s[mt][jj][e] = NEG_INF;
+                    }
         }
-        online_softmax(s, acc, m, l);
-        pv_mma<DT, D, BN / 16>(s, acc, sv + buf * BN * D, 0, lane);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) online_softmax(s[mt], acc[mt], m[mt], l[mt]);
+        if constexpr (MT == 1) {
+            pv_mma<DT, D, BN / 16>(s[0], acc[0], sv + buf * BN * D, 0, lane);
+        } else {
+            pv_mma_tiles<DT, D, BN / 16, MT>(s, acc, sv + buf * BN * D, lane);
+        }
         __syncthreads();  // all warps are done with buffer `buf` before iteration j + 1 refills it
     }
 
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-        const float total = quad_sum(l[hr]);
-        const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-        const int row = row0 + hr * 8;
-        if (row < q_len) {
-            T* dst = o + (size_t)(q_start + row) * q_stride + (size_t)head * D + 2 * (lane & 3);
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int jj = 0; jj < D / 8; ++jj)
-                *reinterpret_cast<u32*>(dst + jj * 8) = DT::pack(acc[jj][2 * hr] * inv, acc[jj][2 * hr + 1] * inv);
+        for (int hr = 0; hr < 2; ++hr) {
+            const float total = quad_sum(l[mt][hr]);
+            const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+            const int row = row0 + 16 * mt + hr * 8;
+            if (row < q_len) {
+                T* dst = o + (size_t)(q_start + row) * q_stride + (size_t)head * D + 2 * (lane & 3);
+#pragma unroll
+                for (int jj = 0; jj < D / 8; ++jj)
+                    *reinterpret_cast<u32*>(dst + jj * 8) =
+                        DT::pack(acc[mt][jj][2 * hr] * inv, acc[mt][jj][2 * hr + 1] * inv);
+            }
         }
-    }
 }
 
 namespace decode {
@@ -510,7 +600,13 @@ __device__ __forceinline__ void decode_combine(const float* __restrict__ part_o,
         flash_fwd_##name##_d##D(const DT::T* q, const DT::T* k, const DT::T* v, DT::T* o, const int* meta,   \
                                 const int* tables, int b, int block_size, int h, int h_kv, int causal,       \
                                 float scale_log2) {                                                          \
-        flash_fwd<DT, D>(q, k, v, o, meta, tables, b, block_size, h, h_kv, causal, scale_log2);              \
+        flash_fwd<DT, D, 1>(q, k, v, o, meta, tables, b, block_size, h, h_kv, causal, scale_log2);           \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(flash::NT, 2)                                               \
+        flash_fwd_##name##_d##D##_r128(const DT::T* q, const DT::T* k, const DT::T* v, DT::T* o,             \
+                                       const int* meta, const int* tables, int b, int block_size, int h,     \
+                                       int h_kv, int causal, float scale_log2) {                             \
+        flash_fwd<DT, D, 2>(q, k, v, o, meta, tables, b, block_size, h, h_kv, causal, scale_log2);           \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(decode::NT, 2)                                              \
         decode_split_##name##_d##D(const DT::T* q, const DT::T* kc, const DT::T* vc, DT::T* o, float* part_o, \

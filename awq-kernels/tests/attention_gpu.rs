@@ -20,11 +20,14 @@
 #![cfg(feature = "cuda")]
 
 use awq_kernels::cuda::attention::{self as gpu_attn, AttnBatch};
-use awq_kernels::cuda::{buffer::poison_outputs, gpu_for_tests};
+use awq_kernels::cuda::{
+    buffer::{poison_outputs, GpuBuffer},
+    gpu_for_tests,
+};
 use awq_kernels::kv_cache::{BlockTable, KvCacheConfig, PagedKvCache};
 use awq_kernels::ops::activation::gelu;
 use awq_kernels::ops::attention::{
-    bidirectional_attention, flash_attention, paged_attention, AttnSeq,
+    bidirectional_attention, flash_attention, paged_attention, AttnSeq, SeqRows,
 };
 use awq_kernels::ops::norm::{add_rms_norm, layer_norm};
 use awq_kernels::ops::scatter_rows;
@@ -342,6 +345,90 @@ fn flash_attention_matches_the_cpu_on_random_varlen_batches() {
             check_flash(&p, &what).map_err(TestCaseError::fail)
         })
         .unwrap();
+}
+
+/// The flash kernel with the CTA tile forced, for `p` (keys contiguous), against the CPU.
+fn check_flash_tile(p: &Problem, tile: gpu_attn::FlashTile, what: &str) -> Result<(), String> {
+    let gpu = gpu_for_tests().ok_or("no GPU")?;
+    let q = p.q();
+    let (k, v, cu_q, cu_k) = p.contiguous_kv();
+    let want =
+        flash_attention(&q, &k, &v, &cu_q, &cu_k, p.causal, p.scale).map_err(|e| e.to_string())?;
+    let seqs: Vec<SeqRows> = (0..p.seqs.len())
+        .map(|i| SeqRows {
+            q_start: cu_q[i],
+            q_len: cu_q[i + 1] - cu_q[i],
+            k_start: cu_k[i],
+            k_len: cu_k[i + 1] - cu_k[i],
+        })
+        .collect();
+    let batch = AttnBatch::contiguous(&gpu, &seqs).map_err(|e| e.to_string())?;
+    let (q, k, v) = (
+        on_gpu(&q, p.dtype),
+        on_gpu(&k, p.dtype),
+        on_gpu(&v, p.dtype),
+    );
+    let mut out = GpuBuffer::output(&gpu, p.dtype, q.elem_count()).map_err(|e| e.to_string())?;
+    gpu_attn::flash_attention_tile_into(
+        &q, &k, &v, p.h_kv, &batch, p.causal, p.scale, tile, &mut out,
+    )
+    .map_err(|e| e.to_string())?;
+    let got = Tensor::from_gpu_buffer(out, q.shape()).map_err(|e| e.to_string())?;
+    check(what, &got, &want.to_f32_vec().unwrap(), &p.naive(), p.dtype).map(|_| ())
+}
+
+#[test]
+fn both_flash_tiles_match_the_cpu_on_random_varlen_batches() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let strategy = (
+        prop::sample::select(vec![1usize, 5, 8]),
+        prop::sample::select(vec![64usize, 128]),
+        any::<bool>(),
+        any::<bool>(),
+        prop::collection::vec((1usize..=300, 0usize..=300), 1..=3),
+        any::<u64>(),
+    );
+    runner(16)
+        .run(&strategy, |(group, d, bf16, causal, lens, seed)| {
+            let lens: Vec<(usize, usize)> = lens
+                .iter()
+                .map(|&(q_len, extra)| {
+                    if causal {
+                        (q_len, q_len + extra % 70)
+                    } else {
+                        (q_len, extra.max(1))
+                    }
+                })
+                .collect();
+            let p = Problem::random(seed, 1, group, d, half_dtype(bf16), causal, &lens);
+            for tile in [gpu_attn::FlashTile::Rows64, gpu_attn::FlashTile::Rows128] {
+                let what = format!("flash {tile:?} g{group} d{d} causal {causal} lens {lens:?}");
+                check_flash_tile(&p, tile, &what).map_err(TestCaseError::fail)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn both_flash_tiles_handle_the_edges_of_their_rows() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    // Lengths at and around 64 and 128 query rows (one CTA of either tile, one more row), and the
+    // diagonal of a causal 128-row CTA crossing its key tiles.
+    let lens = [(1, 1), (127, 127), (128, 128), (129, 130), (200, 256)];
+    for tile in [gpu_attn::FlashTile::Rows64, gpu_attn::FlashTile::Rows128] {
+        for (i, &dtype) in [DType::F16, DType::BF16].iter().enumerate() {
+            for d in [64, 128] {
+                for causal in [true, false] {
+                    let p = Problem::random(20 + i as u64, 1, 5, d, dtype, causal, &lens);
+                    let what = format!("flash {tile:?} edges {dtype:?} d{d} causal {causal}");
+                    check_flash_tile(&p, tile, &what).unwrap();
+                }
+            }
+        }
+    }
 }
 
 #[test]

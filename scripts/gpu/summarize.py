@@ -72,7 +72,7 @@ def main():
 
 
 def attention_table(rows, copy_tbs):
-    ours = [r for r in rows if r.get("impl") in ("flash", "flash_paged", "decode")]
+    ours = [r for r in rows if r.get("impl") in ("flash", "flash_paged", "decode") or str(r.get("impl")).startswith("flash/")]
     if not ours:
         return
 
@@ -98,7 +98,7 @@ def attention_table(rows, copy_tbs):
         d, b = default.get(key(r)), best.get(key(r))
         dus, dtf = (d["us"], d["tflops"]) if d else (nan, nan)
         bus = b["us"] if b else nan
-        extra = f" ({r['splits']} splits)" if "splits" in r else ""
+        extra = f" ({r['splits']} splits)" if "splits" in r else (f" (tile {r['tile']})" if "tile" in r else "")
         print(f"| {r['case']} | {r['impl']}{extra} | {r['b']} | {r['ctx']} | {r['h']} / {r['h_kv']} | {r['dtype']} | "
               f"{r['us']:.1f} | {r['tflops']:.0f} | {r['kv_tbps']:.2f} | {100 * r['kv_tbps'] / copy_tbs:.0f}% | "
               f"{dus:.1f} | {dtf:.0f} | {dus / r['us']:.2f}x | {b['impl'] if b else '-'} | {bus:.1f} | "

@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
@@ -29,8 +28,7 @@ const MODULE: &str = "attention";
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 /// The decode kernel puts a KV head's whole query group in the 16 rows of one mma operand.
 pub const DECODE_MAX_GROUP: usize = 16;
-/// Query rows per flash CTA and keys per tile (`flash::BM`, `flash::BN`, `decode::BN` in the kernel file).
-const BM: usize = 64;
+/// Keys per tile of the flash and decode kernels (`flash::BN`, `decode::BN` in the kernel file).
 const BN: usize = 64;
 const THREADS: u32 = 128;
 /// K/V stages of the decode ring (`decode::STAGES`).
@@ -279,8 +277,64 @@ macro_rules! half_dispatch {
     };
 }
 
+/// The query rows of one flash attention CTA (4 warps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashTile {
+    /// 64 rows, 16 a warp: each warp keeps its Q fragments in registers for the whole key loop.
+    Rows64,
+    /// 128 rows, 32 a warp in two m-tiles: each K and V fragment read from shared memory serves both, half
+    /// the shared-memory reads per tensor-core op of `Rows64` (FlashAttention-2's tile for head dims 64
+    /// and 128); Q is re-read from shared memory at every key tile, and a short prompt gets half the CTAs.
+    Rows128,
+}
+
+impl FlashTile {
+    /// Query rows per CTA.
+    pub fn rows(self) -> usize {
+        match self {
+            FlashTile::Rows64 => 64,
+            FlashTile::Rows128 => 128,
+        }
+    }
+
+    fn kernel(self, sfx: &str, d: usize) -> String {
+        match self {
+            FlashTile::Rows64 => format!("flash_fwd_{sfx}_d{d}"),
+            FlashTile::Rows128 => format!("flash_fwd_{sfx}_d{d}_r128"),
+        }
+    }
+
+    /// Dynamic shared memory: the Q tile and two K and two V tiles of 64 keys, `d` 16-bit values a row.
+    fn shared_bytes(self, d: usize) -> usize {
+        (self.rows() + 4 * BN) * d * 2
+    }
+
+    /// The tile for a batch with `h` query heads on a GPU with `sms` multiprocessors: 128 rows when that
+    /// still makes two CTAs per multiprocessor (both fit one), 64 otherwise (a short prompt needs the CTAs
+    /// more than the reuse). `FLASH_TILE=64` or `128` in the environment fixes it for a process.
+    pub fn for_batch(batch: &AttnBatch, h: usize, sms: usize) -> FlashTile {
+        match std::env::var("FLASH_TILE").as_deref() {
+            Ok("64") => return FlashTile::Rows64,
+            Ok("128") => return FlashTile::Rows128,
+            _ => {}
+        }
+        FlashTile::for_shape(batch.max_q_len, h, batch.b, sms)
+    }
+
+    /// The rule of [`FlashTile::for_batch`] for `b` sequences of at most `max_q_len` query rows.
+    fn for_shape(max_q_len: usize, h: usize, b: usize, sms: usize) -> FlashTile {
+        let ctas = max_q_len.div_ceil(128) * h * b;
+        if ctas >= 2 * sms {
+            FlashTile::Rows128
+        } else {
+            FlashTile::Rows64
+        }
+    }
+}
+
 /// Flash attention forward into `out` (`[t, h, d]`, q's dtype). Keys and values: contiguous
-/// `[t_k, h_kv, d]` tensors or a layer of the paged cache `[slots, h_kv·d]`, as the batch says.
+/// `[t_k, h_kv, d]` tensors or a layer of the paged cache `[slots, h_kv·d]`, as the batch says. The CTA
+/// tile is [`FlashTile::for_batch`]'s.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_into(
     q: &Tensor,
@@ -290,6 +344,25 @@ pub fn flash_attention_into(
     batch: &AttnBatch,
     causal: bool,
     scale: f32,
+    out: &mut GpuBuffer,
+) -> Result<()> {
+    let gpu = gpu_of(q)?;
+    let sms = gpu.multiprocessors()?;
+    let tile = FlashTile::for_batch(batch, q.dim(1), sms);
+    flash_attention_tile_into(q, k, v, h_kv, batch, causal, scale, tile, out)
+}
+
+/// [`flash_attention_into`] with the CTA tile given.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_tile_into(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    h_kv: usize,
+    batch: &AttnBatch,
+    causal: bool,
+    scale: f32,
+    tile: FlashTile,
     out: &mut GpuBuffer,
 ) -> Result<()> {
     let op = "flash_attention (GPU)";
@@ -305,10 +378,10 @@ pub fn flash_attention_into(
     }
     let gpu = gpu_of(q)?;
     let sfx = suffix(op, q.dtype())?;
-    let name = format!("flash_fwd_{sfx}_d{d}");
-    let smem = 5 * BM * d * 2;
+    let name = tile.kernel(sfx, d);
+    let smem = tile.shared_bytes(d);
     let f = gpu.function_with_shared(MODULE, &name, smem)?;
-    let m_blocks = batch.max_q_len.div_ceil(BM).max(1);
+    let m_blocks = batch.max_q_len.div_ceil(tile.rows()).max(1);
     let cfg = LaunchConfig {
         grid_dim: (m_blocks as u32, h as u32, batch.b as u32),
         block_dim: (THREADS, 1, 1),
@@ -339,7 +412,7 @@ pub fn flash_attention_into(
         // SAFETY: check_operands verified that q holds every query row the batch names and k, v every key
         // row (contiguous rows or whole cache blocks); the block tables hold a block for every key
         // (AttnBatch::paged); out has q's size and dtype; the grid covers max q_len, h and b, and the
-        // dynamic shared memory matches the kernel's 5·64·d·2 bytes (opted in above).
+        // dynamic shared memory matches the kernel's (rows + 4·64)·d·2 bytes (opted in above).
         unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
         Ok(())
     })
@@ -405,11 +478,8 @@ pub fn decode_splits(sms: usize, b: usize, h_kv: usize, max_kv_len: usize) -> (u
 impl DecodePlan {
     /// The plan for `batch` (a decode batch) with `h` query heads, `h_kv` KV heads and head dim `d`.
     pub fn new(gpu: &Arc<Gpu>, batch: &AttnBatch, h: usize, h_kv: usize, d: usize) -> Result<Self> {
-        let sms = gpu
-            .context()
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| cuda_error("reading the multiprocessor count", e))?;
-        let (splits, chunk) = decode_splits(sms as usize, batch.b, h_kv, batch.max_kv_len);
+        let sms = gpu.multiprocessors()?;
+        let (splits, chunk) = decode_splits(sms, batch.b, h_kv, batch.max_kv_len);
         let parts = if splits > 1 { batch.b * h * splits } else { 1 };
         Ok(DecodePlan {
             splits,
@@ -561,5 +631,18 @@ mod tests {
         let (splits, chunk) = decode_splits(132, 1, 8, 1000);
         assert!(chunk >= 128 && splits * chunk >= 1000, "{splits} x {chunk}");
         assert_eq!(decode_splits(132, 1, 8, 1), (1, 64));
+    }
+
+    #[test]
+    fn long_prompts_take_the_128_row_tile_and_short_ones_keep_their_ctas() {
+        // InternViT-6B on 13 tiles (13 x 1025 rows, 25 heads) and a 4096-token Qwen2.5-72B prefill (64
+        // heads): thousands of CTAs either way.
+        assert_eq!(FlashTile::for_shape(1025, 25, 13, 132), FlashTile::Rows128);
+        assert_eq!(FlashTile::for_shape(4096, 64, 1, 132), FlashTile::Rows128);
+        // A 100-token prompt on the 72B: 64 CTAs of 128 rows would leave half the SMs idle.
+        assert_eq!(FlashTile::for_shape(100, 64, 1, 132), FlashTile::Rows64);
+        // The boundary: two CTAs per SM.
+        assert_eq!(FlashTile::for_shape(256, 66, 2, 132), FlashTile::Rows128);
+        assert_eq!(FlashTile::for_shape(256, 65, 2, 132), FlashTile::Rows64);
     }
 }

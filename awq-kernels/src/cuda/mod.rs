@@ -215,6 +215,17 @@ impl Gpu {
         self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 
+    /// Streaming multiprocessors of the device (at least 1).
+    pub fn multiprocessors(&self) -> Result<usize> {
+        let sms = self
+            .context()
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| cuda_error("reading the multiprocessor count", e))?;
+        Ok(sms.max(1) as usize)
+    }
+
     /// Whether this "GPU" is the CPU emulator (`awq-kernels/emulator`), where a warp collective costs
     /// microseconds: test suites keep their largest cases for real GPUs.
     pub fn is_cpu_emulator(&self) -> bool {
