@@ -244,6 +244,30 @@ pub fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     }
     if filter.is_none() {
         full_size_launches(&program, &lib)?;
+        gpu_benches_at_full_size(&lib)?;
+    }
+    Ok(())
+}
+
+/// Every GPU bench as the GPU bundle's `run.sh` runs it, with the device's work skipped: a bench that
+/// fails at its real shapes (a launch over a limit, a plan that does not fit) fails here, not in the few
+/// minutes a GPU is lent for.
+fn gpu_benches_at_full_size(lib: &Path) -> Result<()> {
+    let benches: Vec<(String, PathBuf)> = crate::cuda_executables("bench", false)?
+        .into_iter()
+        .filter(|(name, _)| name.ends_with("_gpu"))
+        .collect();
+    for (name, exe) in &benches {
+        eprintln!("== bench {name} on the emulator, the device's work skipped");
+        let status = Command::new(exe)
+            .env("LD_LIBRARY_PATH", lib)
+            .env("EMU_SKIP_KERNELS", "1")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running {name}"))?;
+        if !status.success() {
+            bail!("the GPU bench {name} failed on the emulator ({status})");
+        }
     }
     Ok(())
 }
