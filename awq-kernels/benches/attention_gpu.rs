@@ -22,9 +22,11 @@
 use std::sync::Arc;
 
 use awq_kernels::cuda::attention::{
-    decode_attention_into, flash_attention_tile_into, AttnBatch, DecodePlan, FlashTile,
+    decode_attention_into, flash_attention_into, flash_attention_tile_into, AttnBatch, DecodePlan,
+    FlashTile,
 };
 use awq_kernels::cuda::buffer::GpuBuffer;
+use awq_kernels::cuda::flash_tile::{self, ShapeClass};
 use awq_kernels::cuda::timing::{flushed_median_us, random_uniform};
 use awq_kernels::cuda::Gpu;
 use awq_kernels::ops::attention::{AttnSeq, SeqRows};
@@ -125,19 +127,25 @@ fn prefill(
     } else {
         (b * s * s) as f64
     };
-    let sms = gpu.multiprocessors()?;
-    let auto = FlashTile::for_batch(&batch, h, sms);
-    // What a model runs (the tile chosen for the batch), then, keys contiguous, each tile forced.
+    // What a model runs (the launcher's tile for the batch: timed on this GPU at its first call, one of
+    // the warm-ups), then, keys contiguous, each tile forced.
+    let class = ShapeClass::of(s, b, h, d, dtype, causal, paged);
     let forced: &[FlashTile] = if paged {
         &[]
     } else {
         &[FlashTile::Rows64, FlashTile::Rows128]
     };
     for tile in std::iter::once(None).chain(forced.iter().copied().map(Some)) {
-        let us = time(gpu, || {
-            let tile = tile.unwrap_or(auto);
-            flash_attention_tile_into(&q, &k, &v, h_kv, &batch, causal, scale, tile, &mut out)
+        let us = time(gpu, || match tile {
+            None => flash_attention_into(&q, &k, &v, h_kv, &batch, causal, scale, &mut out),
+            Some(tile) => {
+                flash_attention_tile_into(&q, &k, &v, h_kv, &batch, causal, scale, tile, &mut out)
+            }
         })?;
+        let ran = match tile {
+            Some(tile) => tile,
+            None => flash_tile::current(gpu, class)?,
+        };
         let imp = match (paged, tile) {
             (true, _) => "flash_paged".to_string(),
             (false, None) => "flash".to_string(),
@@ -156,7 +164,7 @@ fn prefill(
                 causal,
                 dtype,
                 pairs,
-                extra: format!(",\"tile\":{}", tile.unwrap_or(auto).rows()),
+                extra: format!(",\"tile\":{}", ran.rows()),
             },
             us,
         );

@@ -207,7 +207,10 @@ static __device__ __forceinline__ void online_softmax(float (&s)[NT8][4], float 
             s[j][2 * hr + 1] = exp2f(s[j][2 * hr + 1] - base);
             sum += s[j][2 * hr] + s[j][2 * hr + 1];
         }
-        l[hr] = l[hr] * corr + sum;  // this lane's part of the row sum (the quad is summed at the end)
+        // This lane's part of the row sum (the quad is summed at the end). An explicit fma, as the scaling
+        // of the scores below is an explicit multiply: the compiler may not contract one instantiation
+        // (64- or 128-row tile) differently from the other, so both give the same bits.
+        l[hr] = __fmaf_rn(l[hr], corr, sum);
 #pragma unroll
         for (int j = 0; j < DT8; ++j) {
             o[j][2 * hr] *= corr;
@@ -404,7 +407,7 @@ __device__ __forceinline__ void flash_fwd(const typename DT::T* __restrict__ q, 
 #pragma unroll
             for (int jj = 0; jj < BN / 8; ++jj)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[mt][jj][e] *= scale_log2;
+                for (int e = 0; e < 4; ++e) s[mt][jj][e] = __fmul_rn(s[mt][jj][e], scale_log2);
         const bool crosses_end = (j + 1) * BN > kv_len;
         const bool crosses_diag = causal && (j + 1) * BN - 1 > offset + first_diag_row;
         if (crosses_end || crosses_diag) {

@@ -347,13 +347,17 @@ fn flash_attention_matches_the_cpu_on_random_varlen_batches() {
         .unwrap();
 }
 
-/// The flash kernel with the CTA tile forced, for `p` (keys contiguous), against the CPU.
-fn check_flash_tile(p: &Problem, tile: gpu_attn::FlashTile, what: &str) -> Result<(), String> {
+/// The flash kernel with each CTA tile forced, for `p` (keys contiguous): each against the CPU, and the
+/// two against each other bit for bit (a row is computed the same way whichever warp holds it, so the
+/// launcher's choice of tile never changes a result).
+fn check_flash_tiles(p: &Problem, what: &str) -> Result<(), String> {
     let gpu = gpu_for_tests().ok_or("no GPU")?;
     let q = p.q();
     let (k, v, cu_q, cu_k) = p.contiguous_kv();
     let want =
         flash_attention(&q, &k, &v, &cu_q, &cu_k, p.causal, p.scale).map_err(|e| e.to_string())?;
+    let want = want.to_f32_vec().unwrap();
+    let naive = p.naive();
     let seqs: Vec<SeqRows> = (0..p.seqs.len())
         .map(|i| SeqRows {
             q_start: cu_q[i],
@@ -368,17 +372,30 @@ fn check_flash_tile(p: &Problem, tile: gpu_attn::FlashTile, what: &str) -> Resul
         on_gpu(&k, p.dtype),
         on_gpu(&v, p.dtype),
     );
-    let mut out = GpuBuffer::output(&gpu, p.dtype, q.elem_count()).map_err(|e| e.to_string())?;
-    gpu_attn::flash_attention_tile_into(
-        &q, &k, &v, p.h_kv, &batch, p.causal, p.scale, tile, &mut out,
-    )
-    .map_err(|e| e.to_string())?;
-    let got = Tensor::from_gpu_buffer(out, q.shape()).map_err(|e| e.to_string())?;
-    check(what, &got, &want.to_f32_vec().unwrap(), &p.naive(), p.dtype).map(|_| ())
+    let mut bits = Vec::new();
+    for tile in [gpu_attn::FlashTile::Rows64, gpu_attn::FlashTile::Rows128] {
+        let mut out =
+            GpuBuffer::output(&gpu, p.dtype, q.elem_count()).map_err(|e| e.to_string())?;
+        let (h_kv, causal, scale) = (p.h_kv, p.causal, p.scale);
+        gpu_attn::flash_attention_tile_into(
+            &q, &k, &v, h_kv, &batch, causal, scale, tile, &mut out,
+        )
+        .map_err(|e| e.to_string())?;
+        let got = Tensor::from_gpu_buffer(out, q.shape()).map_err(|e| e.to_string())?;
+        check(&format!("{what} {tile:?}"), &got, &want, &naive, p.dtype)?;
+        bits.push(got.to_f32_vec().map_err(|e| e.to_string())?);
+    }
+    if let Some(i) = (0..bits[0].len()).find(|&i| bits[0][i].to_bits() != bits[1][i].to_bits()) {
+        return Err(format!(
+            "{what}: element {i} is {} with 64-row CTAs and {} with 128-row CTAs",
+            bits[0][i], bits[1][i]
+        ));
+    }
+    Ok(())
 }
 
 #[test]
-fn both_flash_tiles_match_the_cpu_on_random_varlen_batches() {
+fn both_flash_tiles_match_the_cpu_and_each_other_on_random_varlen_batches() {
     let Some(_gpu) = gpu_for_tests() else { return };
     poison_outputs(true);
     let strategy = (
@@ -402,11 +419,8 @@ fn both_flash_tiles_match_the_cpu_on_random_varlen_batches() {
                 })
                 .collect();
             let p = Problem::random(seed, 1, group, d, half_dtype(bf16), causal, &lens);
-            for tile in [gpu_attn::FlashTile::Rows64, gpu_attn::FlashTile::Rows128] {
-                let what = format!("flash {tile:?} g{group} d{d} causal {causal} lens {lens:?}");
-                check_flash_tile(&p, tile, &what).map_err(TestCaseError::fail)?;
-            }
-            Ok(())
+            let what = format!("flash g{group} d{d} causal {causal} lens {lens:?}");
+            check_flash_tiles(&p, &what).map_err(TestCaseError::fail)
         })
         .unwrap();
 }
@@ -418,14 +432,12 @@ fn both_flash_tiles_handle_the_edges_of_their_rows() {
     // Lengths at and around 64 and 128 query rows (one CTA of either tile, one more row), and the
     // diagonal of a causal 128-row CTA crossing its key tiles.
     let lens = [(1, 1), (127, 127), (128, 128), (129, 130), (200, 256)];
-    for tile in [gpu_attn::FlashTile::Rows64, gpu_attn::FlashTile::Rows128] {
-        for (i, &dtype) in [DType::F16, DType::BF16].iter().enumerate() {
-            for d in [64, 128] {
-                for causal in [true, false] {
-                    let p = Problem::random(20 + i as u64, 1, 5, d, dtype, causal, &lens);
-                    let what = format!("flash {tile:?} edges {dtype:?} d{d} causal {causal}");
-                    check_flash_tile(&p, tile, &what).unwrap();
-                }
+    for (i, &dtype) in [DType::F16, DType::BF16].iter().enumerate() {
+        for d in [64, 128] {
+            for causal in [true, false] {
+                let p = Problem::random(20 + i as u64, 1, 5, d, dtype, causal, &lens);
+                check_flash_tiles(&p, &format!("flash edges {dtype:?} d{d} causal {causal}"))
+                    .unwrap();
             }
         }
     }

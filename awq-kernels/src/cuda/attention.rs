@@ -18,6 +18,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use super::buffer::GpuBuffer;
+pub use super::flash_tile::FlashTile;
+use super::flash_tile::{self, ShapeClass};
 use super::launch;
 use super::{cuda_error, Gpu};
 use crate::ops::attention::{AttnSeq, SeqRows};
@@ -277,64 +279,10 @@ macro_rules! half_dispatch {
     };
 }
 
-/// The query rows of one flash attention CTA (4 warps).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlashTile {
-    /// 64 rows, 16 a warp: each warp keeps its Q fragments in registers for the whole key loop.
-    Rows64,
-    /// 128 rows, 32 a warp in two m-tiles: each K and V fragment read from shared memory serves both, half
-    /// the shared-memory reads per tensor-core op of `Rows64` (FlashAttention-2's tile for head dims 64
-    /// and 128); Q is re-read from shared memory at every key tile, and a short prompt gets half the CTAs.
-    Rows128,
-}
-
-impl FlashTile {
-    /// Query rows per CTA.
-    pub fn rows(self) -> usize {
-        match self {
-            FlashTile::Rows64 => 64,
-            FlashTile::Rows128 => 128,
-        }
-    }
-
-    fn kernel(self, sfx: &str, d: usize) -> String {
-        match self {
-            FlashTile::Rows64 => format!("flash_fwd_{sfx}_d{d}"),
-            FlashTile::Rows128 => format!("flash_fwd_{sfx}_d{d}_r128"),
-        }
-    }
-
-    /// Dynamic shared memory: the Q tile and two K and two V tiles of 64 keys, `d` 16-bit values a row.
-    fn shared_bytes(self, d: usize) -> usize {
-        (self.rows() + 4 * BN) * d * 2
-    }
-
-    /// The tile for a batch with `h` query heads on a GPU with `sms` multiprocessors: 128 rows when that
-    /// still makes two CTAs per multiprocessor (both fit one), 64 otherwise (a short prompt needs the CTAs
-    /// more than the reuse). `FLASH_TILE=64` or `128` in the environment fixes it for a process.
-    pub fn for_batch(batch: &AttnBatch, h: usize, sms: usize) -> FlashTile {
-        match std::env::var("FLASH_TILE").as_deref() {
-            Ok("64") => return FlashTile::Rows64,
-            Ok("128") => return FlashTile::Rows128,
-            _ => {}
-        }
-        FlashTile::for_shape(batch.max_q_len, h, batch.b, sms)
-    }
-
-    /// The rule of [`FlashTile::for_batch`] for `b` sequences of at most `max_q_len` query rows.
-    fn for_shape(max_q_len: usize, h: usize, b: usize, sms: usize) -> FlashTile {
-        let ctas = max_q_len.div_ceil(128) * h * b;
-        if ctas >= 2 * sms {
-            FlashTile::Rows128
-        } else {
-            FlashTile::Rows64
-        }
-    }
-}
-
 /// Flash attention forward into `out` (`[t, h, d]`, q's dtype). Keys and values: contiguous
 /// `[t_k, h_kv, d]` tensors or a layer of the paged cache `[slots, h_kv·d]`, as the batch says. The CTA
-/// tile is [`FlashTile::for_batch`]'s.
+/// tile: `FLASH_TILE` if set, else 64 rows for batches with few CTAs, else the faster tile on this GPU for
+/// this class of shape (timed at its first batch; `cuda/flash_tile.rs`).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_into(
     q: &Tensor,
@@ -347,8 +295,24 @@ pub fn flash_attention_into(
     out: &mut GpuBuffer,
 ) -> Result<()> {
     let gpu = gpu_of(q)?;
-    let sms = gpu.multiprocessors()?;
-    let tile = FlashTile::for_batch(batch, q.dim(1), sms);
+    let (h, d) = (q.dim(1), q.dim(2));
+    let tile = match FlashTile::from_env() {
+        Some(tile) => tile,
+        None => {
+            let class = ShapeClass::of(
+                batch.max_q_len,
+                batch.b,
+                h,
+                d,
+                q.dtype(),
+                causal,
+                batch.block_size > 0,
+            );
+            flash_tile::choose(&gpu, class, |tile| {
+                flash_attention_tile_into(q, k, v, h_kv, batch, causal, scale, tile, out)
+            })?
+        }
+    };
     flash_attention_tile_into(q, k, v, h_kv, batch, causal, scale, tile, out)
 }
 
@@ -631,18 +595,5 @@ mod tests {
         let (splits, chunk) = decode_splits(132, 1, 8, 1000);
         assert!(chunk >= 128 && splits * chunk >= 1000, "{splits} x {chunk}");
         assert_eq!(decode_splits(132, 1, 8, 1), (1, 64));
-    }
-
-    #[test]
-    fn long_prompts_take_the_128_row_tile_and_short_ones_keep_their_ctas() {
-        // InternViT-6B on 13 tiles (13 x 1025 rows, 25 heads) and a 4096-token Qwen2.5-72B prefill (64
-        // heads): thousands of CTAs either way.
-        assert_eq!(FlashTile::for_shape(1025, 25, 13, 132), FlashTile::Rows128);
-        assert_eq!(FlashTile::for_shape(4096, 64, 1, 132), FlashTile::Rows128);
-        // A 100-token prompt on the 72B: 64 CTAs of 128 rows would leave half the SMs idle.
-        assert_eq!(FlashTile::for_shape(100, 64, 1, 132), FlashTile::Rows64);
-        // The boundary: two CTAs per SM.
-        assert_eq!(FlashTile::for_shape(256, 66, 2, 132), FlashTile::Rows128);
-        assert_eq!(FlashTile::for_shape(256, 65, 2, 132), FlashTile::Rows64);
     }
 }

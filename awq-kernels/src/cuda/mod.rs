@@ -62,6 +62,7 @@ pub(crate) unsafe fn launch(
 }
 
 pub mod buffer;
+pub mod flash_tile;
 pub mod ops;
 pub mod rowwise;
 pub mod sampling;
