@@ -238,7 +238,8 @@ bool skip_kernels() {
     return on;
 }
 
-// EMU_STATS=1: how many times each driver function was called, printed to stderr at exit.
+// EMU_STATS=1: how many times each driver function was called, and each kernel launched, printed to stderr
+// at exit.
 struct CallCounts {
     std::mutex mutex;
     std::map<std::string, long long> counts;
@@ -250,22 +251,27 @@ struct CallCounts {
     }
 };
 
+void count_call(const std::string& what) {
+    static const bool stats = env_is_1("EMU_STATS");
+    if (!stats) {
+        return;
+    }
+    static CallCounts* counts = new CallCounts;  // printed by the atexit handler below
+    static const bool registered = [] {
+        std::atexit([] { delete counts; });
+        return true;
+    }();
+    (void)registered;
+    std::lock_guard<std::mutex> lock(counts->mutex);
+    ++counts->counts[what];
+}
+
 void trace(const char* function) {
     static const bool on = env_is_1("EMU_TRACE");
-    static const bool stats = env_is_1("EMU_STATS");
     if (on) {
         std::fprintf(stderr, "[emu driver] %s\n", function);
     }
-    if (stats) {
-        static CallCounts* counts = new CallCounts;  // printed by the atexit handler below
-        static const bool registered = [] {
-            std::atexit([] { delete counts; });
-            return true;
-        }();
-        (void)registered;
-        std::lock_guard<std::mutex> lock(counts->mutex);
-        ++counts->counts[function];
-    }
+    count_call(function);
 }
 
 // What most calls require: cuInit done and the primary context current on this thread.
@@ -1249,6 +1255,7 @@ CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy, unsigned 
         }
         kernel = function->kernel;
     }
+    count_call(std::string("  kernel ") + kernel->name);  // indented: listed after the driver functions
     if (skip_kernels()) {
         return CUDA_SUCCESS;
     }
