@@ -477,3 +477,40 @@ extern "C" __global__ void cast_f16_to_bf16(const __half* src, __nv_bfloat16* ds
 extern "C" __global__ void cast_bf16_to_f16(const __nv_bfloat16* src, __half* dst, long long n) {
     cast<__nv_bfloat16, __half>(src, dst, n);
 }
+
+// The patch-embedding input of a vision encoder whose one linear layer also adds the class token and the
+// position embedding (src/ops/patch `patches_with_positions`): images x [n, c, hh, ww] (f32) -> out
+// [n·t, width], t = 1 + (hh/p)·(ww/p). Row 0 of an image is zero but for a 1 at column c·p·p (the class
+// token); row i ≥ 1 is patch i - 1 in grid order, flattened (channel, row, column) as a conv weight is, with
+// a 1 at column c·p·p + i; zeros elsewhere. The f32 value rounded once to the output type, as the host's
+// conversion does.
+template <typename D>
+__device__ void patches_with_positions(const float* __restrict__ x, D* __restrict__ out, int c, int hh, int ww,
+                                       int p, int width, long long total) {
+    const int gw = ww / p, t = 1 + (hh / p) * gw, patch = c * p * p;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long row = e / width;
+        const int col = (int)(e - row * width);
+        const long long img = row / t;
+        const int i = (int)(row - img * t);
+        float v = 0.0f;
+        if (col < patch) {
+            if (i > 0) {
+                const int py = (i - 1) / gw, px = (i - 1) % gw;
+                const int ch = col / (p * p), r = col % (p * p);
+                v = x[((img * c + ch) * hh + py * p + r / p) * ww + px * p + r % p];
+            }
+        } else if (col == patch + i) {
+            v = 1.0f;
+        }
+        out[e] = from_f32<D>(v);
+    }
+}
+
+#define INSTANTIATE_PATCHES_WITH_POSITIONS(name, D)                                                          \
+    extern "C" __global__ void patches_with_positions_##name(const float* x, D* out, int c, int hh, int ww,  \
+                                                             int p, int width, long long total) {            \
+        patches_with_positions<D>(x, out, c, hh, ww, p, width, total);                                      \
+    }
+FOR_EACH_TYPE(INSTANTIATE_PATCHES_WITH_POSITIONS)

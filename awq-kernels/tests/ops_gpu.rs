@@ -18,6 +18,7 @@ use awq_kernels::ops::{
     embedding::embedding,
     gather_rows,
     norm::rms_norm,
+    patch::patches_with_positions,
     rope::{rope_inplace, rope_inplace_prepared, RopeInputs},
     split_columns3,
 };
@@ -645,4 +646,42 @@ fn synthetic_tensors_made_on_the_gpu_have_the_bits_made_on_the_host() {
     let v = t.to_device(GPU).unwrap().to_f32_vec().unwrap();
     assert!(v.iter().any(|&x| x > 0.5) && v.iter().any(|&x| x < -0.5));
     assert!(Tensor::synthetic(DType::F16, &[4], Fill::Nibbles, 1).is_err());
+}
+
+#[test]
+fn patch_rows_with_positions_made_on_the_gpu_have_the_bits_made_on_the_host() {
+    let Some(_gpu) = gpu_for_tests() else { return };
+    poison_outputs(true);
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    // InternViT's tiles in miniature (3 channels, square, patch 14) and a rectangular image with patches of
+    // 4; rows padded past the patch and the positions; random pixel values (not exact in 16 bits, so the
+    // GPU must round them as the host does).
+    for (shape, p, pad) in [
+        ([3usize, 3, 28, 28], 14usize, 3usize),
+        ([2, 2, 8, 12], 4, 0),
+    ] {
+        let n: usize = shape.iter().product();
+        let pixels: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.5f32..2.5)).collect();
+        let pixels = Tensor::from_vec(pixels, &shape).unwrap();
+        let tokens = 1 + (shape[2] / p) * (shape[3] / p);
+        let width = shape[1] * p * p + tokens + pad;
+        let on_device = pixels.to_device(GPU).unwrap();
+        for dtype in DTYPES {
+            let want = patches_with_positions(&pixels, p, width, dtype).unwrap();
+            let got = patches_with_positions(&on_device, p, width, dtype).unwrap();
+            assert_eq!(got.device(), GPU);
+            assert_eq!(got.shape(), want.shape());
+            assert_eq!(got.dtype(), dtype);
+            let (got, want) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+            if let Some(i) = (0..want.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+                panic!(
+                    "{shape:?} p{p} {dtype:?}: row {} column {}: GPU {} host {}",
+                    i / width,
+                    i % width,
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
 }

@@ -320,6 +320,52 @@ pub fn scale_rows(w: &Tensor, scale: &[f32], dtype: DType) -> Result<Tensor> {
     Tensor::from_gpu_buffer(out, w.shape())
 }
 
+/// [`crate::ops::patch::patches_with_positions`] on the GPU: `x` `[n, c, hh, ww]` f32 (checked by the caller:
+/// `hh`, `ww` multiples of `p`, `width` at least `c·p·p` + tokens per image) to `[n·t, width]` in `dtype`.
+pub fn patches_with_positions(x: &Tensor, p: usize, width: usize, dtype: DType) -> Result<Tensor> {
+    let &[n, c, hh, ww] = x.shape() else {
+        return Err(Error::shape(
+            "patches_with_positions (cuda)",
+            "images must be [n, c, h, w]",
+        ));
+    };
+    let t = 1 + (hh / p) * (ww / p);
+    let gpu = gpu_of(x)?;
+    let total = n * t * width;
+    let mut out = GpuBuffer::output(&gpu, dtype, total)?;
+    let int = |what: &str, v: usize| {
+        i32::try_from(v)
+            .map_err(|_| Error::Unsupported(format!("patches_with_positions: {what} {v}")))
+    };
+    let (ci, hi, wi, pi, widthi) = (
+        int("channels", c)?,
+        int("height", hh)?,
+        int("width", ww)?,
+        int("patch", p)?,
+        int("row width", width)?,
+    );
+    let totali = total as i64;
+    float_dispatch!(dtype, "patches_with_positions", |T, sfx| {
+        let name = format!("patches_with_positions_{sfx}");
+        let f = gpu.function(MODULE, &name)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(x.gpu_buffer()?.slice::<f32>()?)
+            .arg(out.slice_mut::<T>()?)
+            .arg(&ci)
+            .arg(&hi)
+            .arg(&wi)
+            .arg(&pi)
+            .arg(&widthi)
+            .arg(&totali);
+        // SAFETY: x holds n·c·hh·ww f32 values and out n·t·width of T; the kernel reads x only at pixels of
+        // whole patches (hh, ww multiples of p, checked by the caller) and writes each of out's elements
+        // once (grid-stride loop over `total`).
+        unsafe { launch(&mut l, elementwise(total.min(1 << 26))) }.map_err(launch_err(&name))?;
+        Ok(())
+    })?;
+    Tensor::from_gpu_buffer(out, &[n * t, width])
+}
+
 /// `len` elements of `dtype` made on the GPU by `fill` with `seed`: the bits [`crate::synthetic::fill_bytes`]
 /// makes on the host.
 pub fn synthetic(

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::f32_slice;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 /// The `p×p` patches of images `x` `[n, c, hh, ww]` (f32; `hh` and `ww` multiples of `p`) as
 /// `[n, (hh/p)·(ww/p), c·p·p]`: patches in row-major grid order (patch row, then patch column), each flattened
@@ -47,6 +47,59 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
     Tensor::from_vec(out, &[n, gh * gw, width])
 }
 
+/// The input rows of a patch embedding that also adds the class token and the position embedding in the
+/// same linear layer (`[W | class + pos_0 | pos_1 | ...]`, as InternViT runs on a GPU): for images `x`
+/// `[n, c, hh, ww]` (f32, on the CPU or a GPU), `[n·t, width]` in `dtype` on x's device, t = 1 + patches
+/// per image. Row 0 of an image is zero but for a 1 at column `c·p·p` (the class token); row i ≥ 1 is
+/// [`patchify`]'s patch i - 1 with a 1 at column `c·p·p + i`; zeros elsewhere (`width` ≥ `c·p·p + t`, the
+/// rest padding). On a GPU only the pixels move and the rows are made there.
+pub fn patches_with_positions(x: &Tensor, p: usize, width: usize, dtype: DType) -> Result<Tensor> {
+    let op = "patches_with_positions";
+    let &[n, c, hh, ww] = x.shape() else {
+        return Err(Error::shape(
+            op,
+            format!("images must be [n, c, h, w], got {:?}", x.shape()),
+        ));
+    };
+    if p == 0 || !hh.is_multiple_of(p) || !ww.is_multiple_of(p) {
+        return Err(Error::shape(
+            op,
+            format!("a {hh}x{ww} image is not a whole number of {p}x{p} patches"),
+        ));
+    }
+    let (patch, t) = (c * p * p, 1 + (hh / p) * (ww / p));
+    if width < patch + t {
+        return Err(Error::shape(
+            op,
+            format!("rows of {width} columns cannot hold a {patch}-value patch and {t} positions"),
+        ));
+    }
+    if x.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            expected: DType::F32,
+            got: x.dtype(),
+        });
+    }
+    #[cfg(feature = "cuda")]
+    if x.device() != crate::Device::Cpu {
+        return crate::cuda::ops::patches_with_positions(x, p, width, dtype);
+    }
+    let patches = patchify(x, p)?;
+    let patches = f32_slice(op, &patches)?;
+    let mut rows = vec![0.0f32; n * t * width];
+    for (image, image_rows) in rows.chunks_exact_mut(t * width).enumerate() {
+        for (i, row) in image_rows.chunks_exact_mut(width).enumerate() {
+            if i > 0 {
+                let src = (image * (t - 1) + i - 1) * patch;
+                row[..patch].copy_from_slice(&patches[src..src + patch]);
+            }
+            row[patch + i] = 1.0;
+        }
+    }
+    Tensor::from_vec(rows, &[n * t, width])?.to_dtype(dtype)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,8 +128,41 @@ mod tests {
     }
 
     #[test]
+    fn rows_with_positions_hold_the_class_token_then_each_patch_and_a_one_hot_position() {
+        // Two images of 1 channel, 2x4 pixels (value = 100·image + 10·y + x), patches of 2x2: 2 patches, 3
+        // tokens per image; rows of 4 + 3 values padded to 8.
+        let v: Vec<f32> = (0..2)
+            .flat_map(|i| {
+                (0..2).flat_map(move |y| (0..4).map(move |x| (100 * i + 10 * y + x) as f32))
+            })
+            .collect();
+        let img = Tensor::from_vec(v, &[2, 1, 2, 4]).unwrap();
+        let rows = patches_with_positions(&img, 2, 8, DType::F32).unwrap();
+        assert_eq!(rows.shape(), &[6, 8]);
+        #[rustfmt::skip]
+        let want = [
+            0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, // image 0: class token
+            0.0, 1.0, 10.0, 11.0, 0.0, 1.0, 0.0, 0.0, // patch (0, 0), position 1
+            2.0, 3.0, 12.0, 13.0, 0.0, 0.0, 1.0, 0.0, // patch (0, 1), position 2
+            0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, // image 1
+            100.0, 101.0, 110.0, 111.0, 0.0, 1.0, 0.0, 0.0,
+            102.0, 103.0, 112.0, 113.0, 0.0, 0.0, 1.0, 0.0,
+        ];
+        assert_eq!(rows.as_slice::<f32>().unwrap(), &want);
+        // In a 16-bit dtype: the same values rounded once.
+        let rows = patches_with_positions(&img, 2, 8, DType::BF16).unwrap();
+        assert_eq!(rows.dtype(), DType::BF16);
+        assert_eq!(rows.to_f32_vec().unwrap(), want);
+        // Rows too narrow for the patch and the positions are refused.
+        let err = patches_with_positions(&img, 2, 6, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("6 columns"), "{err}");
+    }
+
+    #[test]
     fn a_size_that_is_not_a_whole_number_of_patches_is_refused() {
-        let img = Tensor::zeros(crate::DType::F32, &[1, 3, 15, 14]);
+        let img = Tensor::zeros(DType::F32, &[1, 3, 15, 14]);
         let err = patchify(&img, 14).unwrap_err().to_string();
         assert!(err.contains("15x14"), "{err}");
     }
