@@ -6,11 +6,8 @@ use rayon::prelude::*;
 use super::f32_slice;
 use crate::{DType, Error, Result, Tensor};
 
-/// The `p×p` patches of images `x` `[n, c, hh, ww]` (f32; `hh` and `ww` multiples of `p`) as
-/// `[n, (hh/p)·(ww/p), c·p·p]`: patches in row-major grid order (patch row, then patch column), each flattened
-/// as (channel, row in the patch, column in the patch), the order of a PyTorch conv weight `[out, c, p, p]`.
-pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
-    let op = "patchify";
+/// `[n, c, hh, ww]` of images `x` whose sides are whole numbers of `p`-pixel patches.
+fn image_dims(op: &'static str, x: &Tensor, p: usize) -> Result<[usize; 4]> {
     let &[n, c, hh, ww] = x.shape() else {
         return Err(Error::shape(
             op,
@@ -23,6 +20,15 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
             format!("a {hh}x{ww} image is not a whole number of {p}x{p} patches"),
         ));
     }
+    Ok([n, c, hh, ww])
+}
+
+/// The `p×p` patches of images `x` `[n, c, hh, ww]` (f32; `hh` and `ww` multiples of `p`) as
+/// `[n, (hh/p)·(ww/p), c·p·p]`: patches in row-major grid order (patch row, then patch column), each flattened
+/// as (channel, row in the patch, column in the patch), the order of a PyTorch conv weight `[out, c, p, p]`.
+pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
+    let op = "patchify";
+    let [n, c, hh, ww] = image_dims(op, x, p)?;
     let data = f32_slice(op, x)?;
     let (gh, gw) = (hh / p, ww / p);
     let width = c * p * p;
@@ -55,18 +61,7 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
 /// rest padding). On a GPU only the pixels move and the rows are made there.
 pub fn patches_with_positions(x: &Tensor, p: usize, width: usize, dtype: DType) -> Result<Tensor> {
     let op = "patches_with_positions";
-    let &[n, c, hh, ww] = x.shape() else {
-        return Err(Error::shape(
-            op,
-            format!("images must be [n, c, h, w], got {:?}", x.shape()),
-        ));
-    };
-    if p == 0 || !hh.is_multiple_of(p) || !ww.is_multiple_of(p) {
-        return Err(Error::shape(
-            op,
-            format!("a {hh}x{ww} image is not a whole number of {p}x{p} patches"),
-        ));
-    }
+    let [n, c, hh, ww] = image_dims(op, x, p)?;
     let (patch, t) = (c * p * p, 1 + (hh / p) * (ww / p));
     if width < patch + t {
         return Err(Error::shape(
