@@ -296,23 +296,18 @@ pub fn flash_attention_into(
 ) -> Result<()> {
     let gpu = gpu_of(q)?;
     let (h, d) = (q.dim(1), q.dim(2));
-    let tile = match FlashTile::from_env() {
-        Some(tile) => tile,
-        None => {
-            let class = ShapeClass::of(
-                batch.max_q_len,
-                batch.b,
-                h,
-                d,
-                q.dtype(),
-                causal,
-                batch.block_size > 0,
-            );
-            flash_tile::choose(&gpu, class, |tile| {
-                flash_attention_tile_into(q, k, v, h_kv, batch, causal, scale, tile, out)
-            })?
-        }
-    };
+    let class = ShapeClass::of(
+        batch.max_q_len,
+        batch.b,
+        h,
+        d,
+        q.dtype(),
+        causal,
+        batch.block_size > 0,
+    );
+    let tile = flash_tile::choose(&gpu, class, |tile| {
+        flash_attention_tile_into(q, k, v, h_kv, batch, causal, scale, tile, out)
+    })?;
     flash_attention_tile_into(q, k, v, h_kv, batch, causal, scale, tile, out)
 }
 

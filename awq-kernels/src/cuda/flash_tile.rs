@@ -110,38 +110,45 @@ fn chosen() -> &'static Mutex<HashMap<ShapeClass, FlashTile>> {
     CHOSEN.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// The tile for a batch of `class`: the rule's where it says 64 rows, or on the CPU emulator (its timings
-/// mean nothing); otherwise the faster of the two on this GPU, timed with `run` (which runs the batch
-/// with a given tile) at the first batch of the class and kept for the process. 128 rows stays unless
-/// 64 rows is faster by the autotuner's margin.
+/// The tile for a batch of `class` if nothing is left to time: `FLASH_TILE`'s, the rule's where it says 64
+/// rows or on the CPU emulator (its timings mean nothing), or the one timed earlier in this process.
+fn decided(gpu: &Gpu, class: ShapeClass) -> Result<Option<FlashTile>> {
+    if let Some(tile) = FlashTile::from_env() {
+        return Ok(Some(tile));
+    }
+    let ruled = class.ruled_tile(gpu.multiprocessors()?);
+    if ruled == FlashTile::Rows64 || gpu.is_cpu_emulator() {
+        return Ok(Some(ruled));
+    }
+    let chosen = chosen().lock().unwrap_or_else(|e| e.into_inner());
+    Ok(chosen.get(&class).copied())
+}
+
+/// The tile for a batch of `class`: the [`decided`] one, or else the faster of the two on this GPU, timed
+/// with `run` (which runs the batch with a given tile) and kept for the process. 128 rows stays unless 64
+/// rows is faster by the autotuner's margin.
 pub fn choose(
     gpu: &Gpu,
     class: ShapeClass,
     mut run: impl FnMut(FlashTile) -> Result<()>,
 ) -> Result<FlashTile> {
-    let ruled = class.ruled_tile(gpu.multiprocessors()?);
-    if ruled == FlashTile::Rows64 || gpu.is_cpu_emulator() {
-        return Ok(ruled);
-    }
-    let mut chosen = chosen().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&tile) = chosen.get(&class) {
+    if let Some(tile) = decided(gpu, class)? {
         return Ok(tile);
     }
     const CANDIDATES: [FlashTile; 2] = [FlashTile::Rows128, FlashTile::Rows64];
     let times = time_candidates(gpu, CANDIDATES.len(), |i| run(CANDIDATES[i]))?;
     let tile = CANDIDATES[pick(&times, MARGIN)];
-    chosen.insert(class, tile);
+    chosen()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(class, tile);
     Ok(tile)
 }
 
-/// The tile a batch of `class` runs with now (what [`choose`] returned, or would return without timing).
+/// The tile a batch of `class` runs with now: what [`choose`] returned, or before any timing the rule's
+/// (128 rows wherever a timing is still to come).
 pub fn current(gpu: &Gpu, class: ShapeClass) -> Result<FlashTile> {
-    if let Some(tile) = FlashTile::from_env() {
-        return Ok(tile);
-    }
-    let ruled = class.ruled_tile(gpu.multiprocessors()?);
-    let chosen = chosen().lock().unwrap_or_else(|e| e.into_inner());
-    Ok(chosen.get(&class).copied().unwrap_or(ruled))
+    Ok(decided(gpu, class)?.unwrap_or(FlashTile::Rows128))
 }
 
 #[cfg(test)]
