@@ -89,7 +89,8 @@ struct Operand {
 };
 
 struct Gemm {
-    int type;
+    int type;     // of C
+    int ab_type;  // of A and B: C's, or 16-bit with an f32 C (cublasGemmEx's mixed precision)
     int m, n, k;
     float alpha, beta;
     Operand a, b;
@@ -112,7 +113,7 @@ constexpr int kPanel = 8;
 void pack_a(const Gemm& g, const void* data, float* a) {
     for (int i = 0; i < g.m; ++i) {
         for (int l = 0; l < g.k; ++l) {
-            a[size_t(i) * g.k + l] = load(g.type, data, op_index(g.a, i, l));
+            a[size_t(i) * g.k + l] = load(g.ab_type, data, op_index(g.a, i, l));
         }
     }
 }
@@ -126,7 +127,7 @@ void pack_b(const Gemm& g, const void* data, float* b) {
             float* out = b + (size_t(p) * g.k + l) * kPanel;
             for (int c = 0; c < kPanel; ++c) {
                 int j = p * kPanel + c;
-                out[c] = j < g.n ? load(g.type, data, op_index(g.b, l, j)) : 0.0f;
+                out[c] = j < g.n ? load(g.ab_type, data, op_index(g.b, l, j)) : 0.0f;
             }
         }
     }
@@ -171,10 +172,10 @@ void run_gemm(const Gemm& g) {
     double work = double(g.m) * g.n * std::max(g.k, 1);
     int threads = work < (1 << 20) ? 1 : static_cast<int>(std::min<unsigned>(hw, unsigned(panels)));
     for (int batch = 0; batch < g.batch; ++batch) {
-        size_t size = element_size(g.type);
-        const char* a_data = static_cast<const char*>(g.a.data) + batch * g.a.stride * size;
-        const char* b_data = static_cast<const char*>(g.b.data) + batch * g.b.stride * size;
-        char* c_data = static_cast<char*>(g.c) + batch * g.stride_c * size;
+        size_t ab_size = element_size(g.ab_type);
+        const char* a_data = static_cast<const char*>(g.a.data) + batch * g.a.stride * ab_size;
+        const char* b_data = static_cast<const char*>(g.b.data) + batch * g.b.stride * ab_size;
+        char* c_data = static_cast<char*>(g.c) + batch * g.stride_c * element_size(g.type);
         // With alpha 0, A and B are not read (they may be garbage); C is only scaled by beta.
         if (g.alpha != 0.0f) {
             pack_a(g, a_data, a.data());
@@ -261,13 +262,17 @@ cublasStatus_t gemm(cublasHandle_t handle, int transa, int transb, int m, int n,
     }
     int scalars = scalar_type(compute);
     bool supported_type = c_type == CUDA_R_32F || c_type == CUDA_R_16F || c_type == CUDA_R_16BF;
-    // f16 compute (f16 scalars) is only for f16 matrices, as in cuBLAS.
-    if (a_type != c_type || b_type != c_type || !supported_type || scalars < 0 ||
+    // A and B of C's type, or 16-bit A and B with an f32 C and f32 compute; f16 compute (f16 scalars) is
+    // only for f16 matrices, as in cuBLAS.
+    bool mixed = c_type == CUDA_R_32F && scalars == CUDA_R_32F && a_type == b_type &&
+                 (a_type == CUDA_R_16F || a_type == CUDA_R_16BF);
+    if ((!mixed && (a_type != c_type || b_type != c_type)) || !supported_type || scalars < 0 ||
         (scalars == CUDA_R_16F && c_type != CUDA_R_16F)) {
         return CUBLAS_STATUS_NOT_SUPPORTED;
     }
     Gemm g;
     g.type = c_type;
+    g.ab_type = a_type;
     g.m = m;
     g.n = n;
     g.k = k;

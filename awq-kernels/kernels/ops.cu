@@ -133,6 +133,14 @@ __device__ void bias_rows(T* __restrict__ y, const T* __restrict__ bias, long lo
     if (i < total) y[i] = bias[i % n];
 }
 
+// y[m, n] = round_T(product[m, n] + bias[n]): a GEMM's f32 product and its bias, rounded once.
+template <typename T>
+__device__ void add_bias_round(const float* __restrict__ product, const T* __restrict__ bias, T* __restrict__ y,
+                               long long total, int n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) y[i] = from_f32<T>(product[i] + to_f32(bias[i % n]));
+}
+
 // Rotate-half RoPE. inv_freq [d/2] comes from the host (computed once as transformers does, 1 / theta^(2i/d) in
 // f32), so the angle pos · inv_freq is the same f32 product on both sides even at positions of tens of
 // thousands; the rotation (a, b) -> (a·cos − b·sin, b·cos + a·sin) of the pair (i, i + d/2) is rounded as the
@@ -408,6 +416,10 @@ extern "C" __global__ void synthetic_words(unsigned* __restrict__ out, long long
     }                                                                                                        \
     extern "C" __global__ void bias_rows_##name(T* y, const T* bias, long long total, int n) {               \
         bias_rows<T>(y, bias, total, n);                                                                     \
+    }                                                                                                        \
+    extern "C" __global__ void add_bias_round_##name(const float* product, const T* bias, T* y, long long total, \
+                                                     int n) {                                                \
+        add_bias_round<T>(product, bias, y, total, n);                                                       \
     }                                                                                                        \
     extern "C" __global__ void rope_##name(T* x, const int* positions, const float* inv_freq, int heads,     \
                                            int d, int vec) {                                                 \

@@ -62,6 +62,7 @@ def result(**kw):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--awq-only", action="store_true", help="the copy and F.linear cells only")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device; torch peer skipped", file=sys.stderr)
@@ -80,8 +81,9 @@ def main():
     del src, dst
     torch.cuda.empty_cache()
 
-    attention_cells(dev, args.quick)
-    row_cells(dev)
+    if not args.awq_only:
+        attention_cells(dev, args.quick)
+        row_cells(dev)
 
     for k, n in SHAPES:
         ws = [torch.randn(n, k, dtype=torch.float16, device=dev) * 0.02 for _ in range(COPIES)]

@@ -449,6 +449,7 @@ fn gpu_bundle(root: &Path) -> Result<()> {
     }
     for file in [
         "run.sh",
+        "lease.sh",
         "torch_peer.py",
         "summarize.py",
         "e2e_peer.py",

@@ -796,6 +796,153 @@ mod num_traits_like {
     }
 }
 
+/// `product` (f32, `[m, n]`) = x `[m, k]` · w `[n, k]`ᵀ through cuBLAS with f32 output: no rounding to x's
+/// 16-bit type.
+fn gemm_nt_f32_product(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    w: &GpuBuffer,
+    product: &mut GpuBuffer,
+    (m, k, n): (usize, usize, usize),
+) -> Result<()> {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let stream = Arc::clone(gpu.stream());
+    let (xp, _sx) = match x.dtype() {
+        DType::F16 => x.slice::<f16>()?.device_ptr(&stream),
+        _ => x.slice::<bf16>()?.device_ptr(&stream),
+    };
+    let (wp, _sw) = match w.dtype() {
+        DType::F16 => w.slice::<f16>()?.device_ptr(&stream),
+        _ => w.slice::<bf16>()?.device_ptr(&stream),
+    };
+    let out = product.slice_mut::<f32>()?;
+    let (yp, _sy) = out.device_ptr_mut(&stream);
+    // SAFETY: x holds m·k and w n·k elements of x's dtype (same dtype, checked by the caller), the product
+    // m·n f32; the pointers stay valid until the stream has run the call (the sync guards live until then).
+    unsafe { gemm_nt_f32_product_raw(gpu, x.dtype(), xp, wp, yp, (m, k, n)) }
+}
+
+/// The raw form of [`gemm_nt_f32_product`] (the AWQ dequantize + GEMM path calls it on its workspace).
+///
+/// # Safety
+/// `x`, `w` and `product` must address m·k and n·k values of `dtype` (f16 or bf16) and m·n f32 values on
+/// this GPU, valid until the stream has run the call.
+pub(crate) unsafe fn gemm_nt_f32_product_raw(
+    gpu: &Gpu,
+    dtype: DType,
+    x: cudarc::driver::sys::CUdeviceptr,
+    w: cudarc::driver::sys::CUdeviceptr,
+    product: cudarc::driver::sys::CUdeviceptr,
+    (m, k, n): (usize, usize, usize),
+) -> Result<()> {
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+    let ab_type = match dtype {
+        DType::F16 => cudaDataType_t::CUDA_R_16F,
+        DType::BF16 => cudaDataType_t::CUDA_R_16BF,
+        other => {
+            return Err(Error::DType {
+                op: "GEMM with an f32 product (GPU)",
+                expected: DType::F16,
+                got: other,
+            })
+        }
+    };
+    if [m, k, n].iter().any(|&d| d > i32::MAX as usize) {
+        return Err(Error::shape(
+            "GEMM with an f32 product (GPU)",
+            format!("{m}x{k}x{n} too large for cuBLAS"),
+        ));
+    }
+    let blas = gpu.blas()?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // Row-major y[m, n] = x · wᵀ is column-major yᵀ (n x m) = wᵀᵀ · xᵀ, as in `gemm_nt`; alpha and beta are
+    // f32 as CUBLAS_COMPUTE_32F wants. SAFETY: the caller's contract covers the three matrices.
+    cudarc::cublas::result::gemm_ex(
+        *blas.handle(),
+        cublasOperation_t::CUBLAS_OP_T,
+        cublasOperation_t::CUBLAS_OP_N,
+        n as i32,
+        m as i32,
+        k as i32,
+        (&alpha) as *const f32 as *const _,
+        w as *const _,
+        ab_type,
+        k as i32,
+        x as *const _,
+        ab_type,
+        k as i32,
+        (&beta) as *const f32 as *const _,
+        product as *mut _,
+        cudaDataType_t::CUDA_R_32F,
+        n as i32,
+        cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+    )
+    .map_err(|e| cuda_error("cuBLAS gemm (f32 product)", e))
+}
+
+/// y `[m, n]` = round(product `[m, n]` (f32) + bias `[n]`): the bias added before the one rounding to y's type.
+fn add_bias_round(product: &GpuBuffer, bias: &Tensor, y: &mut GpuBuffer) -> Result<()> {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let gpu = Arc::clone(&y.gpu);
+    let stream = Arc::clone(gpu.stream());
+    let (total, dtype) = (y.len(), y.dtype());
+    let bb = bias.gpu_buffer()?;
+    let (pp, _sp) = product.slice::<f32>()?.device_ptr(&stream);
+    let ((bp, _sb), (yp, _sy)) = match dtype {
+        DType::F16 => (
+            bb.slice::<f16>()?.device_ptr(&stream),
+            y.slice_mut::<f16>()?.device_ptr_mut(&stream),
+        ),
+        _ => (
+            bb.slice::<bf16>()?.device_ptr(&stream),
+            y.slice_mut::<bf16>()?.device_ptr_mut(&stream),
+        ),
+    };
+    // SAFETY: product and y hold total elements, a multiple of bias' n elements (checked by the caller), of
+    // the types named; the guards keep them valid until the stream has run the kernel.
+    unsafe { add_bias_round_raw(&gpu, dtype, pp, bp, yp, total, bias.elem_count()) }
+}
+
+/// The raw form of [`add_bias_round`].
+///
+/// # Safety
+/// `product` must address `total` f32 values, `bias` n and `y` `total` values of `dtype` (f16 or bf16), with
+/// `total` a multiple of n, valid until the stream has run the kernel.
+pub(crate) unsafe fn add_bias_round_raw(
+    gpu: &Gpu,
+    dtype: DType,
+    product: cudarc::driver::sys::CUdeviceptr,
+    bias: cudarc::driver::sys::CUdeviceptr,
+    y: cudarc::driver::sys::CUdeviceptr,
+    total: usize,
+    n: usize,
+) -> Result<()> {
+    let sfx = match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        other => {
+            return Err(Error::DType {
+                op: "add_bias_round",
+                expected: DType::F16,
+                got: other,
+            })
+        }
+    };
+    if total == 0 {
+        return Ok(());
+    }
+    let name = format!("add_bias_round_{sfx}");
+    let f = gpu.function(MODULE, &name)?;
+    let (total, n) = (total as i64, n as i32);
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(&product).arg(&bias).arg(&y).arg(&total).arg(&n);
+    // SAFETY: the argument list matches `add_bias_round_*` in kernels/ops.cu (3 pointers, an i64, an i32);
+    // the caller's contract covers the buffers.
+    launch(&mut l, elementwise(total as usize)).map_err(launch_err(&name))?;
+    Ok(())
+}
+
 /// Dense `y = x·wᵀ (+ bias)` with cuBLAS (f32 accumulation); `x` `[m, k]`, `w` `[n, k]`, same dtype.
 pub fn dense_linear(
     x: &Tensor,
@@ -814,9 +961,19 @@ pub fn dense_linear(
         });
     }
     let mut out = GpuBuffer::output(&gpu, x.dtype(), m * n)?;
-    // With a bias, y starts as the bias rows and the GEMM adds to them (beta = 1) in its f32 accumulator:
-    // one rounding of x·Wᵀ + b, as torch's addmm; adding the bias to the rounded product would round twice.
+    // With a bias, one rounding of x·Wᵀ + b: the product comes out of cuBLAS in f32 and a kernel adds the
+    // bias and rounds once (adding the bias to a rounded product would round twice). Handing the
+    // bias rows to the GEMM as C with beta = 1 does not do that: cuBLAS's f16 kernels on an H100 rounded
+    // alpha·x·Wᵀ to f16 before adding beta·C, up to 1.2 ulps off (m = 1 and m = 40, PERF-NOTES.md). The f32
+    // product costs 4 more bytes per output element than the C operand did.
     let accumulate = match bias {
+        Some(b) if b.dtype() == x.dtype() && b.elem_count() == n && x.dtype() != DType::F32 => {
+            let mut product = GpuBuffer::output(&gpu, DType::F32, m * n)?;
+            let (xb, wb) = (x.gpu_buffer()?, w.gpu_buffer()?);
+            gemm_nt_f32_product(&gpu, xb, wb, &mut product, (m, k, n))?;
+            add_bias_round(&product, b, &mut out)?;
+            return Tensor::from_gpu_buffer(out, &[m, n]);
+        }
         Some(b) if b.dtype() == x.dtype() && b.elem_count() == n => {
             bias_rows(&mut out, b)?;
             true

@@ -31,6 +31,7 @@ use super::tune::{
     StreamKernel, TuneKey, Tuned, Variant, MARGIN, TUNE_MIN_BYTES,
 };
 use crate::awq_format::{unpack_column, PACK_FACTOR};
+use crate::cuda::ops::{add_bias_round_raw, gemm_nt_f32_product_raw};
 use crate::cuda::{cuda_error, Gpu};
 use crate::{DType, Error, FloatElement, Result};
 
@@ -931,10 +932,10 @@ where
     }
     let candidates = match (mt, row_blocks) {
         (0, _) => dequant_candidates(),
-        (_, 1) => stream_candidates(pipe_fits(mt, w.group, ws.max_shared)),
+        (_, 1) => stream_candidates(pipe_fits(mt, w.group, ws.max_shared), mt),
         _ => {
             let mut c = dequant_candidates();
-            c.extend(stream_candidates(pipe_fits(mt, w.group, ws.max_shared)));
+            c.extend(stream_candidates(pipe_fits(mt, w.group, ws.max_shared), mt));
             c
         }
     };
@@ -1002,9 +1003,26 @@ fn launch_stream<T: AwqFloat>(
             pipe_stages(plan.mt)
         );
         (name, pipe_shared_bytes(plan.mt, w.group))
-    } else {
+    } else if kernel == StreamKernel::DoubleBuffered && plan.mt == 1 {
+        // Two buffers of half the register kernel's batch: the same registers, and still a divisor of the
+        // chunks of a group.
         let name = format!(
-            "awq_stream_{}_mt{}_sw{}_cb{}",
+            "awq_dbuf_{}_mt1_sw{}_cb{}",
+            T::NAME,
+            plan.sw,
+            (plan.cb / 2).max(1)
+        );
+        (name, 0)
+    } else {
+        // (The double-buffered kernel exists for one m-tile only; the register kernel computes the same
+        // bits.)
+        let name = format!(
+            "{}_{}_mt{}_sw{}_cb{}",
+            if kernel == StreamKernel::L2Prefetch {
+                "awq_prefetch"
+            } else {
+                "awq_stream"
+            },
             T::NAME,
             plan.mt,
             plan.sw,
@@ -1093,7 +1111,7 @@ fn launch_stream<T: AwqFloat>(
     for v in &ints {
         b.arg(v);
     }
-    // SAFETY: the argument list matches `awq_stream_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
+    // SAFETY: the argument list matches `awq_stream_*`, `awq_prefetch_*`, `awq_dbuf_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
     // 7 ints; the pipe kernels get the dynamic shared memory `pipe_shared_bytes` sized for this group); x holds
     // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
     // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes
@@ -1239,7 +1257,6 @@ where
     if m > i32::MAX as usize {
         return Err(Error::shape(OP, format!("m = {m} too large for cuBLAS")));
     }
-    let bias_fn = ws.function(gpu, "awq_bias_rows")?;
     // 1. W [n, k] in T.
     dequantize_into_workspace::<T>(gpu, ws, w, kernel)?;
     let dense = ws
@@ -1247,28 +1264,27 @@ where
         .as_mut()
         .ok_or_else(|| Error::Cuda("AWQ workspace missing".into()))?;
 
-    // 2. y = bias rows (then beta = 1), or beta = 0 (y is not read).
-    let beta = if let Some(bv) = bias {
+    // 2. With a bias, one rounding of x·Wᵀ + b: the GEMM's product in f32, then a kernel adds the bias and
+    // rounds (cuBLAS with the bias rows as C and beta = 1 rounds the product first on an H100; see
+    // `cuda::ops::dense_linear`).
+    if let Some(bv) = bias {
+        // SAFETY: the GEMM below writes all m·n values before the bias kernel reads them.
+        let product = unsafe { stream.alloc::<f32>((m * n).max(1)) }
+            .map_err(|e| cuda_error("allocating the AWQ GEMM's f32 product", e))?;
+        let (pp, _gp) = product.device_ptr(&stream);
+        let (dp, _gd) = dense.device_ptr(&stream);
+        let (xp, _gx) = x.device_ptr(&stream);
         let (bp, _gb) = bv.device_ptr(&stream);
         let (yp, _gy) = y.device_ptr_mut(&stream);
-        let ints: [i32; 2] = [m as i32, n as i32];
-        let mut b = stream.launch_builder(&bias_fn);
-        b.arg(&bp).arg(&yp);
-        for v in &ints {
-            b.arg(v);
+        // SAFETY: x holds m·k and the workspace at least n·k values of T (the dequantization just wrote
+        // W [n, k]), the product m·n f32, bias n and y m·n values of T; the guards keep them valid until the
+        // stream has run both calls.
+        unsafe {
+            gemm_nt_f32_product_raw(gpu, T::DTYPE, xp, dp, pp, (m, k, n))?;
+            add_bias_round_raw(gpu, T::DTYPE, pp, bp, yp, m * n, n)?;
         }
-        let blocks = (m * n).div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: matches `awq_bias_rows` (2 pointers, 2 ints); bias holds n and y m·n 16-bit values.
-        unsafe { b.launch(cfg) }.map_err(launch_error("awq_bias_rows"))?;
-        T::from_f32(1.0)
-    } else {
-        T::from_f32(0.0)
-    };
+        return Ok(());
+    }
 
     // 3. Row-major y[m, n] = x[m, k] · W[n, k]ᵀ is column-major yᵀ[n, m] = op_T(W as k×n) · (x as k×m).
     // SAFETY: the workspace holds at least n·k values and is viewed as T (same size and alignment as u16;
@@ -1285,7 +1301,7 @@ where
         alpha: T::from_f32(1.0),
         lda: k as i32,
         ldb: k as i32,
-        beta,
+        beta: T::from_f32(0.0),
         ldc: n as i32,
     };
     // SAFETY: A = W [n, k] row-major (k×n column-major, lda = k, n·k values), B = x [m, k] row-major (k×m,
