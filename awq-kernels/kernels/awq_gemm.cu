@@ -156,16 +156,6 @@ static __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 #endif
 }
 
-// Asks L2 for the line holding p (no register written, so nothing waits for it: unlike a load, it cannot
-// hold back a later wait on the loads that share its scoreboard).
-static __device__ __forceinline__ void prefetch_l2(const void* p) {
-#ifdef INTERNVL_EMULATE
-    (void)p;
-#else
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#endif
-}
-
 // The T bits of scale j (0..7) from the 16-byte scale vector of a lane, in both halves of a register.
 static __device__ __forceinline__ u32 splat_scale(const uint4& sv, int j) {
     u32 w = (j < 2) ? sv.x : (j < 4) ? sv.y : (j < 6) ? sv.z : sv.w;
@@ -439,10 +429,7 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
     if (threadIdx.x == 0) counters[colblock] = 0u;
 }
 
-// PF: at the start of each group, the warp asks L2 for its next group's weights, scales and zeros
-// (prefetch_l2), so that DRAM streams them while the warp waits for and multiplies this one; the loads of
-// the next group then wait for L2, not DRAM. No registers, same arithmetic: bit-identical to PF = false.
-template <class D, int MT, int SW, int CB, bool PF>
+template <class D, int MT, int SW, int CB>
 static __device__ __forceinline__ void stream_kernel(
     const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
     const u32* __restrict__ zr, const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
@@ -467,14 +454,6 @@ static __device__ __forceinline__ void stream_kernel(
             const int grp = gbeg + kl + KW * i;
             if (grp >= NG) break;
             const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
-            if (PF && i + 1 < gpw && grp + KW < NG) {
-                const uint4* next = qw + ((size_t)strip * KC + (size_t)(grp + KW) * cpg) * 32 + lane;
-                for (int c = 0; c < cpg; ++c) prefetch_l2(next + c * 32);
-                if (lane == 0) {
-                    prefetch_l2(sc + sidx - g + KW * 8);
-                    prefetch_l2(zr + sidx - g + KW * 8);
-                }
-            }
             u32 s2v[8], nz2v[8];
             group_constants<D>(__ldg(sc + sidx), __ldg(zr + sidx), s2v, nz2v);
             // cpg is a multiple of CB (the host picks CB), so every batch is full.
@@ -494,19 +473,15 @@ static __device__ __forceinline__ void stream_kernel(
     finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
 }
 
-#define AWQ_STREAM_PF(D, NAME, PREFIX, PF, MT, SW, CB, MINB)                                                   \
-    extern "C" __global__ void __launch_bounds__(256, MINB) PREFIX##_##NAME##_mt##MT##_sw##SW##_cb##CB(       \
+#define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, MINB) awq_stream_##NAME##_mt##MT##_sw##SW##_cb##CB(     \
         const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
         const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
         D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
         int NS, int G, int gpw, int S2) {                                                                      \
-        stream_kernel<D, MT, SW, CB, PF>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K, NS, G,  \
-                                         gpw, S2);                                                             \
+        stream_kernel<D, MT, SW, CB>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K, NS, G, gpw, \
+                                     S2);                                                                      \
     }
-// awq_stream_* and, with the next group prefetched into L2, awq_prefetch_*.
-#define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                      \
-    AWQ_STREAM_PF(D, NAME, awq_stream, false, MT, SW, CB, MINB)    \
-    AWQ_STREAM_PF(D, NAME, awq_prefetch, true, MT, SW, CB, MINB)
 
 // MT = 1 keeps 2 blocks (16 warps) per SM within 128 registers; MT = 2 and 4 need more registers than that
 // and run one block per SM.
@@ -528,117 +503,6 @@ static __device__ __forceinline__ void stream_kernel(
 
 AWQ_STREAM_ALL(F16, f16)
 AWQ_STREAM_ALL(BF16, bf16)
-
-// The register streaming kernel for one m-tile with its loads double-buffered: a warp issues the 16-byte
-// loads of its next batch (CB chunks) before it multiplies the current one, and the scale vector and zero
-// word of its next group one group ahead, so it always has a batch in flight. In awq_stream_* every warp
-// of an SM starts together, loads a batch, waits, then computes with nothing in flight, so the SM's loads and
-// its math take turns (PERF-NOTES.md, the H100 run). CB is half the register kernel's batch, so the two
-// buffers hold the same 32 registers. Same plan, same warp <-> group assignment, same chunk order, same
-// finish: bit-identical to awq_stream_* (and awq_pipe_*) under the same plan.
-template <class D, int SW, int CB>
-static __device__ __forceinline__ void dbuf_kernel(
-    const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw,
-    const uint4* __restrict__ sc, const u32* __restrict__ zr, const typename D::T* __restrict__ bias,
-    typename D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,
-    int NS, int G, int gpw, int S2) {
-    typedef typename D::T T;
-    constexpr int KW = 8 / SW;
-    const Place at = enter_row_block<1, SW>(x, y, partials, counters, M, N, K, S2);
-    const auto [lane, warp, s, kl, g, t, strip] = at;
-    const bool strip_ok = strip < NS;
-    const int NG = K / G;
-    const int KC = K / 16;
-    const int cpg = G / 16;
-
-    float acc[1][8][4];
-    const T* xr[1][2];
-    start_tile<D, 1>(acc, xr, x, zero_row, M, K, g, t);
-
-    if (strip_ok) {
-        // The warp's groups: first + KW·i for i < n; its batches, in order: CB chunks each, cpg / CB a group.
-        const int first = blockIdx.y * gpw * KW + kl;
-        const int n = first < NG ? min(gpw, (NG - 1 - first) / KW + 1) : 0;
-        const int batches = n * (cpg / CB);
-        const uint4* wp = qw + (size_t)strip * KC * 32 + lane;
-        const size_t cidx = (size_t)strip * NG;
-        // The next batch to load: its first chunk and its place in its group; the same for the next to use.
-        int ld_kc = first * cpg, ld_c = 0;
-        int use_kc = ld_kc, use_c = 0;
-        int next_grp = first;  // the group whose constants are loaded next
-        uint4 sv = {0u, 0u, 0u, 0u};
-        u32 zw = 0u;
-        u32 s2v[8], nz2v[8];
-        uint4 qa[CB], qb[CB];
-        auto load = [&](uint4 (&q)[CB]) {
-#pragma unroll
-            for (int c = 0; c < CB; ++c) q[c] = ld_stream(wp + (size_t)(ld_kc + c) * 32);
-            ld_kc += CB;
-            ld_c += CB;
-            if (ld_c == cpg) {  // on to the warp's next group, KW groups further
-                ld_c = 0;
-                ld_kc += (KW - 1) * cpg;
-            }
-        };
-        auto load_constants = [&, g = g]() {
-            if (next_grp < NG) {
-                sv = __ldg(sc + (cidx + next_grp) * 8 + g);
-                zw = __ldg(zr + (cidx + next_grp) * 8 + g);
-            }
-            next_grp += KW;
-        };
-        auto use = [&](const uint4 (&q)[CB]) {
-            if (use_c == 0) {
-                group_constants<D>(sv, zw, s2v, nz2v);
-                load_constants();  // the warp's next group, a whole group ahead
-            }
-#pragma unroll
-            for (int c = 0; c < CB; ++c) chunk_mma<D, 1>(acc, xr, (use_kc + c) * 16, q[c], s2v, nz2v);
-            use_kc += CB;
-            use_c += CB;
-            if (use_c == cpg) {
-                use_c = 0;
-                use_kc += (KW - 1) * cpg;
-            }
-        };
-        if (batches > 0) {
-            load_constants();
-            load(qa);
-        }
-        for (int b = 0; b < batches; b += 2) {
-            if (b + 1 < batches) load(qb);
-            use(qa);
-            if (b + 1 < batches) {
-                if (b + 2 < batches) load(qa);
-                use(qb);
-            }
-        }
-    }
-    __shared__ float red[4][8 * 4 * 32];
-    __shared__ u32 s_last;
-    finish<D, 1, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
-}
-
-#define AWQ_DBUF(D, NAME, SW, CB)                                                                              \
-    extern "C" __global__ void __launch_bounds__(256, 2) awq_dbuf_##NAME##_mt1_sw##SW##_cb##CB(               \
-        const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
-        const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
-        D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
-        int NS, int G, int gpw, int S2) {                                                                      \
-        dbuf_kernel<D, SW, CB>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K, NS, G, gpw, S2); \
-    }
-
-// CB = half the register kernel's batch (4 at G = 128), and 1 where that batch is 1 or 2.
-#define AWQ_DBUF_ALL(D, NAME) \
-    AWQ_DBUF(D, NAME, 1, 4)   \
-    AWQ_DBUF(D, NAME, 1, 2)   \
-    AWQ_DBUF(D, NAME, 1, 1)   \
-    AWQ_DBUF(D, NAME, 2, 4)   \
-    AWQ_DBUF(D, NAME, 2, 2)   \
-    AWQ_DBUF(D, NAME, 2, 1)
-
-AWQ_DBUF_ALL(F16, f16)
-AWQ_DBUF_ALL(BF16, bf16)
 
 // cp.async helpers (sm_80+): a 16-byte global -> shared copy that bypasses L1 (the weights are read once),
 // and the group bookkeeping.

@@ -38,7 +38,6 @@ use awq_kernels::ops::awq::cuda::{
     awq_linear, awq_linear_with, dequantize, dequantize_with, repack, tuning_report,
     unpack_dequantize, AwqFloat, AwqGpuWeights, AwqPath, PlanShape,
 };
-use awq_kernels::ops::awq::plan::m_tiles;
 use awq_kernels::ops::awq::tune::{
     dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, TuneKey,
     Variant,
@@ -632,7 +631,7 @@ fn every_autotuner_candidate_matches_the_cpu_reference() {
             bias,
             seed: (3 * m + k + n) as u64,
         };
-        for v in stream_candidates(true, m_tiles(m)) {
+        for v in stream_candidates(true) {
             check_both_dtypes(&gpu, case, AwqPath::Variant(v));
         }
     }
@@ -671,7 +670,7 @@ fn short_prompts_through_the_streaming_kernels_in_row_blocks_match() {
             bias,
             seed: (5 * m + k + n) as u64,
         };
-        for v in stream_candidates(true, m_tiles(m)) {
+        for v in stream_candidates(true) {
             check_both_dtypes(&gpu, case, AwqPath::Variant(v));
         }
         for shape in [PlanShape::Spread, PlanShape::Balanced] {
@@ -714,53 +713,6 @@ fn the_pipelined_kernel_is_bit_identical_under_the_balanced_plan_too() {
 }
 
 #[test]
-fn the_double_buffered_and_prefetching_kernels_are_bit_identical_to_the_register_kernel() {
-    let Some(gpu) = gpu_for_tests() else { return };
-    // Both plans; groups of 128 (double-buffered batches of 4 chunks, two a group), 32 (batches of 1: one a
-    // group, and an odd count per warp) and 16; warps with one group, several, and none (k-splits past the
-    // last group); one and two strips per block; m from 1 to 16 (both kernels), and 2 and 4 m-tiles (the
-    // prefetching one).
-    for (m, k, n, group) in [
-        (1, 8192, 1024, 128),
-        (16, 4096, 4160, 128),
-        (3, 2048, 520, 32),
-        (9, 1664, 136, 16),
-        (1, 14848, 128, 128),
-        (5, 384, 4104, 128),
-        (30, 2048, 264, 64),
-        (64, 4096, 136, 128),
-    ] {
-        let case = Case {
-            m,
-            k,
-            n,
-            group,
-            bias: m % 2 == 1,
-            seed: (7 * m + k + n) as u64,
-        };
-        let kernels: &[StreamKernel] = if m <= 16 {
-            &[StreamKernel::DoubleBuffered, StreamKernel::L2Prefetch]
-        } else {
-            &[StreamKernel::L2Prefetch]
-        };
-        for &kernel in kernels {
-            check_both_dtypes(
-                &gpu,
-                case,
-                AwqPath::Variant(Variant::Stream {
-                    kernel,
-                    shape: PlanShape::Spread,
-                }),
-            );
-            for shape in [PlanShape::Spread, PlanShape::Balanced] {
-                let with = |kernel| AwqPath::Variant(Variant::Stream { kernel, shape });
-                assert_same_bits(&gpu, case, with(StreamKernel::Registers), with(kernel));
-            }
-        }
-    }
-}
-
-#[test]
 fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
     let Some(gpu) = gpu_for_tests() else { return };
     set_autotune(true);
@@ -795,10 +747,10 @@ fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
             .find(|(kk, _)| *kk == key)
             .unwrap_or_else(|| panic!("no choice recorded for {key:?}: {report:?}"));
         let candidates = if m <= 64 {
-            stream_candidates(true, m_tiles(m))
+            stream_candidates(true)
         } else {
             let mut c = dequant_candidates();
-            c.extend(stream_candidates(true, m_tiles(m)));
+            c.extend(stream_candidates(true));
             c
         };
         assert_eq!(

@@ -932,10 +932,10 @@ where
     }
     let candidates = match (mt, row_blocks) {
         (0, _) => dequant_candidates(),
-        (_, 1) => stream_candidates(pipe_fits(mt, w.group, ws.max_shared), mt),
+        (_, 1) => stream_candidates(pipe_fits(mt, w.group, ws.max_shared)),
         _ => {
             let mut c = dequant_candidates();
-            c.extend(stream_candidates(pipe_fits(mt, w.group, ws.max_shared), mt));
+            c.extend(stream_candidates(pipe_fits(mt, w.group, ws.max_shared)));
             c
         }
     };
@@ -1003,26 +1003,9 @@ fn launch_stream<T: AwqFloat>(
             pipe_stages(plan.mt)
         );
         (name, pipe_shared_bytes(plan.mt, w.group))
-    } else if kernel == StreamKernel::DoubleBuffered && plan.mt == 1 {
-        // Two buffers of half the register kernel's batch: the same registers, and still a divisor of the
-        // chunks of a group.
-        let name = format!(
-            "awq_dbuf_{}_mt1_sw{}_cb{}",
-            T::NAME,
-            plan.sw,
-            (plan.cb / 2).max(1)
-        );
-        (name, 0)
     } else {
-        // (The double-buffered kernel exists for one m-tile only; the register kernel computes the same
-        // bits.)
         let name = format!(
-            "{}_{}_mt{}_sw{}_cb{}",
-            if kernel == StreamKernel::L2Prefetch {
-                "awq_prefetch"
-            } else {
-                "awq_stream"
-            },
+            "awq_stream_{}_mt{}_sw{}_cb{}",
             T::NAME,
             plan.mt,
             plan.sw,
@@ -1111,7 +1094,7 @@ fn launch_stream<T: AwqFloat>(
     for v in &ints {
         b.arg(v);
     }
-    // SAFETY: the argument list matches `awq_stream_*`, `awq_prefetch_*`, `awq_dbuf_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
+    // SAFETY: the argument list matches `awq_stream_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
     // 7 ints; the pipe kernels get the dynamic shared memory `pipe_shared_bytes` sized for this group); x holds
     // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
     // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes
@@ -1286,7 +1269,8 @@ where
         return Ok(());
     }
 
-    // 3. Row-major y[m, n] = x[m, k] · W[n, k]ᵀ is column-major yᵀ[n, m] = op_T(W as k×n) · (x as k×m).
+    // 3. Without a bias, the GEMM writes y. Row-major y[m, n] = x[m, k] · W[n, k]ᵀ is column-major
+    // yᵀ[n, m] = op_T(W as k×n) · (x as k×m).
     // SAFETY: the workspace holds at least n·k values and is viewed as T (same size and alignment as u16;
     // every value was just written by the dequantization kernel as a T).
     let wv: CudaView<T> = unsafe { dense.transmute::<T>(n * k) }

@@ -34,14 +34,6 @@ pub enum StreamKernel {
     /// `awq_pipe_*`: whole groups through a per-warp cp.async ring in shared memory; bit-identical to
     /// [`StreamKernel::Registers`] under the same plan.
     Pipelined,
-    /// `awq_dbuf_*` (one m-tile only): the register kernel with its loads double-buffered, the next batch
-    /// in flight while the current one is multiplied; bit-identical to [`StreamKernel::Registers`] under the
-    /// same plan.
-    DoubleBuffered,
-    /// `awq_prefetch_*`: the register kernel asking L2 for each warp's next group while it works on the
-    /// current one (no registers, no scoreboard); bit-identical to [`StreamKernel::Registers`] under the same
-    /// plan.
-    L2Prefetch,
 }
 
 /// How the dequantize + GEMM path writes the dense weight (`awq_dequant_*` in `kernels/awq_gemm.cu`). All
@@ -122,8 +114,6 @@ impl Variant {
                 match kernel {
                     StreamKernel::Registers => "stream",
                     StreamKernel::Pipelined => "pipe",
-                    StreamKernel::DoubleBuffered => "dbuf",
-                    StreamKernel::L2Prefetch => "prefetch",
                 },
                 match shape {
                     PlanShape::Spread => "spread",
@@ -143,20 +133,12 @@ impl Variant {
     }
 }
 
-/// The decode candidates for `mt` m-tiles, the default first: every kernel with both plans (the pipelined
-/// one only where its ring fits the GPU's shared memory, `pipelined_fits`; the double-buffered one only
-/// for one m-tile, m ≤ 16).
-pub fn stream_candidates(pipelined_fits: bool, mt: usize) -> Vec<Variant> {
-    let mut out = Vec::with_capacity(8);
-    for kernel in [
-        StreamKernel::Registers,
-        StreamKernel::Pipelined,
-        StreamKernel::DoubleBuffered,
-        StreamKernel::L2Prefetch,
-    ] {
-        if (kernel == StreamKernel::Pipelined && !pipelined_fits)
-            || (kernel == StreamKernel::DoubleBuffered && mt != 1)
-        {
+/// The decode candidates, the default first: both kernels (the pipelined one only where its ring fits
+/// the GPU's shared memory, `pipelined_fits`) with both plans.
+pub fn stream_candidates(pipelined_fits: bool) -> Vec<Variant> {
+    let mut out = Vec::with_capacity(4);
+    for kernel in [StreamKernel::Registers, StreamKernel::Pipelined] {
+        if kernel == StreamKernel::Pipelined && !pipelined_fits {
             continue;
         }
         for shape in [PlanShape::Spread, PlanShape::Balanced] {
@@ -335,15 +317,14 @@ mod tests {
 
     #[test]
     fn candidates_start_with_the_measured_defaults() {
-        let s = stream_candidates(true, 1);
+        let s = stream_candidates(true);
         assert_eq!(s[0], Variant::STREAM_DEFAULT);
-        assert_eq!(s.len(), 8);
-        assert_eq!(stream_candidates(true, 2).len(), 6);
-        assert_eq!(stream_candidates(false, 4).len(), 4);
-        assert!(stream_candidates(false, 4).iter().all(|v| matches!(
+        assert_eq!(s.len(), 4);
+        assert_eq!(stream_candidates(false).len(), 2);
+        assert!(stream_candidates(false).iter().all(|v| matches!(
             v,
             Variant::Stream {
-                kernel: StreamKernel::Registers | StreamKernel::L2Prefetch,
+                kernel: StreamKernel::Registers,
                 ..
             }
         )));
