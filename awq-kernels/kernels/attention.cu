@@ -40,9 +40,11 @@
 //    [split·chunk, min((split+1)·chunk, kv_len)) in tiles of 64 keys through a 3-stage cp.async ring
 //    (3·2·64·D·2 bytes: 48 KB for D = 64, 96 KB for D = 128); warp w takes keys 16w..16w+15 of each tile
 //    with its own online softmax; the 4 warps are merged in shared memory. With one split the CTA writes o;
-//    otherwise it writes its normalized partial o (f32) and log2-sum-exp lse = m + log2 l.
-//  - decode_combine_<T>: grid (h, b), D threads: o = Σ_s w_s·o_s / Σ_s w_s, w_s = exp2(lse_s - max lse),
-//    over the ceil(kv_len / chunk) splits the sequence has.
+//    otherwise it writes its normalized partial o (f32) and log2-sum-exp lse = m + log2 l, and the last CTA
+//    of its (sequence, KV head) to arrive (an atomic counter, threadfence pattern; it resets the counter)
+//    combines the group's partials: o = Σ_s w_s·o_s / Σ_s w_s, w_s = exp2(lse_s - max lse), over the
+//    ceil(kv_len / chunk) splits the sequence has, in split order. One launch per step instead of a split
+//    kernel and a combine kernel.
 //
 // Verified by awq-kernels/tests/attention_gpu.rs against the CPU attention (f32) on random shapes: lengths
 // not multiples of the tiles, GQA ratios 1, 5, 7, 8, D 64 and 128, f16 and bf16, causal and not, contiguous
@@ -457,8 +459,9 @@ template <class DT, int D>
 __device__ __forceinline__ void decode_split(const typename DT::T* __restrict__ q, const typename DT::T* __restrict__ kc,
                                              const typename DT::T* __restrict__ vc, typename DT::T* __restrict__ o,
                                              float* __restrict__ part_o, float* __restrict__ part_lse,
-                                             const int* __restrict__ meta, const int* __restrict__ tables, int b,
-                                             int block_size, int h, int h_kv, int chunk, float scale_log2) {
+                                             unsigned* __restrict__ counters, const int* __restrict__ meta,
+                                             const int* __restrict__ tables, int b, int block_size, int h,
+                                             int h_kv, int chunk, float scale_log2) {
     typedef typename DT::T T;
     using namespace decode;
     DYNAMIC_SHARED(unsigned char, smem_raw);
@@ -577,25 +580,33 @@ __device__ __forceinline__ void decode_split(const typename DT::T* __restrict__ 
             if (col == 0) part_lse[part] = mx + log2f(lsum);
         }
     }
-}
+    if (splits == 1) return;
 
-template <class DT>
-__device__ __forceinline__ void decode_combine(const float* __restrict__ part_o, const float* __restrict__ part_lse,
-                                               typename DT::T* __restrict__ o, const int* __restrict__ meta, int b,
-                                               int h, int d, int splits, int chunk) {
-    const int head = blockIdx.x, seq = blockIdx.y, col = threadIdx.x;
-    const int q_row = meta[seq], kv_len = meta[3 * b + seq];
+    // The last CTA of this (sequence, KV head) to arrive combines its group's partials (read through L2:
+    // other CTAs wrote them).
+    unsigned* s_last = reinterpret_cast<unsigned*>(s_o + 4 * 16 * D);
     const int n = (kv_len + chunk - 1) / chunk;
-    const size_t base = ((size_t)seq * h + head) * splits;
-    float mx = NEG_INF;
-    for (int s = 0; s < n; ++s) mx = fmaxf(mx, part_lse[base + s]);
-    float wsum = 0.0f, osum = 0.0f;
-    for (int s = 0; s < n; ++s) {
-        const float w = exp2f(part_lse[base + s] - mx);
-        wsum += w;
-        osum += w * part_o[(base + s) * d + col];
+    unsigned* counter = counters + (size_t)seq * h_kv + kv_head;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) *s_last = atomicAdd(counter, 1u) == (unsigned)(n - 1) ? 1u : 0u;
+    __syncthreads();
+    if (*s_last == 0u) return;
+    __threadfence();
+    for (int i = tid; i < group * D; i += NT) {
+        const int row = i / D, col = i % D;
+        const size_t base = ((size_t)seq * h + kv_head * group + row) * splits;
+        float mx = NEG_INF;
+        for (int sp = 0; sp < n; ++sp) mx = fmaxf(mx, __ldcg(part_lse + base + sp));
+        float wsum = 0.0f, osum = 0.0f;
+        for (int sp = 0; sp < n; ++sp) {
+            const float w = exp2f(__ldcg(part_lse + base + sp) - mx);
+            wsum += w;
+            osum += w * __ldcg(part_o + (base + sp) * D + col);
+        }
+        o[((size_t)q_row * h + kv_head * group + row) * D + col] = T(osum / wsum);
     }
-    o[((size_t)q_row * h + head) * d + col] = typename DT::T(osum / wsum);
+    if (tid == 0) *counter = 0u;
 }
 
 #define INSTANTIATE_D(name, DT, D)                                                                           \
@@ -613,20 +624,15 @@ __device__ __forceinline__ void decode_combine(const float* __restrict__ part_o,
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(decode::NT, 2)                                              \
         decode_split_##name##_d##D(const DT::T* q, const DT::T* kc, const DT::T* vc, DT::T* o, float* part_o, \
-                                   float* part_lse, const int* meta, const int* tables, int b,               \
-                                   int block_size, int h, int h_kv, int chunk, float scale_log2) {           \
-        decode_split<DT, D>(q, kc, vc, o, part_o, part_lse, meta, tables, b, block_size, h, h_kv, chunk,     \
-                            scale_log2);                                                                     \
+                                   float* part_lse, unsigned* counters, const int* meta, const int* tables,  \
+                                   int b, int block_size, int h, int h_kv, int chunk, float scale_log2) {    \
+        decode_split<DT, D>(q, kc, vc, o, part_o, part_lse, counters, meta, tables, b, block_size, h, h_kv,  \
+                            chunk, scale_log2);                                                              \
     }
 
-#define INSTANTIATE(name, DT)                                                                                \
-    INSTANTIATE_D(name, DT, 64)                                                                              \
-    INSTANTIATE_D(name, DT, 128)                                                                             \
-    extern "C" __global__ void decode_combine_##name(const float* part_o, const float* part_lse, DT::T* o,   \
-                                                     const int* meta, int b, int h, int d, int splits,       \
-                                                     int chunk) {                                            \
-        decode_combine<DT>(part_o, part_lse, o, meta, b, h, d, splits, chunk);                               \
-    }
+#define INSTANTIATE(name, DT)   \
+    INSTANTIATE_D(name, DT, 64) \
+    INSTANTIATE_D(name, DT, 128)
 
 INSTANTIATE(f16, F16)
 INSTANTIATE(bf16, BF16)

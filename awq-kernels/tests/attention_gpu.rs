@@ -630,9 +630,37 @@ fn decode_equals_the_last_row_of_prefill_at_every_split_count() {
             }
             // The plan really splits the long contexts.
             let batch = AttnBatch::paged(&gpu, &decode_seqs, 16).unwrap();
-            let plan = gpu_attn::DecodePlan::new(&gpu, &batch, h, p.h_kv, d).unwrap();
+            let mut plan = gpu_attn::DecodePlan::new(&gpu, &batch, h, p.h_kv, d).unwrap();
             if n >= 1000 {
                 assert!(plan.splits > 1, "{what}: {} splits", plan.splits);
+            }
+            // One plan serves every layer of a step: its split counters are back at zero after each call, so
+            // later calls combine too (into poisoned outputs), with the same bits.
+            let (kc, vc) = gpu_cache.layer(0);
+            let q_gpu = on_gpu(&last_q, dtype);
+            let first = decode.to_f32_vec().unwrap();
+            for call in 0..3 {
+                let mut out = GpuBuffer::output(
+                    &std::sync::Arc::clone(&q_gpu.gpu_buffer().unwrap().gpu),
+                    dtype,
+                    q_gpu.elem_count(),
+                )
+                .unwrap();
+                gpu_attn::decode_attention_into(
+                    &q_gpu, kc, vc, p.h_kv, &batch, &mut plan, p.scale, &mut out,
+                )
+                .unwrap();
+                let again = Tensor::from_gpu_buffer(out, q_gpu.shape())
+                    .unwrap()
+                    .to_f32_vec()
+                    .unwrap();
+                assert!(
+                    again
+                        .iter()
+                        .zip(&first)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}: call {call} with the same plan differs"
+                );
             }
         }
     }

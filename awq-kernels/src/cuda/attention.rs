@@ -404,7 +404,7 @@ fn new_output(gpu: &Arc<Gpu>, q: &Tensor, batch: &AttnBatch) -> Result<GpuBuffer
 
 /// How a decode step splits each sequence's keys, and the workspace for the partial results.
 pub struct DecodePlan {
-    /// CTAs per (sequence, KV head); 1 means no combine step.
+    /// CTAs per (sequence, KV head); 1 means no combine step (otherwise the last CTA of each pair combines).
     pub splits: usize,
     /// Keys per split, a multiple of the 64-key tile.
     pub chunk: usize,
@@ -412,8 +412,11 @@ pub struct DecodePlan {
     part_o: GpuBuffer,
     /// f32 `[b, h, splits]` log2-sum-exp of each partial.
     part_lse: GpuBuffer,
+    /// u32 `[b, h_kv]` arrival counters of the splits; zero between launches (the last CTA resets its own).
+    counters: GpuBuffer,
     b: usize,
     h: usize,
+    h_kv: usize,
     d: usize,
 }
 
@@ -440,13 +443,16 @@ impl DecodePlan {
         let sms = gpu.multiprocessors()?;
         let (splits, chunk) = decode_splits(sms, batch.b, h_kv, batch.max_kv_len);
         let parts = if splits > 1 { batch.b * h * splits } else { 1 };
+        let pairs = if splits > 1 { batch.b * h_kv } else { 1 };
         Ok(DecodePlan {
             splits,
             chunk,
             part_o: GpuBuffer::zeros(gpu, DType::F32, parts * d)?,
             part_lse: GpuBuffer::zeros(gpu, DType::F32, parts)?,
+            counters: GpuBuffer::zeros(gpu, DType::U32, pairs)?,
             b: batch.b,
             h,
+            h_kv,
             d,
         })
     }
@@ -479,7 +485,9 @@ pub fn decode_attention_into(
             h / h_kv
         )));
     }
-    if (plan.b, plan.h, plan.d) != (batch.b, h, d) || plan.chunk * plan.splits < batch.max_kv_len {
+    if (plan.b, plan.h, plan.h_kv, plan.d) != (batch.b, h, h_kv, d)
+        || plan.chunk * plan.splits < batch.max_kv_len
+    {
         return Err(Error::shape(
             op,
             "the decode plan was made for another batch",
@@ -498,13 +506,12 @@ pub fn decode_attention_into(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: smem as u32,
     };
-    let (b, bs, hh, hkv, chunk, splits) = (
+    let (b, bs, hh, hkv, chunk) = (
         batch.b as i32,
         batch.block_size as i32,
         h as i32,
         h_kv as i32,
         plan.chunk as i32,
-        plan.splits as i32,
     );
     let scale_log2 = scale * std::f32::consts::LOG2_E;
     half_dispatch!(q.dtype(), |T| {
@@ -515,6 +522,7 @@ pub fn decode_attention_into(
             .arg(out.slice_mut::<T>()?)
             .arg(plan.part_o.slice_mut::<f32>()?)
             .arg(plan.part_lse.slice_mut::<f32>()?)
+            .arg(plan.counters.slice_mut::<u32>()?)
             .arg(batch.meta.slice::<i32>()?)
             .arg(batch.tables.slice::<i32>()?)
             .arg(&b)
@@ -524,34 +532,11 @@ pub fn decode_attention_into(
             .arg(&chunk)
             .arg(&scale_log2);
         // SAFETY: as in flash_attention_into (operands checked against the batch); the group h / h_kv is at
-        // most 16 rows; with splits > 1 the workspace holds b·h·splits partials of d floats (the plan
-        // matches this batch), and chunk·splits covers the longest sequence; shared memory is the kernel's
-        // 3·2·64·d·2 bytes (opted in above).
+        // most 16 rows; with splits > 1 the workspace holds b·h·splits partials of d floats and b·h_kv
+        // counters, zero between launches (the plan matches this batch and these heads),
+        // and chunk·splits covers the longest sequence; shared memory is the kernel's 3·2·64·d·2 bytes
+        // (opted in above).
         unsafe { launch(&mut l, cfg) }.map_err(launch_err(&name))?;
-        if plan.splits > 1 {
-            let cname = format!("decode_combine_{sfx}");
-            let cf = gpu.function(MODULE, &cname)?;
-            let dd = d as i32;
-            let mut l = gpu.stream().launch_builder(&cf);
-            l.arg(plan.part_o.slice::<f32>()?)
-                .arg(plan.part_lse.slice::<f32>()?)
-                .arg(out.slice_mut::<T>()?)
-                .arg(batch.meta.slice::<i32>()?)
-                .arg(&b)
-                .arg(&hh)
-                .arg(&dd)
-                .arg(&splits)
-                .arg(&chunk);
-            let cfg = LaunchConfig {
-                grid_dim: (h as u32, batch.b as u32, 1),
-                block_dim: (d as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: the split kernel (queued before on the same stream) wrote the first
-            // ceil(kv_len / chunk) partials of every (sequence, head), which is what the combine reads; out
-            // rows are the batch's query rows, checked above.
-            unsafe { launch(&mut l, cfg) }.map_err(launch_err(&cname))?;
-        }
         Ok(())
     })
 }
