@@ -7,7 +7,7 @@
 # MODEL, default internvl2_5-78b-awq) next to transformers on a synthetic 1B and 4B; `--profile [K,N,M]`
 # runs Nsight Compute on every AWQ kernel variant of one shape (default 8192,59136,1: the 78B's gate|up at
 # batch 1): throughput against the card's peaks, occupancy, warp stalls (where ncu reads the counters), then
-# every stall reason of the default kernel and the SASS lines its stalls land on;
+# every stall reason of the register and the cp.async kernels and the SASS lines their stalls land on;
 # `--criterion [FILTER]` runs the criterion GPU bench (`awq_criterion_gpu`: AWQ linear and cuBLAS fp16 on the
 # 72B shapes, the copy bandwidth) with criterion's statistics; the default run calls it once per cell as a
 # smoke test; `--benches-only [--quick]` runs the benches and the torch peer without the tests.
@@ -77,12 +77,14 @@ if [ -n "$PROFILE" ]; then
     AWQ_AUTOTUNE=0 timeout $(limit 500) ncu --clock-control none -k 'regex:awq_(stream|prefetch|dbuf|pipe|dequant)' -c 72 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
         ./bin/bench_awq_gpu --only "$PROFILE" >> "$OUT/ncu.log" 2>&1 || echo "ncu failed (see ncu.log)"
-    # Then where the default kernel's warps wait: every stall reason per issued instruction, and the SASS
-    # lines the stall samples land on (SourceCounters), for its first two calls.
-    echo "== ncu stall reasons of the default kernel" | tee -a "$OUT/ncu.log"
-    AWQ_AUTOTUNE=0 timeout $(limit 300) ncu --clock-control none -k 'regex:awq_stream' -c 2 \
-        --section SourceCounters --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
-        ./bin/bench_awq_gpu --only "$PROFILE" >> "$OUT/ncu.log" 2>&1 || echo "ncu (stall reasons) failed (see ncu.log)"
+    # Then where the warps of the register and the cp.async kernel wait: every stall reason per issued
+    # instruction, and the SASS lines the stall samples land on (SourceCounters), one call of each.
+    for k in awq_stream awq_pipe; do
+        echo "== ncu stall reasons of $k" | tee -a "$OUT/ncu.log"
+        AWQ_AUTOTUNE=0 timeout $(limit 200) ncu --clock-control none -k "regex:$k" -c 1 --section SourceCounters \
+            --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
+            ./bin/bench_awq_gpu --only "$PROFILE" >> "$OUT/ncu.log" 2>&1 || echo "ncu (stall reasons of $k) failed"
+    done
     grep -E "awq_|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Issue Slot|Compute \(SM\)|issue_stalled" "$OUT/ncu.log" | head -150
     exit 0
 fi
