@@ -37,12 +37,40 @@ struct Vec {
     __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = raw; }
 };
 
+// A thread's share of one row held in registers: its 16-byte vectors c = (r·blockDim + thread)·N for r < R
+// (the same elements, in the same order, as the strided loops below). The row kernels load it once with
+// all R loads in flight, instead of a loop of one load at a time and a second read of the row for the
+// next pass; wider rows (fits() false) take the loops.
+constexpr int ROW_VECS = 4;
+template <typename T>
+struct RowRegs {
+    static constexpr int N = Vec<T>::N;
+    Vec<T> v[ROW_VECS];
+    static __device__ __forceinline__ bool fits(int width) { return width <= ROW_VECS * (int)blockDim.x * N; }
+    // Column of vector r of this thread (past the row's end when the row is short).
+    static __device__ __forceinline__ int col(int r) { return (r * (int)blockDim.x + (int)threadIdx.x) * N; }
+    __device__ __forceinline__ void load(const T* row, int width) {
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (col(r) < width) v[r].load(row + col(r));
+    }
+    __device__ __forceinline__ void store(T* row, int width) const {
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (col(r) < width) v[r].store(row + col(r));
+    }
+};
+
 // dst[0..width) = src[0..width) by the block: 16-byte vectors when `vec` (width·sizeof(T) a multiple of 16, so
 // every row of a row-major tensor starts aligned), else element by element.
 template <typename T>
 __device__ __forceinline__ void copy_row(const T* __restrict__ src, T* __restrict__ dst, int width, int vec) {
     constexpr int N = Vec<T>::N;
-    if (vec) {
+    if (vec && RowRegs<T>::fits(width)) {
+        RowRegs<T> a;
+        a.load(src, width);
+        a.store(dst, width);
+    } else if (vec) {
         for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
             Vec<T> a;
             a.load(src + c);

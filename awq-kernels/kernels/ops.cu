@@ -29,6 +29,27 @@ __device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __
     const T* row = x + (size_t)blockIdx.x * width;
     T* o = out + (size_t)blockIdx.x * width;
     float ss = 0.0f;
+    if (vec && RowRegs<T>::fits(width)) {
+        // The row read once: the sum of squares, then the outputs from the same registers.
+        RowRegs<T> a;
+        a.load(row, width);
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (a.col(r) < width)
+#pragma unroll
+                for (int i = 0; i < N; ++i) ss += to_f32(a.v[r].e[i]) * to_f32(a.v[r].e[i]);
+        const float inv = rsqrtf(block_sum(ss) / width + eps);
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (a.col(r) < width) {
+                Vec<T> g, y;
+                g.load(w + a.col(r));
+#pragma unroll
+                for (int i = 0; i < N; ++i) y.e[i] = rms_scale<T>(g.e[i], to_f32(a.v[r].e[i]), inv);
+                y.store(o + a.col(r));
+            }
+        return;
+    }
     if (vec) {
         for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
             Vec<T> a;

@@ -62,6 +62,41 @@ __device__ void layer_norm(const T* __restrict__ x, const T* __restrict__ w, con
     const T* xr = x + base;
     T* yr = y + base;
     float sum = 0.0f;
+    if (vec && RowRegs<T>::fits(width)) {
+        // The row read once into registers; the three passes (mean, variance, output) use them, in the
+        // loops' order.
+        RowRegs<T> a;
+        a.load(xr, width);
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (a.col(r) < width)
+#pragma unroll
+                for (int i = 0; i < N; ++i) sum += to_f32(a.v[r].e[i]);
+        const float mean = block_sum(sum) / width;
+        float sq = 0.0f;
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (a.col(r) < width)
+#pragma unroll
+                for (int i = 0; i < N; ++i) {
+                    const float d = to_f32(a.v[r].e[i]) - mean;
+                    sq += d * d;
+                }
+        const float inv = rsqrtf(block_sum(sq) / width + eps);
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (a.col(r) < width) {
+                const int c = a.col(r);
+                Vec<T> g, bb, out;
+                g.load(w + c);
+                bb.load(bias + c);
+#pragma unroll
+                for (int i = 0; i < N; ++i)
+                    out.e[i] = from_f32<T>((to_f32(a.v[r].e[i]) - mean) * inv * to_f32(g.e[i]) + to_f32(bb.e[i]));
+                out.store(yr + c);
+            }
+        return;
+    }
     if (vec) {
         for (int c = threadIdx.x * N; c < width; c += blockDim.x * N) {
             Vec<T> a;

@@ -833,7 +833,8 @@ fn add_rms_norm_layer_norm_gelu_and_scatter_match_the_cpu() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         // 13 and 1001: the scalar path (rows not a multiple of 16 bytes); the others vectorized; 3200
-        // (InternViT-6B) and 8192 (Qwen2.5-72B) take several vectors per thread.
+        // (InternViT-6B) and 8192 (Qwen2.5-72B) take several vectors per thread, 8200 more than a block
+        // holds in registers (the loops over the row).
         for &(rows, width) in &[
             (1usize, 13usize),
             (7, 64),
@@ -841,6 +842,7 @@ fn add_rms_norm_layer_norm_gelu_and_scatter_match_the_cpu() {
             (33, 896),
             (4, 3200),
             (3, 8192),
+            (2, 8200),
         ] {
             let x = random_tensor(&mut rng, &[rows, width], dtype, 3.0);
             let r = random_tensor(&mut rng, &[rows, width], dtype, 1.0);

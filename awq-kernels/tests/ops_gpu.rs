@@ -90,8 +90,18 @@ fn rms_norm_silu_add_embedding_and_gather_match_the_cpu() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for dtype in DTYPES {
         // Widths whose rows take the 16-byte path and ones that do not (13, 1003: element by element, and
-        // element counts with a tail after the last whole vector).
-        for &(rows, width) in &[(1usize, 64usize), (7, 896), (33, 1000), (3, 13), (2, 1003)] {
+        // element counts with a tail after the last whole vector); 8192 and 8200 around the widest row
+        // a block holds in registers (4 vectors a thread: 8192 16-bit values, 4096 f32), past which the
+        // kernels loop over the row.
+        for &(rows, width) in &[
+            (1usize, 64usize),
+            (7, 896),
+            (33, 1000),
+            (3, 13),
+            (2, 1003),
+            (2, 8192),
+            (2, 8200),
+        ] {
             let x = random(&mut rng, &[rows, width], dtype, 3.0);
             let w = random(&mut rng, &[width], dtype, 1.0);
             assert_close(
@@ -123,7 +133,7 @@ fn rms_norm_silu_add_embedding_and_gather_match_the_cpu() {
                 dtype,
             );
         }
-        for width in [128, 13] {
+        for width in [128, 13, 8200] {
             let table = random(&mut rng, &[50, width], dtype, 1.0);
             let ids = [3u32, 0, 49, 3, 17];
             assert_close(
