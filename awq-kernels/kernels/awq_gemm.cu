@@ -156,6 +156,16 @@ static __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 #endif
 }
 
+// The calling thread idles about ns nanoseconds (sm_70+; nothing on the CPU emulator, whose threads run
+// one at a time).
+static __device__ __forceinline__ void nanosleep_ns(unsigned ns) {
+#ifdef INTERNVL_EMULATE
+    (void)ns;
+#else
+    __nanosleep(ns);
+#endif
+}
+
 // The T bits of scale j (0..7) from the 16-byte scale vector of a lane, in both halves of a register.
 static __device__ __forceinline__ u32 splat_scale(const uint4& sv, int j) {
     u32 w = (j < 2) ? sv.x : (j < 4) ? sv.y : (j < 6) ? sv.z : sv.w;
@@ -429,7 +439,14 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
     if (threadIdx.x == 0) counters[colblock] = 0u;
 }
 
-template <class D, int MT, int SW, int CB>
+// Half a block's warps (the odd ones) idle about this long before their first load in awq_stagger_*.
+constexpr unsigned STAGGER_NS = 1500;
+
+// STAGGER: the odd warps start STAGGER_NS late. Every warp of a wave otherwise starts together, loads its
+// group, waits, then computes with nothing in flight, so the SM's loads and its math take turns (the H100
+// profile: 45-50% of DRAM bandwidth at 8192x8192). Late warps load while the others compute, and the two
+// halves then stay out of phase. Same arithmetic: bit-identical to STAGGER = false.
+template <class D, int MT, int SW, int CB, bool STAGGER>
 static __device__ __forceinline__ void stream_kernel(
     const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
     const u32* __restrict__ zr, const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
@@ -449,6 +466,7 @@ static __device__ __forceinline__ void stream_kernel(
     start_tile<D, MT>(acc, xr, x, zero_row, M, K, g, t);
 
     if (strip_ok) {
+        if (STAGGER && (warp & 1)) nanosleep_ns(STAGGER_NS);
         const int gbeg = blockIdx.y * gpw * KW;
         for (int i = 0; i < gpw; ++i) {
             const int grp = gbeg + kl + KW * i;
@@ -473,15 +491,19 @@ static __device__ __forceinline__ void stream_kernel(
     finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
 }
 
-#define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                                                                  \
-    extern "C" __global__ void __launch_bounds__(256, MINB) awq_stream_##NAME##_mt##MT##_sw##SW##_cb##CB(     \
+#define AWQ_STREAM_AS(D, NAME, PREFIX, STAGGER, MT, SW, CB, MINB)                                               \
+    extern "C" __global__ void __launch_bounds__(256, MINB) PREFIX##_##NAME##_mt##MT##_sw##SW##_cb##CB(       \
         const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
         const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
         D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
         int NS, int G, int gpw, int S2) {                                                                      \
-        stream_kernel<D, MT, SW, CB>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K, NS, G, gpw, \
-                                     S2);                                                                      \
+        stream_kernel<D, MT, SW, CB, STAGGER>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K,   \
+                                              NS, G, gpw, S2);                                                 \
     }
+// awq_stream_* and its staggered twin awq_stagger_*.
+#define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                     \
+    AWQ_STREAM_AS(D, NAME, awq_stream, false, MT, SW, CB, MINB)   \
+    AWQ_STREAM_AS(D, NAME, awq_stagger, true, MT, SW, CB, MINB)
 
 // MT = 1 keeps 2 blocks (16 warps) per SM within 128 registers; MT = 2 and 4 need more registers than that
 // and run one block per SM.

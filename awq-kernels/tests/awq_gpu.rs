@@ -582,7 +582,7 @@ fn assert_same_bits(gpu: &Arc<Gpu>, case: Case, a: AwqPath, b: AwqPath) {
 }
 
 #[test]
-fn the_pipelined_kernel_is_bit_identical_to_the_streaming_one() {
+fn the_pipelined_and_staggered_kernels_are_bit_identical_to_the_streaming_one() {
     let Some(gpu) = gpu_for_tests() else { return };
     // Same plan, same warp <-> group assignment, same order of mma: the same bits, on every m-tile count,
     // one and two strips per block, split-K, every group size (256 at m > 16 falls back to the register
@@ -607,13 +607,18 @@ fn the_pipelined_kernel_is_bit_identical_to_the_streaming_one() {
             seed: (7 * m + n + k) as u64,
         };
         assert_same_bits(&gpu, case, AwqPath::Stream, AwqPath::Pipe);
+        let staggered = AwqPath::Variant(Variant::Stream {
+            kernel: StreamKernel::Staggered,
+            shape: PlanShape::Spread,
+        });
+        assert_same_bits(&gpu, case, AwqPath::Stream, staggered);
     }
 }
 
 #[test]
 fn every_autotuner_candidate_matches_the_cpu_reference() {
     let Some(gpu) = gpu_for_tests() else { return };
-    // Each variant the autotuner may pick, forced: both streaming kernels with both plans on the decode
+    // Each variant the autotuner may pick, forced: every streaming kernel with both plans on the decode
     // shapes (split-K with many or few splits, one or two strips per block, every m-tile count), every
     // dequantization kernel on the GEMM path.
     for (m, k, n, group, bias) in [
@@ -675,18 +680,15 @@ fn short_prompts_through_the_streaming_kernels_in_row_blocks_match() {
         }
         for shape in [PlanShape::Spread, PlanShape::Balanced] {
             let with = |kernel| AwqPath::Variant(Variant::Stream { kernel, shape });
-            assert_same_bits(
-                &gpu,
-                case,
-                with(StreamKernel::Registers),
-                with(StreamKernel::Pipelined),
-            );
+            for other in [StreamKernel::Pipelined, StreamKernel::Staggered] {
+                assert_same_bits(&gpu, case, with(StreamKernel::Registers), with(other));
+            }
         }
     }
 }
 
 #[test]
-fn the_pipelined_kernel_is_bit_identical_under_the_balanced_plan_too() {
+fn the_pipelined_and_staggered_kernels_are_bit_identical_under_the_balanced_plan_too() {
     let Some(gpu) = gpu_for_tests() else { return };
     let balanced = |kernel| {
         AwqPath::Variant(Variant::Stream {
@@ -703,12 +705,14 @@ fn the_pipelined_kernel_is_bit_identical_under_the_balanced_plan_too() {
             bias: true,
             seed: (m + k) as u64,
         };
-        assert_same_bits(
-            &gpu,
-            case,
-            balanced(StreamKernel::Registers),
-            balanced(StreamKernel::Pipelined),
-        );
+        for other in [StreamKernel::Pipelined, StreamKernel::Staggered] {
+            assert_same_bits(
+                &gpu,
+                case,
+                balanced(StreamKernel::Registers),
+                balanced(other),
+            );
+        }
     }
 }
 

@@ -1005,7 +1005,12 @@ fn launch_stream<T: AwqFloat>(
         (name, pipe_shared_bytes(plan.mt, w.group))
     } else {
         let name = format!(
-            "awq_stream_{}_mt{}_sw{}_cb{}",
+            "{}_{}_mt{}_sw{}_cb{}",
+            if kernel == StreamKernel::Staggered {
+                "awq_stagger"
+            } else {
+                "awq_stream"
+            },
             T::NAME,
             plan.mt,
             plan.sw,
@@ -1094,7 +1099,7 @@ fn launch_stream<T: AwqFloat>(
     for v in &ints {
         b.arg(v);
     }
-    // SAFETY: the argument list matches `awq_stream_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
+    // SAFETY: the argument list matches `awq_stream_*`, `awq_stagger_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
     // 7 ints; the pipe kernels get the dynamic shared memory `pipe_shared_bytes` sized for this group); x holds
     // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
     // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes

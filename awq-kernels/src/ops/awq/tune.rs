@@ -34,6 +34,10 @@ pub enum StreamKernel {
     /// `awq_pipe_*`: whole groups through a per-warp cp.async ring in shared memory; bit-identical to
     /// [`StreamKernel::Registers`] under the same plan.
     Pipelined,
+    /// `awq_stagger_*`: the register kernel with half of each block's warps starting ~1.5 us late, so that
+    /// loads and math overlap instead of taking turns; bit-identical to [`StreamKernel::Registers`] under the
+    /// same plan.
+    Staggered,
 }
 
 /// How the dequantize + GEMM path writes the dense weight (`awq_dequant_*` in `kernels/awq_gemm.cu`). All
@@ -114,6 +118,7 @@ impl Variant {
                 match kernel {
                     StreamKernel::Registers => "stream",
                     StreamKernel::Pipelined => "pipe",
+                    StreamKernel::Staggered => "stagger",
                 },
                 match shape {
                     PlanShape::Spread => "spread",
@@ -133,11 +138,15 @@ impl Variant {
     }
 }
 
-/// The decode candidates, the default first: both kernels (the pipelined one only where its ring fits
-/// the GPU's shared memory, `pipelined_fits`) with both plans.
+/// The decode candidates, the default first: every kernel (the pipelined one only where its ring fits the
+/// GPU's shared memory, `pipelined_fits`) with both plans.
 pub fn stream_candidates(pipelined_fits: bool) -> Vec<Variant> {
-    let mut out = Vec::with_capacity(4);
-    for kernel in [StreamKernel::Registers, StreamKernel::Pipelined] {
+    let mut out = Vec::with_capacity(6);
+    for kernel in [
+        StreamKernel::Registers,
+        StreamKernel::Pipelined,
+        StreamKernel::Staggered,
+    ] {
         if kernel == StreamKernel::Pipelined && !pipelined_fits {
             continue;
         }
@@ -319,12 +328,12 @@ mod tests {
     fn candidates_start_with_the_measured_defaults() {
         let s = stream_candidates(true);
         assert_eq!(s[0], Variant::STREAM_DEFAULT);
-        assert_eq!(s.len(), 4);
-        assert_eq!(stream_candidates(false).len(), 2);
+        assert_eq!(s.len(), 6);
+        assert_eq!(stream_candidates(false).len(), 4);
         assert!(stream_candidates(false).iter().all(|v| matches!(
             v,
             Variant::Stream {
-                kernel: StreamKernel::Registers,
+                kernel: StreamKernel::Registers | StreamKernel::Staggered,
                 ..
             }
         )));
