@@ -45,6 +45,8 @@
 //    arrive (an atomic counter per column block, threadfence pattern) sums the S2 partials in split order,
 //    adds the bias, rounds once and writes y, then resets its counter to 0 for the next launch. So y is
 //    written by one launch, and the result is deterministic (fixed summation order).
+//  - awq_stagger_<T>_mt<MT>_sw<SW>_cb<CB>: awq_stream with the odd warps of each block starting STAGGER_NS
+//    late, so that half the warps load while the other half compute (stream_kernel); same bits.
 //  - awq_pipe_<T>_mt<MT>_sw<SW>_st<ST>: the same kernel (same plan, same warp <-> group assignment, same
 //    order of mma, same finish: bit-identical y) with the weights, scales and zeros of whole groups moved by
 //    a per-warp cp.async ring of ST stages in shared memory, so a warp has ST - 1 groups (4 KB each at
