@@ -59,6 +59,17 @@ struct RowRegs {
         for (int r = 0; r < ROW_VECS; ++r)
             if (col(r) < width) v[r].store(row + col(r));
     }
+    // Σ f(x) over this thread's elements of the row, in the loops' order.
+    template <class F>
+    __device__ __forceinline__ float sum(int width, F f) const {
+        float s = 0.0f;
+#pragma unroll
+        for (int r = 0; r < ROW_VECS; ++r)
+            if (col(r) < width)
+#pragma unroll
+                for (int i = 0; i < N; ++i) s += f(to_f32(v[r].e[i]));
+        return s;
+    }
 };
 
 // dst[0..width) = src[0..width) by the block: 16-byte vectors when `vec` (width·sizeof(T) a multiple of 16, so

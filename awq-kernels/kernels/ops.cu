@@ -33,11 +33,7 @@ __device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __
         // The row read once: the sum of squares, then the outputs from the same registers.
         RowRegs<T> a;
         a.load(row, width);
-#pragma unroll
-        for (int r = 0; r < ROW_VECS; ++r)
-            if (a.col(r) < width)
-#pragma unroll
-                for (int i = 0; i < N; ++i) ss += to_f32(a.v[r].e[i]) * to_f32(a.v[r].e[i]);
+        ss = a.sum(width, [](float v) { return v * v; });
         const float inv = rsqrtf(block_sum(ss) / width + eps);
 #pragma unroll
         for (int r = 0; r < ROW_VECS; ++r)

@@ -67,21 +67,12 @@ __device__ void layer_norm(const T* __restrict__ x, const T* __restrict__ w, con
         // loops' order.
         RowRegs<T> a;
         a.load(xr, width);
-#pragma unroll
-        for (int r = 0; r < ROW_VECS; ++r)
-            if (a.col(r) < width)
-#pragma unroll
-                for (int i = 0; i < N; ++i) sum += to_f32(a.v[r].e[i]);
+        sum = a.sum(width, [](float v) { return v; });
         const float mean = block_sum(sum) / width;
-        float sq = 0.0f;
-#pragma unroll
-        for (int r = 0; r < ROW_VECS; ++r)
-            if (a.col(r) < width)
-#pragma unroll
-                for (int i = 0; i < N; ++i) {
-                    const float d = to_f32(a.v[r].e[i]) - mean;
-                    sq += d * d;
-                }
+        const float sq = a.sum(width, [mean](float v) {
+            const float d = v - mean;
+            return d * d;
+        });
         const float inv = rsqrtf(block_sum(sq) / width + eps);
 #pragma unroll
         for (int r = 0; r < ROW_VECS; ++r)
