@@ -166,10 +166,10 @@ fn run() -> Res<()> {
             report_variant("awq", &chosen(&gpu, &ws[0], m)?, k, n, m, "f16", us, bytes);
             // Every candidate of the autotuner, forced, on the decode shapes and at m = 1024.
             let candidates: Vec<Variant> = if m <= STREAM_MAX_M {
-                stream_candidates(true)
+                stream_candidates(true, m_tiles(m))
             } else if m <= STREAM_MAX_ROWS {
                 let mut c = dequant_candidates();
-                c.extend(stream_candidates(true));
+                c.extend(stream_candidates(true, m_tiles(m)));
                 c
             } else if m == 1024 || only.is_some() {
                 dequant_candidates()

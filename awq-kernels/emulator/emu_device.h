@@ -100,6 +100,11 @@ struct __nv_bfloat162 {
     __nv_bfloat16 x, y;
 };
 
+inline __half __ushort_as_half(unsigned short bits) {
+    __half h;
+    h.__x = bits;
+    return h;
+}
 inline float __half2float(__half h) { return emu::f16_bits_to_f32(h.__x); }
 inline __half __float2half_rn(float f) { return __half(f); }
 inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{__half(lo), __half(hi)}; }

@@ -47,6 +47,11 @@
 //    written by one launch, and the result is deterministic (fixed summation order).
 //  - awq_stagger_<T>_mt<MT>_sw<SW>_cb<CB>: awq_stream with the odd warps of each block starting STAGGER_NS
 //    late, so that half the warps load while the other half compute (stream_kernel); same bits.
+//  - awq_swap_<T>_nt<NT>_sw<SW>_cb<CB> (M ≤ 8·NT, NT ∈ {1, 2}): the same kernel, plan and finish with the
+//    mma's operands swapped (ColTile): the weights are the A operand (64 columns = 4 row-tiles of 16), the
+//    tokens the B operand (n8 tiles of 8), so one token tile runs 4 mma per chunk, not 8, and holds 16
+//    accumulators, not 32 (80 registers, three blocks per SM). awq_swapgs_*: the same with each group's
+//    scale applied to its f32 sums after the mma (no HMUL2 per weight pair). The autotuner weighs both.
 //  - awq_pipe_<T>_mt<MT>_sw<SW>_st<ST>: the same kernel (same plan, same warp <-> group assignment, same
 //    order of mma, same finish: bit-identical y) with the weights, scales and zeros of whole groups moved by
 //    a per-warp cp.async ring of ST stages in shared memory, so a warp has ST - 1 groups (4 KB each at
@@ -105,6 +110,11 @@ struct F16 {
 #endif
     }
     static __device__ __forceinline__ float to_f32(T v) { return __half2float(v); }
+    static __device__ __forceinline__ T round(float v) { return __float2half_rn(v); }
+    // The value of 16 bits of T (the low half of `bits`).
+    static __device__ __forceinline__ float bits_to_f32(u32 bits) {
+        return __half2float(__ushort_as_half((unsigned short)(bits & 0xffffu)));
+    }
     // Two floats -> one register of two T, `lo` in bits 0..15 (the lower address).
     static __device__ __forceinline__ u32 pack(float lo, float hi) {
         __half2 h = __floats2half2_rn(lo, hi);
@@ -136,6 +146,8 @@ struct BF16 {
 #endif
     }
     static __device__ __forceinline__ float to_f32(T v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ T round(float v) { return __float2bfloat16_rn(v); }
+    static __device__ __forceinline__ float bits_to_f32(u32 bits) { return __uint_as_float(bits << 16); }
     static __device__ __forceinline__ u32 pack(float lo, float hi) {
         __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<u32*>(&h);
@@ -182,9 +194,9 @@ static __device__ __forceinline__ u32 neg_zero(u32 zw, int j) {
     return h * 0x00010001u;
 }
 
-// (q - z) · s for the two codes at bits (sh..sh+3) and (16+sh..16+sh+3) of q.
+// q - z (exact in T) for the two codes at bits (sh..sh+3) and (16+sh..16+sh+3) of q.
 template <class D>
-static __device__ __forceinline__ u32 dq(u32 q, int sh, u32 nz, u32 s) {
+static __device__ __forceinline__ u32 dq_unscaled(u32 q, int sh, u32 nz) {
     u32 p;
     // p = ((q >> sh) & LOW_NIBBLES) | MAGIC2 in one instruction (lut 0xEA = (a & b) | c).
 #ifdef INTERNVL_EMULATE
@@ -192,7 +204,13 @@ static __device__ __forceinline__ u32 dq(u32 q, int sh, u32 nz, u32 s) {
 #else
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(p) : "r"(q >> sh), "n"(LOW_NIBBLES), "n"(D::MAGIC * 0x00010001u));
 #endif
-    return D::fma2(D::fma2(p, D::ONE2, nz), s, NEG_ZERO2);
+    return D::fma2(p, D::ONE2, nz);
+}
+
+// (q - z) · s for the two codes at bits (sh..sh+3) and (16+sh..16+sh+3) of q.
+template <class D>
+static __device__ __forceinline__ u32 dq(u32 q, int sh, u32 nz, u32 s) {
+    return D::fma2(dq_unscaled<D>(q, sh, nz), s, NEG_ZERO2);
 }
 
 // Row pointers of the A fragments of lane (g, t): rows >= M read a zero row (K zeros), so no load is predicated.
@@ -311,6 +329,103 @@ static __device__ __forceinline__ Place enter_row_block(const T* __restrict__& x
     return place<SW>(rows.colblock);
 }
 
+// Sums the KW k-lanes of each strip into k-lane 0: a fixed tree through shared memory, PASSES passes of
+// COUNT fragment floats per lane (frag(p, i) is float i of pass p). Buffer b holds one warp's fragments,
+// element i·32 + lane (conflict-free); `red` holds 4 warps' (4 · 1024 floats).
+template <int KW, int SW, int PASSES, int COUNT, class Frag>
+static __device__ __forceinline__ void klane_sum(Frag frag, float (*red)[8 * 4 * 32], int kl, int s, int lane) {
+    static_assert(COUNT <= 32, "a pass holds at most 32 floats per lane");
+    if (KW == 1) return;
+#pragma unroll
+    for (int p = 0; p < PASSES; ++p) {
+#pragma unroll
+        for (int half = KW / 2; half >= 1; half >>= 1) {
+            if (kl >= half && kl < 2 * half) {
+                float* b = red[(kl - half) * SW + s];
+#pragma unroll
+                for (int i = 0; i < COUNT; ++i) b[i * 32 + lane] = frag(p, i);
+            }
+            __syncthreads();
+            if (kl < half) {
+                const float* b = red[kl * SW + s];
+#pragma unroll
+                for (int i = 0; i < COUNT; ++i) frag(p, i) += b[i * 32 + lane];
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// Split-K, after k-lane 0 of every warp has stored its strip's partial tile ([M][SW·64] f32 of this column
+// block and split, `part`): the last block of the column block to arrive (an atomic counter per column block)
+// sums the S2 partials in split order, adds the bias, rounds once, writes y and resets its counter. It loads
+// up to INFLIGHT partials (4 registers each) before adding them; the order of the sum does not depend on it.
+template <class D, int SW, int INFLIGHT = 16>
+static __device__ __forceinline__ void sum_partials_last(u32* s_last, const typename D::T* __restrict__ bias,
+                                                         typename D::T* __restrict__ y,
+                                                         const float* __restrict__ partials,
+                                                         u32* __restrict__ counters, int M, int N, int S2,
+                                                         int colblock) {
+    constexpr int WIDTH = SW * 64;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) *s_last = (atomicAdd(counters + colblock, 1u) == (u32)(S2 - 1)) ? 1u : 0u;
+    __syncthreads();
+    if (*s_last == 0u) return;
+    __threadfence();
+
+    // The last block of this column block: y = Σ_split partial (in split order) + bias.
+    const float* base = partials + (size_t)colblock * S2 * (size_t)M * WIDTH;
+    const int q4 = WIDTH / 4;
+    const int total4 = M * q4;
+    for (int e = threadIdx.x; e < total4; e += blockDim.x) {
+        const int row = e / q4;
+        const int c4 = (e % q4) * 4;
+        const int col = colblock * WIDTH + c4;
+        if (col >= N) continue;  // N % 8 == 0 and c4 % 4 == 0: col < N means col + 3 < N
+        float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        // Up to 16 splits (the host plan) in batches of INFLIGHT loads; more one at a time (kept for safety).
+#pragma unroll
+        for (int b0 = 0; b0 < 16; b0 += INFLIGHT) {
+            if (b0 >= S2) break;
+            float4 v[INFLIGHT];
+#pragma unroll
+            for (int i = 0; i < INFLIGHT; ++i)
+                if (b0 + i < S2)
+                    v[i] = __ldcg(reinterpret_cast<const float4*>(base + ((size_t)(b0 + i) * M + row) * WIDTH + c4));
+#pragma unroll
+            for (int i = 0; i < INFLIGHT; ++i)
+                if (b0 + i < S2) {
+                    sum.x += v[i].x;
+                    sum.y += v[i].y;
+                    sum.z += v[i].z;
+                    sum.w += v[i].w;
+                }
+        }
+        for (int sp = 16; sp < S2; ++sp) {
+            const float4 u = __ldcg(reinterpret_cast<const float4*>(base + ((size_t)sp * M + row) * WIDTH + c4));
+            sum.x += u.x;
+            sum.y += u.y;
+            sum.z += u.z;
+            sum.w += u.w;
+        }
+        if (bias != nullptr) {
+            sum.x += D::to_f32(bias[col]);
+            sum.y += D::to_f32(bias[col + 1]);
+            sum.z += D::to_f32(bias[col + 2]);
+            sum.w += D::to_f32(bias[col + 3]);
+        }
+        *reinterpret_cast<uint2*>(y + (size_t)row * N + col) = make_uint2(D::pack(sum.x, sum.y), D::pack(sum.z, sum.w));
+    }
+    if (threadIdx.x == 0) counters[colblock] = 0u;
+}
+
+// This block's split-K partial tile [M][SW·64] f32 (of its column block and split, in the row block's region).
+template <int SW>
+static __device__ __forceinline__ float* partial_tile(float* __restrict__ partials, int colblock, int M, int S2) {
+    return partials + ((size_t)colblock * S2 + blockIdx.y) * (size_t)M * (SW * 64);
+}
+
 // After the main loop of a streaming kernel: the KW k-lanes of each strip are summed, then y is written
 // (S2 == 1) or the block's partial tile is stored and the last block of the column block sums the S2
 // partials in split order. `red` holds 4 warps' fragments (4 · 1024 floats); `s_last` one shared word.
@@ -323,32 +438,8 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
     const auto [lane, warp, s, kl, g, t, strip] = at;
     (void)warp;
     const int colblock = strip / SW;  // strip = colblock · SW + s, s < SW
-    // Sum the KW k-lanes of each strip into k-lane 0: a fixed tree through shared memory, one m-tile at a
-    // time. Buffer b holds one warp's fragments, element (j·4 + r)·32 + lane (conflict-free).
-    if (KW > 1) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-            for (int half = KW / 2; half >= 1; half >>= 1) {
-                if (kl >= half && kl < 2 * half) {
-                    float* b = red[(kl - half) * SW + s];
-#pragma unroll
-                    for (int j = 0; j < 8; ++j)
-#pragma unroll
-                        for (int r = 0; r < 4; ++r) b[(j * 4 + r) * 32 + lane] = acc[mt][j][r];
-                }
-                __syncthreads();
-                if (kl < half) {
-                    const float* b = red[kl * SW + s];
-#pragma unroll
-                    for (int j = 0; j < 8; ++j)
-#pragma unroll
-                        for (int r = 0; r < 4; ++r) acc[mt][j][r] += b[(j * 4 + r) * 32 + lane];
-                }
-                __syncthreads();
-            }
-        }
-    }
+    // One m-tile per pass, float j·4 + r of it = acc[mt][j][r].
+    klane_sum<KW, SW, MT, 32>([&](int p, int i) -> float& { return acc[p][i / 4][i % 4]; }, red, kl, s, lane);
 
     if (S2 == 1) {
         // One block per column block: k-lane 0 writes y straight from its fragments (c0,c1: row g, columns
@@ -378,9 +469,8 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
         return;
     }
 
-    // Split-K: partial tile [M][SW·64] f32 of this (column block, split), in this row block's region.
     constexpr int WIDTH = SW * 64;
-    float* part = partials + ((size_t)colblock * S2 + blockIdx.y) * (size_t)M * WIDTH;
+    float* part = partial_tile<SW>(partials, colblock, M, S2);
     if (kl == 0) {
 #pragma unroll
         for (int j = 0; j < 8; ++j)
@@ -394,78 +484,192 @@ static __device__ __forceinline__ void finish(float (&acc)[MT][8][4], float (*re
                             make_float2(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
                 }
     }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) *s_last = (atomicAdd(counters + colblock, 1u) == (u32)(S2 - 1)) ? 1u : 0u;
-    __syncthreads();
-    if (*s_last == 0u) return;
-    __threadfence();
-
-    // The last block of this column block: y = Σ_split partial (in split order) + bias.
-    const float* base = partials + (size_t)colblock * S2 * (size_t)M * WIDTH;
-    const int q4 = WIDTH / 4;
-    const int total4 = M * q4;
-    for (int e = threadIdx.x; e < total4; e += blockDim.x) {
-        const int row = e / q4;
-        const int c4 = (e % q4) * 4;
-        const int col = colblock * WIDTH + c4;
-        if (col >= N) continue;  // N % 8 == 0 and c4 % 4 == 0: col < N means col + 3 < N
-        float4 v[16];
-#pragma unroll
-        for (int sp = 0; sp < 16; ++sp)
-            if (sp < S2) v[sp] = __ldcg(reinterpret_cast<const float4*>(base + ((size_t)sp * M + row) * WIDTH + c4));
-        float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-        for (int sp = 0; sp < 16; ++sp)
-            if (sp < S2) {
-                sum.x += v[sp].x;
-                sum.y += v[sp].y;
-                sum.z += v[sp].z;
-                sum.w += v[sp].w;
-            }
-        for (int sp = 16; sp < S2; ++sp) {  // not used by the host plan (S2 ≤ 16); kept for safety
-            const float4 u = __ldcg(reinterpret_cast<const float4*>(base + ((size_t)sp * M + row) * WIDTH + c4));
-            sum.x += u.x;
-            sum.y += u.y;
-            sum.z += u.z;
-            sum.w += u.w;
-        }
-        if (bias != nullptr) {
-            sum.x += D::to_f32(bias[col]);
-            sum.y += D::to_f32(bias[col + 1]);
-            sum.z += D::to_f32(bias[col + 2]);
-            sum.w += D::to_f32(bias[col + 3]);
-        }
-        *reinterpret_cast<uint2*>(y + (size_t)row * N + col) = make_uint2(D::pack(sum.x, sum.y), D::pack(sum.z, sum.w));
-    }
-    if (threadIdx.x == 0) counters[colblock] = 0u;
+    sum_partials_last<D, SW>(s_last, bias, y, partials, counters, M, N, S2, colblock);
 }
+
+// A warp's accumulator tile with x as mma's A operand (row-major, 16 rows) and the weights as B: MT m-tiles of
+// 16 rows by the strip's 64 columns (8 n8-tiles). The register, staggered and pipelined kernels use it.
+template <class D, int MT_>
+struct RowTile {
+    static constexpr int MT = MT_;  // m-tiles (the row-block arithmetic: only MT = 4 takes M > 64)
+    float acc[MT][8][4];
+    const typename D::T* xr[MT][2];
+    __device__ __forceinline__ void start(const typename D::T* x, const typename D::T* zero_row, int M, int K, int g,
+                                          int t) {
+        start_tile<D, MT>(acc, xr, x, zero_row, M, K, g, t);
+    }
+    __device__ __forceinline__ void chunk(int koff, const uint4& q, const u32 (&s2v)[8], const u32 (&nz2v)[8]) {
+        chunk_mma<D, MT>(acc, xr, koff, q, s2v, nz2v);
+    }
+    __device__ __forceinline__ void end_group(const uint4&) {}
+    template <int SW>
+    __device__ __forceinline__ void finish_block(float (*red)[8 * 4 * 32], u32* s_last,
+                                                 const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
+                                                 float* __restrict__ partials, u32* __restrict__ counters, int M, int N,
+                                                 int S2, const Place& at, bool strip_ok) {
+        finish<D, MT, SW>(acc, red, s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
+    }
+};
+
+// The swapped tile: the weights as mma's A operand (the strip's 64 columns as 4 row-tiles of 16) and x as B
+// (NT n8-tiles of 8 tokens), for M ≤ 8·NT. The repacked layout serves it unchanged: word w of a lane's
+// 16-byte piece holds columns 8·2w + g and 8·(2w+1) + g, i.e. rows g and g + 8 of A tile w, at the same
+// relabeled k rows (4t, 4t+1 | 4t+2, 4t+3) that B used, so a0..a3 are the four dq pairs of the word in the
+// order (0, 8, 4, 12). A token's x fragment (b0 | b1) is one 8-byte load. Against RowTile at M ≤ 8: half the
+// mma (4 per chunk, not 8), half the x loads and half the accumulators (16 floats, not 32); the dequantized
+// weights are the same, the products and sums the same in exact arithmetic, so the outputs agree with the
+// CPU reference as closely (the tensor cores' internal summation order may differ in the last bit).
+// C fragment: acc[nt][w][2h + e] = column strip·64 + 16w + 8h + g, token nt·8 + 2t + e.
+//
+// GS (group scale): the mma take q - z (exact small integers in T) into a per-group accumulator, and the
+// group's scale multiplies that sum in f32 at the end of the group (a lane's accumulator rows are its own
+// columns 8j + g, whose scales it holds). That drops the 16 HMUL2 of every chunk (128 a group) for 16 FFMA
+// and 8 conversions a group; and the weights are no longer rounded to T before the products, so the result
+// is closer to the exact one than the reference's (which rounds (q - z)·s to T first).
+template <class D, int NT, bool GS>
+struct ColTile {
+    static constexpr int MT = 1;  // at most 16 rows: one row block
+    float acc[NT][4][4];
+    float gacc[GS ? NT : 1][4][4];  // the group's unscaled sums (GS only)
+    const typename D::T* xr[NT];
+    __device__ __forceinline__ void start(const typename D::T* x, const typename D::T* zero_row, int M, int K, int g,
+                                          int t) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[nt][w][r] = 0.0f;
+            const int row = nt * 8 + g;
+            xr[nt] = (row < M ? x + (size_t)row * K : zero_row) + 4 * t;
+        }
+        clear_group();
+    }
+    __device__ __forceinline__ void clear_group() {
+#pragma unroll
+        for (int nt = 0; nt < (GS ? NT : 1); ++nt)
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) gacc[nt][w][r] = 0.0f;
+    }
+    __device__ __forceinline__ void chunk(int koff, const uint4& q, const u32 (&s2v)[8], const u32 (&nz2v)[8]) {
+        u32 b[NT][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const uint2 v = __ldg(reinterpret_cast<const uint2*>(xr[nt] + koff));
+            b[nt][0] = v.x;
+            b[nt][1] = v.y;
+        }
+        const u32 qq[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const int j0 = 2 * w, j1 = 2 * w + 1;
+            if constexpr (GS) {
+                const u32 a[4] = {dq_unscaled<D>(qq[w], 0, nz2v[j0]), dq_unscaled<D>(qq[w], 8, nz2v[j1]),
+                                  dq_unscaled<D>(qq[w], 4, nz2v[j0]), dq_unscaled<D>(qq[w], 12, nz2v[j1])};
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) D::mma(gacc[nt][w], a, b[nt][0], b[nt][1]);
+            } else {
+                const u32 a[4] = {dq<D>(qq[w], 0, nz2v[j0], s2v[j0]), dq<D>(qq[w], 8, nz2v[j1], s2v[j1]),
+                                  dq<D>(qq[w], 4, nz2v[j0], s2v[j0]), dq<D>(qq[w], 12, nz2v[j1], s2v[j1])};
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) D::mma(acc[nt][w], a, b[nt][0], b[nt][1]);
+            }
+        }
+    }
+    // GS: acc += scale · (the group's sum), one rounding per element, then the group sums restart at 0.
+    __device__ __forceinline__ void end_group(const uint4& sv) {
+        if constexpr (GS) {
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const float sc = D::bits_to_f32(splat_scale(sv, 2 * w + h));
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e)
+                            acc[nt][w][2 * h + e] = __fmaf_rn(sc, gacc[nt][w][2 * h + e], acc[nt][w][2 * h + e]);
+                }
+            clear_group();
+        }
+    }
+    template <int SW>
+    __device__ __forceinline__ void finish_block(float (*red)[8 * 4 * 32], u32* s_last,
+                                                 const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
+                                                 float* __restrict__ partials, u32* __restrict__ counters, int M, int N,
+                                                 int S2, const Place& at, bool strip_ok) {
+        constexpr int KW = 8 / SW;
+        const int lane = at.lane, s = at.s, kl = at.kl, g = at.g, t = at.t, strip = at.strip;
+        const int colblock = strip / SW;
+        klane_sum<KW, SW, 1, NT * 16>([&](int, int i) -> float& { return acc[i / 16][(i / 4) % 4][i % 4]; }, red,
+                                      kl, s, lane);
+        if (S2 == 1) {
+            if (kl == 0 && strip_ok) {
+#pragma unroll
+                for (int w = 0; w < 4; ++w)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int col = strip * 64 + 16 * w + 8 * h + g;
+                        if (col >= N) continue;
+                        const float b = bias != nullptr ? D::to_f32(bias[col]) : 0.0f;
+#pragma unroll
+                        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                            for (int e = 0; e < 2; ++e) {
+                                const int row = nt * 8 + 2 * t + e;
+                                if (row < M) y[(size_t)row * N + col] = D::round(acc[nt][w][2 * h + e] + b);
+                            }
+                    }
+            }
+            return;
+        }
+        constexpr int WIDTH = SW * 64;
+        float* part = partial_tile<SW>(partials, colblock, M, S2);
+        if (kl == 0) {
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int row = nt * 8 + 2 * t + e;
+                            if (row < M) part[(size_t)row * WIDTH + s * 64 + 16 * w + 8 * h + g] = acc[nt][w][2 * h + e];
+                        }
+        }
+        // 8 partials in flight, not 16: the 3-blocks-per-SM register budget (80) holds them without spills.
+        sum_partials_last<D, SW, 8>(s_last, bias, y, partials, counters, M, N, S2, colblock);
+    }
+};
 
 // Half a block's warps (the odd ones) idle about this long before their first load in awq_stagger_*.
 constexpr unsigned STAGGER_NS = 1500;
 
+// The register streaming kernel for a warp tile (RowTile: awq_stream_*, awq_stagger_*; ColTile: awq_swap_*).
 // STAGGER: the odd warps start STAGGER_NS late. Every warp of a wave otherwise starts together, loads its
 // group, waits, then computes with nothing in flight, so the SM's loads and its math take turns (the H100
 // profile: 45-50% of DRAM bandwidth at 8192x8192). Late warps load while the others compute, and the two
 // halves then stay out of phase. Same arithmetic: bit-identical to STAGGER = false.
-template <class D, int MT, int SW, int CB, bool STAGGER>
+template <class D, class Tile, int SW, int CB, bool STAGGER>
 static __device__ __forceinline__ void stream_kernel(
     const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
     const u32* __restrict__ zr, const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
     float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K, int NS, int G, int gpw,
     int S2) {
-    typedef typename D::T T;
     constexpr int KW = 8 / SW;
-    const Place at = enter_row_block<MT, SW>(x, y, partials, counters, M, N, K, S2);
+    const Place at = enter_row_block<Tile::MT, SW>(x, y, partials, counters, M, N, K, S2);
     const auto [lane, warp, s, kl, g, t, strip] = at;
+    (void)s;
     const bool strip_ok = strip < NS;
     const int NG = K / G;
     const int KC = K / 16;
     const int cpg = G / 16;
 
-    float acc[MT][8][4];
-    const T* xr[MT][2];
-    start_tile<D, MT>(acc, xr, x, zero_row, M, K, g, t);
+    Tile tile;
+    tile.start(x, zero_row, M, K, g, t);
 
     if (strip_ok) {
         if (STAGGER && (warp & 1)) nanosleep_ns(STAGGER_NS);
@@ -475,7 +679,8 @@ static __device__ __forceinline__ void stream_kernel(
             if (grp >= NG) break;
             const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
             u32 s2v[8], nz2v[8];
-            group_constants<D>(__ldg(sc + sidx), __ldg(zr + sidx), s2v, nz2v);
+            const uint4 sv = __ldg(sc + sidx);
+            group_constants<D>(sv, __ldg(zr + sidx), s2v, nz2v);
             // cpg is a multiple of CB (the host picks CB), so every batch is full.
             for (int cb = 0; cb < cpg; cb += CB) {
                 const int kc = grp * cpg + cb;
@@ -484,13 +689,14 @@ static __device__ __forceinline__ void stream_kernel(
 #pragma unroll
                 for (int c = 0; c < CB; ++c) q[c] = ld_stream(wp + c * 32);
 #pragma unroll
-                for (int c = 0; c < CB; ++c) chunk_mma<D, MT>(acc, xr, (kc + c) * 16, q[c], s2v, nz2v);
+                for (int c = 0; c < CB; ++c) tile.chunk((kc + c) * 16, q[c], s2v, nz2v);
             }
+            tile.end_group(sv);
         }
     }
     __shared__ float red[4][8 * 4 * 32];
     __shared__ u32 s_last;
-    finish<D, MT, SW>(acc, red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
+    tile.template finish_block<SW>(red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
 }
 
 #define AWQ_STREAM_AS(D, NAME, PREFIX, STAGGER, MT, SW, CB, MINB)                                               \
@@ -499,8 +705,8 @@ static __device__ __forceinline__ void stream_kernel(
         const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
         D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
         int NS, int G, int gpw, int S2) {                                                                      \
-        stream_kernel<D, MT, SW, CB, STAGGER>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K,   \
-                                              NS, G, gpw, S2);                                                 \
+        stream_kernel<D, RowTile<D, MT>, SW, CB, STAGGER>(x, zero_row, qw, sc, zr, bias, y, partials, counters, \
+                                                          M, N, K, NS, G, gpw, S2);                            \
     }
 // awq_stream_* and its staggered twin awq_stagger_*.
 #define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                     \
@@ -527,6 +733,45 @@ static __device__ __forceinline__ void stream_kernel(
 
 AWQ_STREAM_ALL(F16, f16)
 AWQ_STREAM_ALL(BF16, bf16)
+
+// awq_swap_*: the register kernel with the swapped tile (ColTile: the weights as mma's A operand), for M ≤ 8·NT;
+// awq_swapgs_*: the same with the group's scale applied in f32 after its mma (ColTile GS).
+#define AWQ_SWAP_AS(D, NAME, PREFIX, GS, NT, SW, CB, MINB)                                                     \
+    extern "C" __global__ void __launch_bounds__(256, MINB) PREFIX##_##NAME##_nt##NT##_sw##SW##_cb##CB(        \
+        const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
+        const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
+        D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
+        int NS, int G, int gpw, int S2) {                                                                      \
+        stream_kernel<D, ColTile<D, NT, GS>, SW, CB, false>(x, zero_row, qw, sc, zr, bias, y, partials,         \
+                                                            counters, M, N, K, NS, G, gpw, S2);                \
+    }
+#define AWQ_SWAP(D, NAME, NT, SW, CB, MINB) AWQ_SWAP_AS(D, NAME, awq_swap, false, NT, SW, CB, MINB)
+#define AWQ_SWAP_CB(D, NAME, NT, SW, MINB) \
+    AWQ_SWAP(D, NAME, NT, SW, 8, MINB)     \
+    AWQ_SWAP(D, NAME, NT, SW, 4, MINB)     \
+    AWQ_SWAP(D, NAME, NT, SW, 2, MINB)     \
+    AWQ_SWAP(D, NAME, NT, SW, 1, MINB)
+#define AWQ_SWAP_ALL(D, NAME)       \
+    AWQ_SWAP_CB(D, NAME, 1, 1, 3)   \
+    AWQ_SWAP_CB(D, NAME, 1, 2, 3)   \
+    AWQ_SWAP_CB(D, NAME, 2, 1, 2)   \
+    AWQ_SWAP_CB(D, NAME, 2, 2, 2)
+AWQ_SWAP_ALL(F16, f16)
+AWQ_SWAP_ALL(BF16, bf16)
+// The group-scaled tile holds 16 more accumulators: batches of at most 4 chunks keep NT = 1 within the
+// 80 registers of three blocks per SM (the host caps the batch at 4 for these).
+#define AWQ_SWAPGS(D, NAME, NT, SW, CB, MINB) AWQ_SWAP_AS(D, NAME, awq_swapgs, true, NT, SW, CB, MINB)
+#define AWQ_SWAPGS_CB(D, NAME, NT, SW, MINB) \
+    AWQ_SWAPGS(D, NAME, NT, SW, 4, MINB)     \
+    AWQ_SWAPGS(D, NAME, NT, SW, 2, MINB)     \
+    AWQ_SWAPGS(D, NAME, NT, SW, 1, MINB)
+#define AWQ_SWAPGS_ALL(D, NAME)       \
+    AWQ_SWAPGS_CB(D, NAME, 1, 1, 3)   \
+    AWQ_SWAPGS_CB(D, NAME, 1, 2, 3)   \
+    AWQ_SWAPGS_CB(D, NAME, 2, 1, 2)   \
+    AWQ_SWAPGS_CB(D, NAME, 2, 2, 2)
+AWQ_SWAPGS_ALL(F16, f16)
+AWQ_SWAPGS_ALL(BF16, bf16)
 
 // cp.async helpers (sm_80+): a 16-byte global -> shared copy that bypasses L1 (the weights are read once),
 // and the group bookkeeping.

@@ -38,6 +38,7 @@ use awq_kernels::ops::awq::cuda::{
     awq_linear, awq_linear_with, dequantize, dequantize_with, repack, tuning_report,
     unpack_dequantize, AwqFloat, AwqGpuWeights, AwqPath, PlanShape,
 };
+use awq_kernels::ops::awq::plan::m_tiles;
 use awq_kernels::ops::awq::tune::{
     dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, TuneKey,
     Variant,
@@ -636,7 +637,7 @@ fn every_autotuner_candidate_matches_the_cpu_reference() {
             bias,
             seed: (3 * m + k + n) as u64,
         };
-        for v in stream_candidates(true) {
+        for v in stream_candidates(true, m_tiles(m)) {
             check_both_dtypes(&gpu, case, AwqPath::Variant(v));
         }
     }
@@ -675,7 +676,7 @@ fn short_prompts_through_the_streaming_kernels_in_row_blocks_match() {
             bias,
             seed: (5 * m + k + n) as u64,
         };
-        for v in stream_candidates(true) {
+        for v in stream_candidates(true, m_tiles(m)) {
             check_both_dtypes(&gpu, case, AwqPath::Variant(v));
         }
         for shape in [PlanShape::Spread, PlanShape::Balanced] {
@@ -717,6 +718,45 @@ fn the_pipelined_and_staggered_kernels_are_bit_identical_under_the_balanced_plan
 }
 
 #[test]
+fn the_swapped_tile_kernels_match_the_cpu_reference() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    // The weights as the A operand, the tokens as B: one token tile up to 8 rows, two up to 16 (the edges 8
+    // and 9 included), split-K with many and few splits, one and two strips per block, a partial last
+    // strip, every load batch (groups of 16, 32, 64 and 128 values: batches of 1, 2, 4 and 8 chunks) and a
+    // group of 256; both plans; the weights rounded to T before the mma (as the reference) or the group's
+    // scale applied to the f32 sums after them. Above 16 rows the register kernel runs in their place.
+    for (m, k, n, group, bias) in [
+        (1, 4096, 72, 64, true),
+        (1, 8192, 512, 128, false),
+        (3, 1024, 4104, 128, true),
+        (8, 2048, 200, 32, false),
+        (9, 1536, 136, 16, true),
+        (16, 3584, 4160, 128, true),
+        (5, 512, 64, 256, false),
+        (12, 1664, 8, 128, true),
+        (20, 1024, 72, 64, true),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias,
+            seed: (11 * m + k + n) as u64,
+        };
+        for shape in [PlanShape::Spread, PlanShape::Balanced] {
+            for kernel in [StreamKernel::Swapped, StreamKernel::SwappedGroupScale] {
+                check_both_dtypes(
+                    &gpu,
+                    case,
+                    AwqPath::Variant(Variant::Stream { kernel, shape }),
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
     let Some(gpu) = gpu_for_tests() else { return };
     set_autotune(true);
@@ -751,10 +791,10 @@ fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
             .find(|(kk, _)| *kk == key)
             .unwrap_or_else(|| panic!("no choice recorded for {key:?}: {report:?}"));
         let candidates = if m <= 64 {
-            stream_candidates(true)
+            stream_candidates(true, m_tiles(m))
         } else {
             let mut c = dequant_candidates();
-            c.extend(stream_candidates(true));
+            c.extend(stream_candidates(true, 4));
             c
         };
         assert_eq!(

@@ -73,13 +73,13 @@ cat "$OUT/gpu.txt"
 if [ -n "$PROFILE" ]; then
     echo "== ncu on the AWQ variants of K,N,M = $PROFILE" | tee "$OUT/ncu.log"
     # `--only` makes 1 untimed + 3 timed calls of each variant; the autotuner is off so that its own timing
-    # calls are not what gets profiled: 4 (default) + 4 x 8 (decode variants) + 4 x 4 (dequantization).
-    AWQ_AUTOTUNE=0 timeout $(limit 500) ncu --clock-control none -k 'regex:awq_(stream|prefetch|dbuf|pipe|dequant)' -c 72 \
+    # calls are not what gets profiled: 4 (default) + 4 x 10 (decode variants) + 4 x 4 (dequantization).
+    AWQ_AUTOTUNE=0 timeout $(limit 500) ncu --clock-control none -k 'regex:awq_(stream|stagger|swap|pipe|dequant)' -c 80 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
         ./bin/bench_awq_gpu --only "$PROFILE" >> "$OUT/ncu.log" 2>&1 || echo "ncu failed (see ncu.log)"
-    # Then where the warps of the register and the cp.async kernel wait: every stall reason per issued
-    # instruction, and the SASS lines the stall samples land on (SourceCounters), one call of each.
-    for k in awq_stream awq_pipe; do
+    # Then where the warps of the register, swapped-tile and cp.async kernels wait: every stall reason per
+    # issued instruction, and the SASS lines the stall samples land on (SourceCounters), one call of each.
+    for k in awq_stream awq_swap_ awq_swapgs awq_pipe; do
         echo "== ncu stall reasons of $k" | tee -a "$OUT/ncu.log"
         AWQ_AUTOTUNE=0 timeout $(limit 200) ncu --clock-control none -k "regex:$k" -c 1 --section SourceCounters \
             --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \

@@ -24,7 +24,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::plan::{m_tiles, plan, row_blocks};
+use super::plan::{m_tiles, plan, plan_resident, row_blocks, swap_resident_blocks};
 pub use super::plan::{stream_plan, PlanShape, StreamPlan, CHUNK_K};
 use super::tune::{
     autotune_enabled, dequant_candidates, pick, stream_candidates, time_candidates, DequantKernel,
@@ -49,6 +49,8 @@ pub const STREAM_MAX_M: usize = 64;
 /// The streaming kernels also take up to this many rows, in row blocks of 64 that share the weights through
 /// L2: the autotuner weighs them against dequantize + GEMM for 64 < m ≤ 256 (short prompts).
 pub const STREAM_MAX_ROWS: usize = 256;
+/// The swapped-tile kernel (`awq_swap_*`) takes up to this many rows: two n8 tiles of tokens.
+pub const SWAP_MAX_M: usize = 16;
 
 /// Where nibble `i` (bits 4i..4i+3) of a repacked word goes: `(tile, kk)` = the word's tile pair member
 /// (0: tile 2w, 1: tile 2w+1) and the row 4t + kk of the lane's four k rows in the chunk. The kernels read
@@ -932,10 +934,10 @@ where
     }
     let candidates = match (mt, row_blocks) {
         (0, _) => dequant_candidates(),
-        (_, 1) => stream_candidates(pipe_fits(mt, w.group, ws.max_shared)),
+        (_, 1) => stream_candidates(pipe_fits(mt, w.group, ws.max_shared), mt),
         _ => {
             let mut c = dequant_candidates();
-            c.extend(stream_candidates(pipe_fits(mt, w.group, ws.max_shared)));
+            c.extend(stream_candidates(pipe_fits(mt, w.group, ws.max_shared), mt));
             c
         }
     };
@@ -990,7 +992,23 @@ fn launch_stream<T: AwqFloat>(
     shape: PlanShape,
 ) -> Result<()> {
     let stream = Arc::clone(gpu.stream());
-    let plan = plan(shape, m, w.strips(), w.k / w.group, w.group, ws.sms);
+    // The swapped tile takes up to 16 rows (one or two n8 token tiles) and fills its own residency; above
+    // that the register kernel runs in its place.
+    let swapped = kernel.swapped() && m <= SWAP_MAX_M;
+    let (strips, groups) = (w.strips(), w.k / w.group);
+    let plan = if swapped {
+        plan_resident(
+            shape,
+            m,
+            strips,
+            groups,
+            w.group,
+            ws.sms,
+            swap_resident_blocks(m),
+        )
+    } else {
+        plan(shape, m, strips, groups, w.group, ws.sms)
+    };
     // The stages of a large group may not fit (group 256 at mt ≥ 2: 267 KB); the register kernel computes the
     // same bits.
     let pipelined = kernel == StreamKernel::Pipelined && pipe_fits(plan.mt, w.group, ws.max_shared);
@@ -1003,6 +1021,21 @@ fn launch_stream<T: AwqFloat>(
             pipe_stages(plan.mt)
         );
         (name, pipe_shared_bytes(plan.mt, w.group))
+    } else if swapped {
+        // The group-scaled kernels exist for batches of up to 4 chunks (their register budget); any batch of
+        // the plan's (a power of two dividing group / 16) can be cut to that.
+        let (prefix, cb) = if kernel == StreamKernel::SwappedGroupScale {
+            ("awq_swapgs", plan.cb.min(4))
+        } else {
+            ("awq_swap", plan.cb)
+        };
+        let name = format!(
+            "{prefix}_{}_nt{}_sw{}_cb{cb}",
+            T::NAME,
+            m.div_ceil(8),
+            plan.sw
+        );
+        (name, 0)
     } else {
         let name = format!(
             "{}_{}_mt{}_sw{}_cb{}",
@@ -1099,7 +1132,7 @@ fn launch_stream<T: AwqFloat>(
     for v in &ints {
         b.arg(v);
     }
-    // SAFETY: the argument list matches `awq_stream_*`, `awq_stagger_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
+    // SAFETY: the argument list matches `awq_stream_*`, `awq_stagger_*`, `awq_swap_*`, `awq_swapgs_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
     // 7 ints; the pipe kernels get the dynamic shared memory `pipe_shared_bytes` sized for this group); x holds
     // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
     // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes

@@ -79,6 +79,16 @@ pub fn resident_blocks(mt: usize) -> usize {
     }
 }
 
+/// Blocks of 256 threads resident on one SM for the swapped-tile kernel (`awq_swap_*`, m ≤ 16): three at
+/// m ≤ 8 (one n8 token tile: 80 registers a thread, ptxas sm_90a), two at 9..16 rows.
+pub fn swap_resident_blocks(m: usize) -> usize {
+    if m <= 8 {
+        3
+    } else {
+        2
+    }
+}
+
 /// The [`PlanShape::Spread`] plan (see [`plan`]).
 pub fn stream_plan(m: usize, strips: usize, groups: usize, group: usize, sms: usize) -> StreamPlan {
     plan(PlanShape::Spread, m, strips, groups, group, sms)
@@ -96,6 +106,28 @@ pub fn plan(
     groups: usize,
     group: usize,
     sms: usize,
+) -> StreamPlan {
+    plan_resident(
+        shape,
+        m,
+        strips,
+        groups,
+        group,
+        sms,
+        resident_blocks(m_tiles(m)),
+    )
+}
+
+/// [`plan`] for a kernel with `resident` blocks per SM (the [`PlanShape::Balanced`] plan fills that many
+/// slots per SM).
+pub fn plan_resident(
+    shape: PlanShape,
+    m: usize,
+    strips: usize,
+    groups: usize,
+    group: usize,
+    sms: usize,
+    resident: usize,
 ) -> StreamPlan {
     let mt = m_tiles(m);
     let cpg = group / CHUNK_K;
@@ -120,7 +152,7 @@ pub fn plan(
     let (splits, gpw) = match shape {
         PlanShape::Spread => settle((4 * sms.max(1)).div_ceil(tiles).clamp(1, max_splits)),
         PlanShape::Balanced => {
-            let slots = resident_blocks(mt) * sms.max(1);
+            let slots = resident.max(1) * sms.max(1);
             let fill = |blocks: usize| blocks as f64 / (blocks.div_ceil(slots) * slots) as f64;
             let mut best = settle(1);
             for s in 2..=max_splits {
@@ -225,6 +257,24 @@ mod tests {
         // m = 32 (two m-tiles) runs one block per SM: 132 slots, 64 column blocks × 2 splits.
         let p = plan(PlanShape::Balanced, 32, 128, 64, 128, 132);
         assert_eq!((p.mt, p.splits, p.gpw, p.blocks()), (2, 2, 8, 128));
+        // The swapped-tile kernel at m = 1 keeps three blocks per SM (396 slots): 8192 x 8192 then takes 6
+        // splits of 3 groups a warp, 384 blocks (97% of one wave).
+        let p = plan_resident(
+            PlanShape::Balanced,
+            1,
+            128,
+            64,
+            128,
+            132,
+            swap_resident_blocks(1),
+        );
+        assert_eq!((p.splits, p.gpw, p.blocks()), (6, 3, 384));
+        assert_eq!(swap_resident_blocks(9), 2);
+        // The spread plan does not depend on the residency.
+        assert_eq!(
+            plan_resident(PlanShape::Spread, 1, 128, 64, 128, 132, 3),
+            plan(PlanShape::Spread, 1, 128, 64, 128, 132)
+        );
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! records a variant predicted 1.5x faster that measured 1.3x slower), so the variants stay in the binary and
 //! the first call of a shape decides.
 //!
-//! - Decode (m ≤ 64): the register and the cp.async-pipelined streaming kernels, each with the two plans of
-//!   [`PlanShape`]. Different plans sum the k-splits in different groupings, so their outputs may differ in
-//!   the last bit; the choice is made once per process and shape and then kept, and `AWQ_AUTOTUNE=0` fixes
+//! - Decode (m ≤ 64): the register, staggered and cp.async-pipelined streaming kernels (and up to 16 rows
+//!   the two swapped-tile ones), each with the two plans of [`PlanShape`]. Different plans sum the k-splits in
+//!   different groupings (and the swapped tile's tensor-core sums may round differently), so their outputs
+//!   may differ in the last bit; the choice is made once per process and shape and then kept, and `AWQ_AUTOTUNE=0` fixes
 //!   the default variant for runs that must repeat bit for bit across processes.
 //! - Short prompts (64 < m ≤ 256): the same streaming candidates in row blocks of 64 rows against the
 //!   dequantize + GEMM ones, each call timed whole.
@@ -38,6 +39,26 @@ pub enum StreamKernel {
     /// loads and math overlap instead of taking turns; bit-identical to [`StreamKernel::Registers`] under the
     /// same plan.
     Staggered,
+    /// `awq_swap_*` (m ≤ 16): the register kernel with the weights as the tensor cores' A operand and the
+    /// tokens as B, so that m ≤ 8 runs half the mma and holds half the accumulators (80 registers: three
+    /// blocks per SM); same dequantized weights, so the same result up to the tensor cores' summation order.
+    /// Above 16 rows it runs the register kernel.
+    Swapped,
+    /// `awq_swapgs_*` (m ≤ 16): [`StreamKernel::Swapped`] with each group's scale applied to its f32 sums
+    /// after the mma instead of to every weight before them: ~40% fewer instructions per chunk than the
+    /// register kernel; the weights are not rounded to T first, so its result differs from the others' in
+    /// the last bits (closer to the exact value). Above 16 rows it runs the register kernel.
+    SwappedGroupScale,
+}
+
+impl StreamKernel {
+    /// Whether the kernel uses the swapped tile (weights as the A operand; m ≤ 16).
+    pub fn swapped(self) -> bool {
+        matches!(
+            self,
+            StreamKernel::Swapped | StreamKernel::SwappedGroupScale
+        )
+    }
 }
 
 /// How the dequantize + GEMM path writes the dense weight (`awq_dequant_*` in `kernels/awq_gemm.cu`). All
@@ -119,6 +140,8 @@ impl Variant {
                     StreamKernel::Registers => "stream",
                     StreamKernel::Pipelined => "pipe",
                     StreamKernel::Staggered => "stagger",
+                    StreamKernel::Swapped => "swap",
+                    StreamKernel::SwappedGroupScale => "swap-gs",
                 },
                 match shape {
                     PlanShape::Spread => "spread",
@@ -138,16 +161,19 @@ impl Variant {
     }
 }
 
-/// The decode candidates, the default first: every kernel (the pipelined one only where its ring fits the
-/// GPU's shared memory, `pipelined_fits`) with both plans.
-pub fn stream_candidates(pipelined_fits: bool) -> Vec<Variant> {
-    let mut out = Vec::with_capacity(6);
+/// The decode candidates for `mt` m-tiles of 16 rows, the default first: every kernel (the pipelined one only
+/// where its ring fits the GPU's shared memory, `pipelined_fits`; the swapped one only for one m-tile, m ≤ 16)
+/// with both plans.
+pub fn stream_candidates(pipelined_fits: bool, mt: usize) -> Vec<Variant> {
+    let mut out = Vec::with_capacity(10);
     for kernel in [
         StreamKernel::Registers,
         StreamKernel::Pipelined,
         StreamKernel::Staggered,
+        StreamKernel::Swapped,
+        StreamKernel::SwappedGroupScale,
     ] {
-        if kernel == StreamKernel::Pipelined && !pipelined_fits {
+        if (kernel == StreamKernel::Pipelined && !pipelined_fits) || (kernel.swapped() && mt != 1) {
             continue;
         }
         for shape in [PlanShape::Spread, PlanShape::Balanced] {
@@ -326,14 +352,22 @@ mod tests {
 
     #[test]
     fn candidates_start_with_the_measured_defaults() {
-        let s = stream_candidates(true);
+        let s = stream_candidates(true, 1);
         assert_eq!(s[0], Variant::STREAM_DEFAULT);
-        assert_eq!(s.len(), 6);
-        assert_eq!(stream_candidates(false).len(), 4);
-        assert!(stream_candidates(false).iter().all(|v| matches!(
+        assert_eq!(s.len(), 10);
+        assert_eq!(stream_candidates(true, 2).len(), 6);
+        assert_eq!(stream_candidates(false, 4).len(), 4);
+        assert!(stream_candidates(false, 4).iter().all(|v| matches!(
             v,
             Variant::Stream {
                 kernel: StreamKernel::Registers | StreamKernel::Staggered,
+                ..
+            }
+        )));
+        assert!(stream_candidates(false, 1).iter().any(|v| matches!(
+            v,
+            Variant::Stream {
+                kernel: StreamKernel::Swapped,
                 ..
             }
         )));
