@@ -170,6 +170,23 @@ static __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 #endif
 }
 
+// ld_stream for a batch held in flight by a __syncwarp (stream_kernel's BATCH): a weak load (not .nc),
+// which a warp barrier orders, so ptxas cannot sink it below the barrier. ptxas sinks .nc loads past any
+// barrier, and left to itself it keeps only 3-4 of a warp's 8 weight loads in flight (sm_90a SASS of
+// awq_stream_*: the 4th load issues after the 1st chunk's math), ~1.5 KB a warp.
+static __device__ __forceinline__ uint4 ld_stream_ordered(const uint4* p) {
+#ifdef INTERNVL_EMULATE
+    return *p;
+#else
+    uint4 v;
+    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p)
+                 : "memory");
+    return v;
+#endif
+}
+
 // The calling thread idles about ns nanoseconds (sm_70+; nothing on the CPU emulator, whose threads run
 // one at a time).
 static __device__ __forceinline__ void nanosleep_ns(unsigned ns) {
@@ -653,7 +670,10 @@ constexpr unsigned STAGGER_NS = 1500;
 // group, waits, then computes with nothing in flight, so the SM's loads and its math take turns (the H100
 // profile: 45-50% of DRAM bandwidth at 8192x8192). Late warps load while the others compute, and the two
 // halves then stay out of phase. Same arithmetic: bit-identical to STAGGER = false.
-template <class D, class Tile, int SW, int CB, bool STAGGER>
+// BATCH: the CB weight loads of a batch are all issued before its math starts (ld_stream_ordered, then a
+// __syncwarp that ptxas may not move them past): 4 KB a warp in flight at CB = 8 instead of ~1.5 KB. Same
+// arithmetic: bit-identical to BATCH = false.
+template <class D, class Tile, int SW, int CB, bool STAGGER, bool BATCH = false>
 static __device__ __forceinline__ void stream_kernel(
     const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw, const uint4* __restrict__ sc,
     const u32* __restrict__ zr, const typename D::T* __restrict__ bias, typename D::T* __restrict__ y,
@@ -687,7 +707,8 @@ static __device__ __forceinline__ void stream_kernel(
                 const uint4* wp = qw + ((size_t)strip * KC + kc) * 32 + lane;
                 uint4 q[CB];
 #pragma unroll
-                for (int c = 0; c < CB; ++c) q[c] = ld_stream(wp + c * 32);
+                for (int c = 0; c < CB; ++c) q[c] = BATCH ? ld_stream_ordered(wp + c * 32) : ld_stream(wp + c * 32);
+                if (BATCH) __syncwarp();
 #pragma unroll
                 for (int c = 0; c < CB; ++c) tile.chunk((kc + c) * 16, q[c], s2v, nz2v);
             }
@@ -699,19 +720,19 @@ static __device__ __forceinline__ void stream_kernel(
     tile.template finish_block<SW>(red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
 }
 
-#define AWQ_STREAM_AS(D, NAME, PREFIX, STAGGER, MT, SW, CB, MINB)                                               \
+#define AWQ_STREAM_AS(D, NAME, PREFIX, STAGGER, BATCH, MT, SW, CB, MINB)                                        \
     extern "C" __global__ void __launch_bounds__(256, MINB) PREFIX##_##NAME##_mt##MT##_sw##SW##_cb##CB(       \
         const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
         const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
         D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
         int NS, int G, int gpw, int S2) {                                                                      \
-        stream_kernel<D, RowTile<D, MT>, SW, CB, STAGGER>(x, zero_row, qw, sc, zr, bias, y, partials, counters, \
-                                                          M, N, K, NS, G, gpw, S2);                            \
+        stream_kernel<D, RowTile<D, MT>, SW, CB, STAGGER, BATCH>(x, zero_row, qw, sc, zr, bias, y, partials,    \
+                                                                 counters, M, N, K, NS, G, gpw, S2);           \
     }
 // awq_stream_* and its staggered twin awq_stagger_*.
-#define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                     \
-    AWQ_STREAM_AS(D, NAME, awq_stream, false, MT, SW, CB, MINB)   \
-    AWQ_STREAM_AS(D, NAME, awq_stagger, true, MT, SW, CB, MINB)
+#define AWQ_STREAM(D, NAME, MT, SW, CB, MINB)                          \
+    AWQ_STREAM_AS(D, NAME, awq_stream, false, false, MT, SW, CB, MINB) \
+    AWQ_STREAM_AS(D, NAME, awq_stagger, true, false, MT, SW, CB, MINB)
 
 // MT = 1 keeps 2 blocks (16 warps) per SM within 128 registers; MT = 2 and 4 need more registers than that
 // and run one block per SM.
@@ -733,45 +754,55 @@ static __device__ __forceinline__ void stream_kernel(
 
 AWQ_STREAM_ALL(F16, f16)
 AWQ_STREAM_ALL(BF16, bf16)
+// awq_streamb_*: the register kernel with whole batches in flight (BATCH), one m-tile (decode).
+#define AWQ_STREAMB_ALL(D, NAME)                                    \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 1, 8, 2)   \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 1, 4, 2)   \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 1, 2, 2)   \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 1, 1, 2)   \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 2, 8, 2)   \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 2, 4, 2)   \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 2, 2, 2)   \
+    AWQ_STREAM_AS(D, NAME, awq_streamb, false, true, 1, 2, 1, 2)
+AWQ_STREAMB_ALL(F16, f16)
+AWQ_STREAMB_ALL(BF16, bf16)
 
-// awq_swap_*: the register kernel with the swapped tile (ColTile: the weights as mma's A operand), for M ≤ 8·NT;
-// awq_swapgs_*: the same with the group's scale applied in f32 after its mma (ColTile GS).
-#define AWQ_SWAP_AS(D, NAME, PREFIX, GS, NT, SW, CB, MINB)                                                     \
+// The swapped-tile kernels (ColTile: the weights as mma's A operand), for M ≤ 8·NT:
+//  - awq_swap_*: as the register kernel; NT = 1 fits 80 registers, three blocks per SM;
+//  - awq_swapgs_*: the group's scale applied in f32 after its mma (ColTile GS); its 16 more accumulators fit
+//    three blocks per SM at NT = 1 only with batches of at most 4 chunks (the host caps the batch);
+//  - awq_swapb_*, awq_swapgsb_*: the same with whole batches in flight (BATCH), two blocks per SM (114-128
+//    registers); the group-scaled one takes batches of 8 at NT = 1, at most 4 at NT = 2 (8 spill).
+#define AWQ_SWAP_AS(D, NAME, PREFIX, GS, BATCH, NT, SW, CB, MINB)                                              \
     extern "C" __global__ void __launch_bounds__(256, MINB) PREFIX##_##NAME##_nt##NT##_sw##SW##_cb##CB(        \
         const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
         const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
         D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
         int NS, int G, int gpw, int S2) {                                                                      \
-        stream_kernel<D, ColTile<D, NT, GS>, SW, CB, false>(x, zero_row, qw, sc, zr, bias, y, partials,         \
-                                                            counters, M, N, K, NS, G, gpw, S2);                \
+        stream_kernel<D, ColTile<D, NT, GS>, SW, CB, false, BATCH>(x, zero_row, qw, sc, zr, bias, y, partials,  \
+                                                                   counters, M, N, K, NS, G, gpw, S2);         \
     }
-#define AWQ_SWAP(D, NAME, NT, SW, CB, MINB) AWQ_SWAP_AS(D, NAME, awq_swap, false, NT, SW, CB, MINB)
-#define AWQ_SWAP_CB(D, NAME, NT, SW, MINB) \
-    AWQ_SWAP(D, NAME, NT, SW, 8, MINB)     \
-    AWQ_SWAP(D, NAME, NT, SW, 4, MINB)     \
-    AWQ_SWAP(D, NAME, NT, SW, 2, MINB)     \
-    AWQ_SWAP(D, NAME, NT, SW, 1, MINB)
-#define AWQ_SWAP_ALL(D, NAME)       \
-    AWQ_SWAP_CB(D, NAME, 1, 1, 3)   \
-    AWQ_SWAP_CB(D, NAME, 1, 2, 3)   \
-    AWQ_SWAP_CB(D, NAME, 2, 1, 2)   \
-    AWQ_SWAP_CB(D, NAME, 2, 2, 2)
+// Batches of 4, 2 and 1 chunk of the four kernels for NT and SW (NT = 1: three blocks per SM unbatched).
+#define AWQ_SWAP_SMALL_CB(D, NAME, NT, SW, MINB, CB)                     \
+    AWQ_SWAP_AS(D, NAME, awq_swap, false, false, NT, SW, CB, MINB)       \
+    AWQ_SWAP_AS(D, NAME, awq_swapgs, true, false, NT, SW, CB, MINB)      \
+    AWQ_SWAP_AS(D, NAME, awq_swapb, false, true, NT, SW, CB, 2)          \
+    AWQ_SWAP_AS(D, NAME, awq_swapgsb, true, true, NT, SW, CB, 2)
+#define AWQ_SWAP_NT_SW(D, NAME, NT, SW, MINB)                            \
+    AWQ_SWAP_AS(D, NAME, awq_swap, false, false, NT, SW, 8, MINB)        \
+    AWQ_SWAP_AS(D, NAME, awq_swapb, false, true, NT, SW, 8, 2)           \
+    AWQ_SWAP_SMALL_CB(D, NAME, NT, SW, MINB, 4)                          \
+    AWQ_SWAP_SMALL_CB(D, NAME, NT, SW, MINB, 2)                          \
+    AWQ_SWAP_SMALL_CB(D, NAME, NT, SW, MINB, 1)
+#define AWQ_SWAP_ALL(D, NAME)                                            \
+    AWQ_SWAP_NT_SW(D, NAME, 1, 1, 3)                                     \
+    AWQ_SWAP_NT_SW(D, NAME, 1, 2, 3)                                     \
+    AWQ_SWAP_NT_SW(D, NAME, 2, 1, 2)                                     \
+    AWQ_SWAP_NT_SW(D, NAME, 2, 2, 2)                                     \
+    AWQ_SWAP_AS(D, NAME, awq_swapgsb, true, true, 1, 1, 8, 2)            \
+    AWQ_SWAP_AS(D, NAME, awq_swapgsb, true, true, 1, 2, 8, 2)
 AWQ_SWAP_ALL(F16, f16)
 AWQ_SWAP_ALL(BF16, bf16)
-// The group-scaled tile holds 16 more accumulators: batches of at most 4 chunks keep NT = 1 within the
-// 80 registers of three blocks per SM (the host caps the batch at 4 for these).
-#define AWQ_SWAPGS(D, NAME, NT, SW, CB, MINB) AWQ_SWAP_AS(D, NAME, awq_swapgs, true, NT, SW, CB, MINB)
-#define AWQ_SWAPGS_CB(D, NAME, NT, SW, MINB) \
-    AWQ_SWAPGS(D, NAME, NT, SW, 4, MINB)     \
-    AWQ_SWAPGS(D, NAME, NT, SW, 2, MINB)     \
-    AWQ_SWAPGS(D, NAME, NT, SW, 1, MINB)
-#define AWQ_SWAPGS_ALL(D, NAME)       \
-    AWQ_SWAPGS_CB(D, NAME, 1, 1, 3)   \
-    AWQ_SWAPGS_CB(D, NAME, 1, 2, 3)   \
-    AWQ_SWAPGS_CB(D, NAME, 2, 1, 2)   \
-    AWQ_SWAPGS_CB(D, NAME, 2, 2, 2)
-AWQ_SWAPGS_ALL(F16, f16)
-AWQ_SWAPGS_ALL(BF16, bf16)
 
 // cp.async helpers (sm_80+): a 16-byte global -> shared copy that bypasses L1 (the weights are read once),
 // and the group bookkeeping.

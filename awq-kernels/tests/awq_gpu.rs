@@ -40,8 +40,8 @@ use awq_kernels::ops::awq::cuda::{
 };
 use awq_kernels::ops::awq::plan::m_tiles;
 use awq_kernels::ops::awq::tune::{
-    dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, TuneKey,
-    Variant,
+    dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, SwapTile,
+    TuneKey, Variant,
 };
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::{DType, Device, FloatElement, Tensor};
@@ -583,7 +583,7 @@ fn assert_same_bits(gpu: &Arc<Gpu>, case: Case, a: AwqPath, b: AwqPath) {
 }
 
 #[test]
-fn the_pipelined_and_staggered_kernels_are_bit_identical_to_the_streaming_one() {
+fn the_pipelined_staggered_and_batched_kernels_are_bit_identical_to_the_streaming_one() {
     let Some(gpu) = gpu_for_tests() else { return };
     // Same plan, same warp <-> group assignment, same order of mma: the same bits, on every m-tile count,
     // one and two strips per block, split-K, every group size (256 at m > 16 falls back to the register
@@ -608,11 +608,13 @@ fn the_pipelined_and_staggered_kernels_are_bit_identical_to_the_streaming_one() 
             seed: (7 * m + n + k) as u64,
         };
         assert_same_bits(&gpu, case, AwqPath::Stream, AwqPath::Pipe);
-        let staggered = AwqPath::Variant(Variant::Stream {
-            kernel: StreamKernel::Staggered,
-            shape: PlanShape::Spread,
-        });
-        assert_same_bits(&gpu, case, AwqPath::Stream, staggered);
+        for kernel in [StreamKernel::Staggered, StreamKernel::Batched] {
+            let other = AwqPath::Variant(Variant::Stream {
+                kernel,
+                shape: PlanShape::Spread,
+            });
+            assert_same_bits(&gpu, case, AwqPath::Stream, other);
+        }
     }
 }
 
@@ -689,7 +691,7 @@ fn short_prompts_through_the_streaming_kernels_in_row_blocks_match() {
 }
 
 #[test]
-fn the_pipelined_and_staggered_kernels_are_bit_identical_under_the_balanced_plan_too() {
+fn the_pipelined_staggered_and_batched_kernels_are_bit_identical_under_the_balanced_plan_too() {
     let Some(gpu) = gpu_for_tests() else { return };
     let balanced = |kernel| {
         AwqPath::Variant(Variant::Stream {
@@ -706,7 +708,11 @@ fn the_pipelined_and_staggered_kernels_are_bit_identical_under_the_balanced_plan
             bias: true,
             seed: (m + k) as u64,
         };
-        for other in [StreamKernel::Pipelined, StreamKernel::Staggered] {
+        for other in [
+            StreamKernel::Pipelined,
+            StreamKernel::Staggered,
+            StreamKernel::Batched,
+        ] {
             assert_same_bits(
                 &gpu,
                 case,
@@ -724,7 +730,8 @@ fn the_swapped_tile_kernels_match_the_cpu_reference() {
     // and 9 included), split-K with many and few splits, one and two strips per block, a partial last
     // strip, every load batch (groups of 16, 32, 64 and 128 values: batches of 1, 2, 4 and 8 chunks) and a
     // group of 256; both plans; the weights rounded to T before the mma (as the reference) or the group's
-    // scale applied to the f32 sums after them. Above 16 rows the register kernel runs in their place.
+    // scale applied to the f32 sums after them, each with or without whole batches in flight. Above 16 rows
+    // the register kernel runs in their place.
     for (m, k, n, group, bias) in [
         (1, 4096, 72, 64, true),
         (1, 8192, 512, 128, false),
@@ -745,7 +752,8 @@ fn the_swapped_tile_kernels_match_the_cpu_reference() {
             seed: (11 * m + k + n) as u64,
         };
         for shape in [PlanShape::Spread, PlanShape::Balanced] {
-            for kernel in [StreamKernel::Swapped, StreamKernel::SwappedGroupScale] {
+            for tile in SwapTile::ALL {
+                let kernel = StreamKernel::Swapped(tile);
                 check_both_dtypes(
                     &gpu,
                     case,

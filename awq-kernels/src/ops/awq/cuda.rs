@@ -24,7 +24,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::plan::{m_tiles, plan, plan_resident, row_blocks, swap_resident_blocks};
+use super::plan::{m_tiles, plan, plan_resident, row_blocks};
 pub use super::plan::{stream_plan, PlanShape, StreamPlan, CHUNK_K};
 use super::tune::{
     autotune_enabled, dequant_candidates, pick, stream_candidates, time_candidates, DequantKernel,
@@ -49,7 +49,8 @@ pub const STREAM_MAX_M: usize = 64;
 /// The streaming kernels also take up to this many rows, in row blocks of 64 that share the weights through
 /// L2: the autotuner weighs them against dequantize + GEMM for 64 < m ≤ 256 (short prompts).
 pub const STREAM_MAX_ROWS: usize = 256;
-/// The swapped-tile kernel (`awq_swap_*`) takes up to this many rows: two n8 tiles of tokens.
+/// The batched and swapped-tile kernels (`awq_streamb_*`, `awq_swap*_*`) take up to this many rows (the
+/// swapped ones: two n8 tiles of tokens).
 pub const SWAP_MAX_M: usize = 16;
 
 /// Where nibble `i` (bits 4i..4i+3) of a repacked word goes: `(tile, kk)` = the word's tile pair member
@@ -992,22 +993,25 @@ fn launch_stream<T: AwqFloat>(
     shape: PlanShape,
 ) -> Result<()> {
     let stream = Arc::clone(gpu.stream());
-    // The swapped tile takes up to 16 rows (one or two n8 token tiles) and fills its own residency; above
-    // that the register kernel runs in its place.
-    let swapped = kernel.swapped() && m <= SWAP_MAX_M;
+    // The batched and swapped kernels take up to 16 rows (the swapped ones one or two n8 token tiles, filling
+    // their own residency); above that the register kernel runs in their place.
+    let small = m <= SWAP_MAX_M;
+    let swap = match kernel {
+        StreamKernel::Swapped(tile) if small => Some(tile),
+        _ => None,
+    };
     let (strips, groups) = (w.strips(), w.k / w.group);
-    let plan = if swapped {
-        plan_resident(
+    let plan = match swap {
+        Some(tile) => plan_resident(
             shape,
             m,
             strips,
             groups,
             w.group,
             ws.sms,
-            swap_resident_blocks(m),
-        )
-    } else {
-        plan(shape, m, strips, groups, w.group, ws.sms)
+            tile.resident_blocks(m),
+        ),
+        None => plan(shape, m, strips, groups, w.group, ws.sms),
     };
     // The stages of a large group may not fit (group 256 at mt ≥ 2: 267 KB); the register kernel computes the
     // same bits.
@@ -1021,29 +1025,24 @@ fn launch_stream<T: AwqFloat>(
             pipe_stages(plan.mt)
         );
         (name, pipe_shared_bytes(plan.mt, w.group))
-    } else if swapped {
-        // The group-scaled kernels exist for batches of up to 4 chunks (their register budget); any batch of
-        // the plan's (a power of two dividing group / 16) can be cut to that.
-        let (prefix, cb) = if kernel == StreamKernel::SwappedGroupScale {
-            ("awq_swapgs", plan.cb.min(4))
-        } else {
-            ("awq_swap", plan.cb)
-        };
+    } else if let Some(tile) = swap {
         let name = format!(
-            "{prefix}_{}_nt{}_sw{}_cb{cb}",
+            "{}_{}_nt{}_sw{}_cb{}",
+            tile.prefix(),
             T::NAME,
             m.div_ceil(8),
-            plan.sw
+            plan.sw,
+            tile.batch(m, plan.cb)
         );
         (name, 0)
     } else {
+        let prefix = match kernel {
+            StreamKernel::Staggered => "awq_stagger",
+            StreamKernel::Batched if small => "awq_streamb",
+            _ => "awq_stream",
+        };
         let name = format!(
-            "{}_{}_mt{}_sw{}_cb{}",
-            if kernel == StreamKernel::Staggered {
-                "awq_stagger"
-            } else {
-                "awq_stream"
-            },
+            "{prefix}_{}_mt{}_sw{}_cb{}",
             T::NAME,
             plan.mt,
             plan.sw,
@@ -1132,7 +1131,7 @@ fn launch_stream<T: AwqFloat>(
     for v in &ints {
         b.arg(v);
     }
-    // SAFETY: the argument list matches `awq_stream_*`, `awq_stagger_*`, `awq_swap_*`, `awq_swapgs_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
+    // SAFETY: the argument list matches `awq_stream_*`, `awq_stagger_*`, `awq_streamb_*`, `awq_swap*_*` and `awq_pipe_*` in kernels/awq_gemm.cu (9 pointers,
     // 7 ints; the pipe kernels get the dynamic shared memory `pipe_shared_bytes` sized for this group); x holds
     // m·k and y m·n elements (checked by the caller), the zero row at least k zeros (`ensure` above; nothing
     // writes it), bias n or is null, group / 16 is a multiple of the plan's cb (`stream_plan`), the weight buffers have the sizes

@@ -5,7 +5,7 @@
 //! the first call of a shape decides.
 //!
 //! - Decode (m ≤ 64): the register, staggered and cp.async-pipelined streaming kernels (and up to 16 rows
-//!   the two swapped-tile ones), each with the two plans of [`PlanShape`]. Different plans sum the k-splits in
+//!   the batched and the four swapped-tile ones), each with the two plans of [`PlanShape`]. Different plans sum the k-splits in
 //!   different groupings (and the swapped tile's tensor-core sums may round differently), so their outputs
 //!   may differ in the last bit; the choice is made once per process and shape and then kept, and `AWQ_AUTOTUNE=0` fixes
 //!   the default variant for runs that must repeat bit for bit across processes.
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 
 use crate::cuda::{cuda_error, Gpu};
-use crate::ops::awq::plan::PlanShape;
+use crate::ops::awq::plan::{swap_resident_blocks, PlanShape};
 use crate::{DType, Result};
 
 /// Where the streaming kernel keeps the weights it has loaded.
@@ -39,25 +39,78 @@ pub enum StreamKernel {
     /// loads and math overlap instead of taking turns; bit-identical to [`StreamKernel::Registers`] under the
     /// same plan.
     Staggered,
-    /// `awq_swap_*` (m ≤ 16): the register kernel with the weights as the tensor cores' A operand and the
-    /// tokens as B, so that m ≤ 8 runs half the mma and holds half the accumulators (80 registers: three
-    /// blocks per SM); same dequantized weights, so the same result up to the tensor cores' summation order.
-    /// Above 16 rows it runs the register kernel.
-    Swapped,
-    /// `awq_swapgs_*` (m ≤ 16): [`StreamKernel::Swapped`] with each group's scale applied to its f32 sums
-    /// after the mma instead of to every weight before them: ~40% fewer instructions per chunk than the
-    /// register kernel; the weights are not rounded to T first, so its result differs from the others' in
-    /// the last bits (closer to the exact value). Above 16 rows it runs the register kernel.
-    SwappedGroupScale,
+    /// `awq_streamb_*` (m ≤ 16): the register kernel with each batch's weight loads all in flight before its
+    /// math (left to itself, ptxas keeps 3-4 of the 8 in flight); bit-identical to
+    /// [`StreamKernel::Registers`] under the same plan, which runs in its place above 16 rows.
+    Batched,
+    /// `awq_swap*_*` (m ≤ 16): the register kernel with the weights as the tensor cores' A operand and the
+    /// tokens as B ([`SwapTile`]). Above 16 rows the register kernel runs in its place.
+    Swapped(SwapTile),
 }
 
-impl StreamKernel {
-    /// Whether the kernel uses the swapped tile (weights as the A operand; m ≤ 16).
-    pub fn swapped(self) -> bool {
-        matches!(
-            self,
-            StreamKernel::Swapped | StreamKernel::SwappedGroupScale
-        )
+/// The options of the swapped-tile kernels. With the weights as A, m ≤ 8 runs half the mma and holds half
+/// the accumulators of the register kernel (80 registers: three blocks per SM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SwapTile {
+    /// Each group's scale applied to its f32 sums after the mma instead of to every weight before them
+    /// (`awq_swapgs*`): ~40% fewer instructions per chunk than the register kernel. The weights are not
+    /// rounded to T first, so the result differs from the others' in the last bits (closer to the exact
+    /// value). Without it the dequantized weights are the register kernel's, and the result the same up to
+    /// the tensor cores' summation order.
+    pub group_scale: bool,
+    /// Whole batches in flight, as [`StreamKernel::Batched`] (`awq_swapb*`): two blocks per SM.
+    pub batched: bool,
+}
+
+impl SwapTile {
+    /// The four kinds, the plain one first.
+    pub const ALL: [SwapTile; 4] = [
+        SwapTile {
+            group_scale: false,
+            batched: false,
+        },
+        SwapTile {
+            group_scale: true,
+            batched: false,
+        },
+        SwapTile {
+            group_scale: false,
+            batched: true,
+        },
+        SwapTile {
+            group_scale: true,
+            batched: true,
+        },
+    ];
+
+    /// The kernel name's prefix: `awq_swap`, `awq_swapgs`, `awq_swapb`, `awq_swapgsb`.
+    pub fn prefix(self) -> &'static str {
+        match (self.group_scale, self.batched) {
+            (false, false) => "awq_swap",
+            (true, false) => "awq_swapgs",
+            (false, true) => "awq_swapb",
+            (true, true) => "awq_swapgsb",
+        }
+    }
+
+    /// Chunks per load batch for `m` rows when the plan asks for `cb` (a power of two dividing group / 16):
+    /// the group-scaled kernels exist only up to 4 (8 with whole batches and m ≤ 8), where their registers
+    /// allow it without spills (ptxas sm_90a).
+    pub fn batch(self, m: usize, cb: usize) -> usize {
+        match (self.group_scale, self.batched) {
+            (true, false) => cb.min(4),
+            (true, true) if m > 8 => cb.min(4),
+            _ => cb,
+        }
+    }
+
+    /// Blocks of 256 threads resident on one SM for `m` rows.
+    pub fn resident_blocks(self, m: usize) -> usize {
+        if self.batched {
+            2
+        } else {
+            swap_resident_blocks(m)
+        }
     }
 }
 
@@ -140,8 +193,13 @@ impl Variant {
                     StreamKernel::Registers => "stream",
                     StreamKernel::Pipelined => "pipe",
                     StreamKernel::Staggered => "stagger",
-                    StreamKernel::Swapped => "swap",
-                    StreamKernel::SwappedGroupScale => "swap-gs",
+                    StreamKernel::Batched => "streamb",
+                    StreamKernel::Swapped(t) => match (t.group_scale, t.batched) {
+                        (false, false) => "swap",
+                        (true, false) => "swap-gs",
+                        (false, true) => "swap-b",
+                        (true, true) => "swap-gs-b",
+                    },
                 },
                 match shape {
                     PlanShape::Spread => "spread",
@@ -162,25 +220,24 @@ impl Variant {
 }
 
 /// The decode candidates for `mt` m-tiles of 16 rows, the default first: every kernel (the pipelined one only
-/// where its ring fits the GPU's shared memory, `pipelined_fits`; the swapped one only for one m-tile, m ≤ 16)
-/// with both plans.
+/// where its ring fits the GPU's shared memory, `pipelined_fits`; the batched and swapped ones only for one
+/// m-tile, m ≤ 16) with both plans.
 pub fn stream_candidates(pipelined_fits: bool, mt: usize) -> Vec<Variant> {
-    let mut out = Vec::with_capacity(10);
-    for kernel in [
-        StreamKernel::Registers,
-        StreamKernel::Pipelined,
-        StreamKernel::Staggered,
-        StreamKernel::Swapped,
-        StreamKernel::SwappedGroupScale,
-    ] {
-        if (kernel == StreamKernel::Pipelined && !pipelined_fits) || (kernel.swapped() && mt != 1) {
-            continue;
-        }
-        for shape in [PlanShape::Spread, PlanShape::Balanced] {
-            out.push(Variant::Stream { kernel, shape });
-        }
+    let mut kernels = vec![StreamKernel::Registers];
+    if pipelined_fits {
+        kernels.push(StreamKernel::Pipelined);
     }
-    out
+    kernels.push(StreamKernel::Staggered);
+    if mt == 1 {
+        kernels.push(StreamKernel::Batched);
+        kernels.extend(SwapTile::ALL.map(StreamKernel::Swapped));
+    }
+    kernels
+        .into_iter()
+        .flat_map(|kernel| {
+            [PlanShape::Spread, PlanShape::Balanced].map(|shape| Variant::Stream { kernel, shape })
+        })
+        .collect()
 }
 
 /// The dequantize + GEMM candidates, the default first.
@@ -354,7 +411,7 @@ mod tests {
     fn candidates_start_with_the_measured_defaults() {
         let s = stream_candidates(true, 1);
         assert_eq!(s[0], Variant::STREAM_DEFAULT);
-        assert_eq!(s.len(), 10);
+        assert_eq!(s.len(), 16);
         assert_eq!(stream_candidates(true, 2).len(), 6);
         assert_eq!(stream_candidates(false, 4).len(), 4);
         assert!(stream_candidates(false, 4).iter().all(|v| matches!(
@@ -367,7 +424,10 @@ mod tests {
         assert!(stream_candidates(false, 1).iter().any(|v| matches!(
             v,
             Variant::Stream {
-                kernel: StreamKernel::Swapped,
+                kernel: StreamKernel::Swapped(SwapTile {
+                    group_scale: true,
+                    batched: true
+                }),
                 ..
             }
         )));
