@@ -150,12 +150,28 @@ __device__ void bias_rows(T* __restrict__ y, const T* __restrict__ bias, long lo
     if (i < total) y[i] = bias[i % n];
 }
 
-// y[m, n] = round_T(product[m, n] + bias[n]): a GEMM's f32 product and its bias, rounded once.
+// y[m, n] = round_T(product[m, n] + bias[n]): a GEMM's f32 product and its bias, rounded once. A thread
+// takes `vec` consecutive elements: 8 (two 16-byte product loads, one 16-byte bias load and store, one
+// division; the host passes it when n % 8 == 0 and the pointers are 16-byte aligned, so the 8 share a row)
+// or 1.
 template <typename T>
 __device__ void add_bias_round(const float* __restrict__ product, const T* __restrict__ bias, T* __restrict__ y,
-                               long long total, int n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < total) y[i] = from_f32<T>(product[i] + to_f32(bias[i % n]));
+                               long long total, int n, int vec) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (vec == Vec<T>::N) {
+        const long long i = t * Vec<T>::N;
+        if (i >= total) return;
+        const float4 p0 = reinterpret_cast<const float4*>(product + i)[0];
+        const float4 p1 = reinterpret_cast<const float4*>(product + i)[1];
+        const float p[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+        Vec<T> b, out;
+        b.load(bias + (int)(i % n));
+#pragma unroll
+        for (int j = 0; j < Vec<T>::N; ++j) out.e[j] = from_f32<T>(p[j] + to_f32(b.e[j]));
+        out.store(y + i);
+        return;
+    }
+    if (t < total) y[t] = from_f32<T>(product[t] + to_f32(bias[t % n]));
 }
 
 // Rotate-half RoPE. inv_freq [d/2] comes from the host (computed once as transformers does, 1 / theta^(2i/d) in
@@ -435,8 +451,8 @@ extern "C" __global__ void synthetic_words(unsigned* __restrict__ out, long long
         bias_rows<T>(y, bias, total, n);                                                                     \
     }                                                                                                        \
     extern "C" __global__ void add_bias_round_##name(const float* product, const T* bias, T* y, long long total, \
-                                                     int n) {                                                \
-        add_bias_round<T>(product, bias, y, total, n);                                                       \
+                                                     int n, int vec) {                                       \
+        add_bias_round<T>(product, bias, y, total, n, vec);                                                  \
     }                                                                                                        \
     extern "C" __global__ void rope_##name(T* x, const int* positions, const float* inv_freq, int heads,     \
                                            int d, int vec) {                                                 \

@@ -934,12 +934,25 @@ pub(crate) unsafe fn add_bias_round_raw(
     }
     let name = format!("add_bias_round_{sfx}");
     let f = gpu.function(MODULE, &name)?;
-    let (total, n) = (total as i64, n as i32);
+    // Eight elements a thread (16-byte accesses) where they share a row and every pointer allows it.
+    let vec = if n.is_multiple_of(8) && [product, bias, y].iter().all(|p| p % 16 == 0) {
+        8
+    } else {
+        1
+    };
+    let threads = total.div_ceil(vec);
+    let (total, n, vec) = (total as i64, n as i32, vec as i32);
     let mut l = gpu.stream().launch_builder(&f);
-    l.arg(&product).arg(&bias).arg(&y).arg(&total).arg(&n);
-    // SAFETY: the argument list matches `add_bias_round_*` in kernels/ops.cu (3 pointers, an i64, an i32);
-    // the caller's contract covers the buffers.
-    launch(&mut l, elementwise(total as usize)).map_err(launch_err(&name))?;
+    l.arg(&product)
+        .arg(&bias)
+        .arg(&y)
+        .arg(&total)
+        .arg(&n)
+        .arg(&vec);
+    // SAFETY: the argument list matches `add_bias_round_*` in kernels/ops.cu (3 pointers, an i64, two i32);
+    // the caller's contract covers the buffers; with vec = 8, n % 8 == 0 (so total too) and the pointers are
+    // 16-byte aligned, as the kernel's vector accesses need.
+    launch(&mut l, elementwise(threads)).map_err(launch_err(&name))?;
     Ok(())
 }
 
