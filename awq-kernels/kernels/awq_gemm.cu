@@ -187,6 +187,38 @@ static __device__ __forceinline__ uint4 ld_stream_ordered(const uint4* p) {
 #endif
 }
 
+// Weak 8- and 4-byte loads for the double-buffered kernel's batches (ordered by a warp barrier, as above).
+static __device__ __forceinline__ uint2 ld_ordered_u2(const uint2* p) {
+#ifdef INTERNVL_EMULATE
+    return *p;
+#else
+    uint2 v;
+    asm volatile("ld.global.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p) : "memory");
+    return v;
+#endif
+}
+static __device__ __forceinline__ u32 ld_ordered_u32(const u32* p) {
+#ifdef INTERNVL_EMULATE
+    return *p;
+#else
+    u32 v;
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#endif
+}
+static __device__ __forceinline__ uint4 ld_ordered_u4(const uint4* p) {
+#ifdef INTERNVL_EMULATE
+    return *p;
+#else
+    uint4 v;
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p)
+                 : "memory");
+    return v;
+#endif
+}
+
 // The calling thread idles about ns nanoseconds (sm_70+; nothing on the CPU emulator, whose threads run
 // one at a time).
 static __device__ __forceinline__ void nanosleep_ns(unsigned ns) {
@@ -570,14 +602,24 @@ struct ColTile {
 #pragma unroll
                 for (int r = 0; r < 4; ++r) gacc[nt][w][r] = 0.0f;
     }
-    __device__ __forceinline__ void chunk(int koff, const uint4& q, const u32 (&s2v)[8], const u32 (&nz2v)[8]) {
-        u32 b[NT][2];
+    // The B fragments (b0 | b1) of the NT token tiles for the chunk at koff. ORDERED: weak loads, which a
+    // warp barrier after them keeps in flight (the double-buffered kernel loads them with the weights).
+    template <bool ORDERED = false>
+    __device__ __forceinline__ void load_x(int koff, uint2 (&b)[NT]) const {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            const uint2 v = __ldg(reinterpret_cast<const uint2*>(xr[nt] + koff));
-            b[nt][0] = v.x;
-            b[nt][1] = v.y;
+            const uint2* p = reinterpret_cast<const uint2*>(xr[nt] + koff);
+            b[nt] = ORDERED ? ld_ordered_u2(p) : __ldg(p);
         }
+    }
+    __device__ __forceinline__ void chunk(int koff, const uint4& q, const u32 (&s2v)[8], const u32 (&nz2v)[8]) {
+        uint2 b[NT];
+        load_x(koff, b);
+        chunk_x(b, q, s2v, nz2v);
+    }
+    // One chunk's mma from its B fragments and its weight piece.
+    __device__ __forceinline__ void chunk_x(const uint2 (&b)[NT], const uint4& q, const u32 (&s2v)[8],
+                                            const u32 (&nz2v)[8]) {
         const u32 qq[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
@@ -586,12 +628,12 @@ struct ColTile {
                 const u32 a[4] = {dq_unscaled<D>(qq[w], 0, nz2v[j0]), dq_unscaled<D>(qq[w], 8, nz2v[j1]),
                                   dq_unscaled<D>(qq[w], 4, nz2v[j0]), dq_unscaled<D>(qq[w], 12, nz2v[j1])};
 #pragma unroll
-                for (int nt = 0; nt < NT; ++nt) D::mma(gacc[nt][w], a, b[nt][0], b[nt][1]);
+                for (int nt = 0; nt < NT; ++nt) D::mma(gacc[nt][w], a, b[nt].x, b[nt].y);
             } else {
                 const u32 a[4] = {dq<D>(qq[w], 0, nz2v[j0], s2v[j0]), dq<D>(qq[w], 8, nz2v[j1], s2v[j1]),
                                   dq<D>(qq[w], 4, nz2v[j0], s2v[j0]), dq<D>(qq[w], 12, nz2v[j1], s2v[j1])};
 #pragma unroll
-                for (int nt = 0; nt < NT; ++nt) D::mma(acc[nt][w], a, b[nt][0], b[nt][1]);
+                for (int nt = 0; nt < NT; ++nt) D::mma(acc[nt][w], a, b[nt].x, b[nt].y);
             }
         }
     }
@@ -720,6 +762,118 @@ static __device__ __forceinline__ void stream_kernel(
     tile.template finish_block<SW>(red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
 }
 
+// What the double-buffered kernel loads for one batch of HB chunks of a group: the lane's weight pieces, the
+// token tiles' B fragments of those chunks, and the group's scale vector and zero word (the second batch of a
+// group loads them again: two small L1/L2 hits instead of registers held across batches).
+template <int HB, int NT>
+struct DbBatch {
+    uint4 q[HB];
+    uint2 x[HB][NT];
+    uint4 sv;
+    u32 zw;
+};
+
+// The swapped-tile kernel double-buffered: a warp's groups cut into batches of HB chunks, and batch b + 1's
+// loads (weights, x fragments, scales and zeros: weak loads, then a __syncwarp that keeps them before the
+// math) issued before batch b's math, so every warp keeps a batch in flight while it computes. The loads of a
+// batch are consumed one loop turn after they are issued (the copy nxt -> cur is where ptxas waits for them),
+// and the math issues no load of its own, so no wait of the math covers the batch in flight (the failed
+// register double buffer waited on x loads that shared a scoreboard with the next batch's weights). Same
+// plan, group order and finish as stream_kernel, so the same bits as awq_swap_* (GS = false) or
+// awq_swapgs_* (GS = true) with the same plan.
+template <class D, int NT, bool GS, int SW, int HB>
+static __device__ __forceinline__ void stream_kernel_db(
+    const typename D::T* __restrict__ x, const typename D::T* __restrict__ zero_row, const uint4* __restrict__ qw,
+    const uint4* __restrict__ sc, const u32* __restrict__ zr, const typename D::T* __restrict__ bias,
+    typename D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,
+    int NS, int G, int gpw, int S2) {
+    typedef ColTile<D, NT, GS> Tile;
+    constexpr int KW = 8 / SW;
+    const Place at = enter_row_block<Tile::MT, SW>(x, y, partials, counters, M, N, K, S2);
+    const int lane = at.lane, kl = at.kl, g = at.g, strip = at.strip;
+    const bool strip_ok = strip < NS;
+    const int NG = K / G;
+    const int KC = K / 16;
+    const int cpg = G / 16;
+    const int bpg = cpg / HB;  // batches per group (the host picks HB dividing cpg)
+
+    Tile tile;
+    tile.start(x, zero_row, M, K, g, at.t);
+
+    if (strip_ok) {
+        const int first = blockIdx.y * gpw * KW + kl;  // the warp's groups: first + KW·i, i < ng
+        const int ng = first < NG ? min(gpw, (NG - 1 - first) / KW + 1) : 0;
+        const int nb = ng * bpg;
+        // `after` is 0 at run time but computed from the previous batch's data, so these loads cannot issue
+        // before that batch has landed (see below).
+        auto load = [&](int b, DbBatch<HB, NT>& to, u32 after) {
+            const int grp = first + KW * (b / bpg);
+            const int kc = grp * cpg + (b % bpg) * HB;
+            const uint4* wp = qw + ((size_t)strip * KC + kc) * 32 + lane + after;
+#pragma unroll
+            for (int c = 0; c < HB; ++c) to.q[c] = ld_stream_ordered(wp + c * 32);
+#pragma unroll
+            for (int c = 0; c < HB; ++c) tile.template load_x<true>((kc + c) * 16, to.x[c]);
+            const size_t sidx = ((size_t)strip * NG + grp) * 8 + g;
+            to.sv = ld_ordered_u4(sc + sidx);
+            to.zw = ld_ordered_u32(zr + sidx);
+        };
+        auto math = [&](int b, const DbBatch<HB, NT>& cur) {
+            u32 s2v[8], nz2v[8];
+            group_constants<D>(cur.sv, cur.zw, s2v, nz2v);
+#pragma unroll
+            for (int c = 0; c < HB; ++c) tile.chunk_x(cur.x[c], cur.q[c], s2v, nz2v);
+            if (b % bpg == bpg - 1) tile.end_group(cur.sv);
+        };
+        // ptxas puts every load of the loop on one scoreboard, so the first use of a batch waits for all the
+        // loads issued so far: the math of batch b, placed after batch b + 1's loads, would wait for those
+        // too (what sank the register double buffer, PERF-NOTES.md). So batch b + 1's weight addresses take a
+        // zero computed from batch b's last word: the wait for batch b comes first, then batch b + 1's loads,
+        // then batch b's math with nothing left to wait for. The zero comes from a kernel argument (M < 0
+        // never holds), which ptxas cannot fold. Two buffers (the loop unrolled by two) avoid a copy.
+        const u32 zero_mask = M < 0 ? 0xffffffffu : 0u;
+        DbBatch<HB, NT> ping, pong;
+        if (nb > 0) load(0, ping, 0u);
+        __syncwarp();
+        // The last turn loads its last batch again rather than branch around the loads: a branch there lets
+        // ptxas see a path without the wait and wait again after the loads.
+        for (int b = 0; b < nb; b += 2) {
+            load(min(b + 1, nb - 1), pong, ping.zw & zero_mask);
+            __syncwarp();  // the next batch's loads stay above this line, in flight during the math below
+            math(b, ping);
+            if (b + 1 >= nb) break;
+            load(min(b + 2, nb - 1), ping, pong.zw & zero_mask);
+            __syncwarp();
+            math(b + 1, pong);
+        }
+    }
+    __shared__ float red[4][8 * 4 * 32];
+    __shared__ u32 s_last;
+    tile.template finish_block<SW>(red, &s_last, bias, y, partials, counters, M, N, S2, at, strip_ok);
+}
+
+// awq_swapdb_* / awq_swapgsdb_*: the double-buffered swapped-tile kernels, one token tile (M ≤ 8), batches of
+// HB chunks (4, or 2 and 1 for groups of 32 and 16 values).
+#define AWQ_SWAPDB_AS(D, NAME, PREFIX, GS, SW, HB)                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 2) PREFIX##_##NAME##_nt1_sw##SW##_cb##HB(                \
+        const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
+        const uint4* __restrict__ sc, const u32* __restrict__ zr, const D::T* __restrict__ bias,              \
+        D::T* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters, int M, int N, int K,  \
+        int NS, int G, int gpw, int S2) {                                                                      \
+        stream_kernel_db<D, 1, GS, SW, HB>(x, zero_row, qw, sc, zr, bias, y, partials, counters, M, N, K, NS, G, \
+                                           gpw, S2);                                                           \
+    }
+#define AWQ_SWAPDB_SW_HB(D, NAME, SW, HB)                  \
+    AWQ_SWAPDB_AS(D, NAME, awq_swapdb, false, SW, HB)      \
+    AWQ_SWAPDB_AS(D, NAME, awq_swapgsdb, true, SW, HB)
+#define AWQ_SWAPDB_ALL(D, NAME)          \
+    AWQ_SWAPDB_SW_HB(D, NAME, 1, 4)      \
+    AWQ_SWAPDB_SW_HB(D, NAME, 1, 2)      \
+    AWQ_SWAPDB_SW_HB(D, NAME, 1, 1)      \
+    AWQ_SWAPDB_SW_HB(D, NAME, 2, 4)      \
+    AWQ_SWAPDB_SW_HB(D, NAME, 2, 2)      \
+    AWQ_SWAPDB_SW_HB(D, NAME, 2, 1)
+
 #define AWQ_STREAM_AS(D, NAME, PREFIX, STAGGER, BATCH, MT, SW, CB, MINB)                                        \
     extern "C" __global__ void __launch_bounds__(256, MINB) PREFIX##_##NAME##_mt##MT##_sw##SW##_cb##CB(       \
         const D::T* __restrict__ x, const D::T* __restrict__ zero_row, const uint4* __restrict__ qw,          \
@@ -803,6 +957,8 @@ AWQ_STREAMB_ALL(BF16, bf16)
     AWQ_SWAP_AS(D, NAME, awq_swapgsb, true, true, 1, 2, 8, 2)
 AWQ_SWAP_ALL(F16, f16)
 AWQ_SWAP_ALL(BF16, bf16)
+AWQ_SWAPDB_ALL(F16, f16)
+AWQ_SWAPDB_ALL(BF16, bf16)
 
 // cp.async helpers (sm_80+): a 16-byte global -> shared copy that bypasses L1 (the weights are read once),
 // and the group bookkeeping.

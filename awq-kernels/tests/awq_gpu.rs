@@ -40,8 +40,8 @@ use awq_kernels::ops::awq::cuda::{
 };
 use awq_kernels::ops::awq::plan::m_tiles;
 use awq_kernels::ops::awq::tune::{
-    dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, SwapTile,
-    TuneKey, Variant,
+    dequant_candidates, set_autotune, stream_candidates, DequantKernel, StreamKernel, SwapLoads,
+    SwapTile, TuneKey, Variant,
 };
 use awq_kernels::ops::linear::Linear;
 use awq_kernels::{DType, Device, FloatElement, Tensor};
@@ -759,6 +759,43 @@ fn the_swapped_tile_kernels_match_the_cpu_reference() {
                     case,
                     AwqPath::Variant(Variant::Stream { kernel, shape }),
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_swapped_tile_kernels_give_the_same_bits_however_they_load() {
+    let Some(gpu) = gpu_for_tests() else { return };
+    // Under the spread plan (which does not depend on the kernels' residency) the batched and the
+    // double-buffered kernels run the plain kernel's arithmetic in its order: the same bits, with and without
+    // the group scale. Odd and even batch counts per warp (groups of 16 values: one batch a group; 256: four),
+    // split-K, two strips per block, and 9..16 rows (where double buffering falls back to whole batches).
+    for (m, k, n, group) in [
+        (1, 8192, 512, 128),
+        (4, 2048, 4160, 16),
+        (8, 3584, 200, 32),
+        (2, 4096, 64, 256),
+        (7, 1280, 136, 64),
+        (13, 2048, 72, 128),
+    ] {
+        let case = Case {
+            m,
+            k,
+            n,
+            group,
+            bias: true,
+            seed: (13 * m + k + n) as u64,
+        };
+        for group_scale in [false, true] {
+            let with = |loads| {
+                AwqPath::Variant(Variant::Stream {
+                    kernel: StreamKernel::Swapped(SwapTile::new(group_scale, loads)),
+                    shape: PlanShape::Spread,
+                })
+            };
+            for loads in [SwapLoads::Batched, SwapLoads::DoubleBuffered] {
+                assert_same_bits(&gpu, case, with(SwapLoads::Default), with(loads));
             }
         }
     }

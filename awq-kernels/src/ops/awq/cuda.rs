@@ -1028,7 +1028,7 @@ fn launch_stream<T: AwqFloat>(
     } else if let Some(tile) = swap {
         let name = format!(
             "{}_{}_nt{}_sw{}_cb{}",
-            tile.prefix(),
+            tile.prefix(m),
             T::NAME,
             m.div_ceil(8),
             plan.sw,

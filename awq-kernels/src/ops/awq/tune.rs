@@ -5,7 +5,7 @@
 //! the first call of a shape decides.
 //!
 //! - Decode (m ≤ 64): the register, staggered and cp.async-pipelined streaming kernels (and up to 16 rows
-//!   the batched and the four swapped-tile ones), each with the two plans of [`PlanShape`]. Different plans sum the k-splits in
+//!   the batched and the six swapped-tile ones), each with the two plans of [`PlanShape`]. Different plans sum the k-splits in
 //!   different groupings (and the swapped tile's tensor-core sums may round differently), so their outputs
 //!   may differ in the last bit; the choice is made once per process and shape and then kept, and `AWQ_AUTOTUNE=0` fixes
 //!   the default variant for runs that must repeat bit for bit across processes.
@@ -58,58 +58,87 @@ pub struct SwapTile {
     /// value). Without it the dequantized weights are the register kernel's, and the result the same up to
     /// the tensor cores' summation order.
     pub group_scale: bool,
-    /// Whole batches in flight, as [`StreamKernel::Batched`] (`awq_swapb*`): two blocks per SM.
-    pub batched: bool,
+    /// How the weights are loaded.
+    pub loads: SwapLoads,
+}
+
+/// How a swapped-tile kernel keeps its weight loads in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SwapLoads {
+    /// As ptxas schedules them (3-4 of a batch's 8 in flight): `awq_swap`, `awq_swapgs`.
+    Default,
+    /// Whole batches in flight, as [`StreamKernel::Batched`]: `awq_swapb`, `awq_swapgsb`; two blocks per SM.
+    Batched,
+    /// The next batch of 4 chunks (with its x fragments, scales and zeros) in flight during the current
+    /// one's math: `awq_swapdb`, `awq_swapgsdb`, m ≤ 8 (the batched kernel above that); two blocks per SM.
+    DoubleBuffered,
 }
 
 impl SwapTile {
-    /// The four kinds, the plain one first.
-    pub const ALL: [SwapTile; 4] = [
-        SwapTile {
-            group_scale: false,
-            batched: false,
-        },
-        SwapTile {
-            group_scale: true,
-            batched: false,
-        },
-        SwapTile {
-            group_scale: false,
-            batched: true,
-        },
-        SwapTile {
-            group_scale: true,
-            batched: true,
-        },
+    /// Every kind, the plain one first.
+    pub const ALL: [SwapTile; 6] = [
+        SwapTile::new(false, SwapLoads::Default),
+        SwapTile::new(true, SwapLoads::Default),
+        SwapTile::new(false, SwapLoads::Batched),
+        SwapTile::new(true, SwapLoads::Batched),
+        SwapTile::new(false, SwapLoads::DoubleBuffered),
+        SwapTile::new(true, SwapLoads::DoubleBuffered),
     ];
 
-    /// The kernel name's prefix: `awq_swap`, `awq_swapgs`, `awq_swapb`, `awq_swapgsb`.
-    pub fn prefix(self) -> &'static str {
-        match (self.group_scale, self.batched) {
-            (false, false) => "awq_swap",
-            (true, false) => "awq_swapgs",
-            (false, true) => "awq_swapb",
-            (true, true) => "awq_swapgsb",
+    pub const fn new(group_scale: bool, loads: SwapLoads) -> Self {
+        SwapTile { group_scale, loads }
+    }
+
+    /// The loads the kernel for `m` rows uses: double buffering exists for one token tile (m ≤ 8) only.
+    fn loads_for(self, m: usize) -> SwapLoads {
+        match self.loads {
+            SwapLoads::DoubleBuffered if m > 8 => SwapLoads::Batched,
+            l => l,
+        }
+    }
+
+    /// The kernel name's prefix for `m` rows: `awq_swap`, `awq_swapgs`, `awq_swapb`, `awq_swapgsb`,
+    /// `awq_swapdb`, `awq_swapgsdb`.
+    pub fn prefix(self, m: usize) -> &'static str {
+        match (self.group_scale, self.loads_for(m)) {
+            (false, SwapLoads::Default) => "awq_swap",
+            (true, SwapLoads::Default) => "awq_swapgs",
+            (false, SwapLoads::Batched) => "awq_swapb",
+            (true, SwapLoads::Batched) => "awq_swapgsb",
+            (false, SwapLoads::DoubleBuffered) => "awq_swapdb",
+            (true, SwapLoads::DoubleBuffered) => "awq_swapgsdb",
         }
     }
 
     /// Chunks per load batch for `m` rows when the plan asks for `cb` (a power of two dividing group / 16):
     /// the group-scaled kernels exist only up to 4 (8 with whole batches and m ≤ 8), where their registers
-    /// allow it without spills (ptxas sm_90a).
+    /// allow it without spills (ptxas sm_90a); the double-buffered ones take 4 at most (two batches live).
     pub fn batch(self, m: usize, cb: usize) -> usize {
-        match (self.group_scale, self.batched) {
-            (true, false) => cb.min(4),
-            (true, true) if m > 8 => cb.min(4),
+        match (self.group_scale, self.loads_for(m)) {
+            (_, SwapLoads::DoubleBuffered) => cb.min(4),
+            (true, SwapLoads::Default) => cb.min(4),
+            (true, SwapLoads::Batched) if m > 8 => cb.min(4),
             _ => cb,
         }
     }
 
     /// Blocks of 256 threads resident on one SM for `m` rows.
     pub fn resident_blocks(self, m: usize) -> usize {
-        if self.batched {
-            2
-        } else {
-            swap_resident_blocks(m)
+        match self.loads_for(m) {
+            SwapLoads::Default => swap_resident_blocks(m),
+            _ => 2,
+        }
+    }
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match (self.group_scale, self.loads) {
+            (false, SwapLoads::Default) => "swap",
+            (true, SwapLoads::Default) => "swap-gs",
+            (false, SwapLoads::Batched) => "swap-b",
+            (true, SwapLoads::Batched) => "swap-gs-b",
+            (false, SwapLoads::DoubleBuffered) => "swap-db",
+            (true, SwapLoads::DoubleBuffered) => "swap-gs-db",
         }
     }
 }
@@ -194,12 +223,7 @@ impl Variant {
                     StreamKernel::Pipelined => "pipe",
                     StreamKernel::Staggered => "stagger",
                     StreamKernel::Batched => "streamb",
-                    StreamKernel::Swapped(t) => match (t.group_scale, t.batched) {
-                        (false, false) => "swap",
-                        (true, false) => "swap-gs",
-                        (false, true) => "swap-b",
-                        (true, true) => "swap-gs-b",
-                    },
+                    StreamKernel::Swapped(t) => t.name(),
                 },
                 match shape {
                     PlanShape::Spread => "spread",
@@ -411,7 +435,7 @@ mod tests {
     fn candidates_start_with_the_measured_defaults() {
         let s = stream_candidates(true, 1);
         assert_eq!(s[0], Variant::STREAM_DEFAULT);
-        assert_eq!(s.len(), 16);
+        assert_eq!(s.len(), 20);
         assert_eq!(stream_candidates(true, 2).len(), 6);
         assert_eq!(stream_candidates(false, 4).len(), 4);
         assert!(stream_candidates(false, 4).iter().all(|v| matches!(
@@ -426,7 +450,7 @@ mod tests {
             Variant::Stream {
                 kernel: StreamKernel::Swapped(SwapTile {
                     group_scale: true,
-                    batched: true
+                    loads: SwapLoads::DoubleBuffered,
                 }),
                 ..
             }
