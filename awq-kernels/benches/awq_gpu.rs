@@ -25,7 +25,7 @@ use awq_kernels::ops::awq::cuda::{
     awq_linear_with, tuning_report, AwqFloat, AwqGpuWeights, AwqPath, Repacked, STREAM_MAX_M,
     STREAM_MAX_ROWS,
 };
-use awq_kernels::ops::awq::plan::{m_tiles, row_blocks};
+use awq_kernels::ops::awq::plan::m_tiles;
 use awq_kernels::ops::awq::tune::{dequant_candidates, stream_candidates, TuneKey, Variant};
 use awq_kernels::DType;
 use cudarc::cublas::{CudaBlas, Gemm};
@@ -101,18 +101,7 @@ fn report_variant(
 
 /// The autotuner's choice for a call of m rows on weights `w` (after `awq_linear` ran once on them).
 fn chosen(gpu: &Gpu, w: &AwqGpuWeights, m: usize) -> Res<String> {
-    let key = TuneKey {
-        k: w.k(),
-        n: w.n(),
-        group: w.group(),
-        dtype: w.dtype(),
-        mt: if m <= STREAM_MAX_ROWS { m_tiles(m) } else { 0 },
-        row_blocks: if m <= STREAM_MAX_ROWS {
-            row_blocks(m)
-        } else {
-            0
-        },
-    };
+    let key = TuneKey::new(w.k(), w.n(), w.group(), w.dtype(), m);
     Ok(tuning_report(gpu)?
         .into_iter()
         .find(|(k, _)| *k == key)
@@ -207,11 +196,12 @@ fn run() -> Res<()> {
             .map(|(v, us)| format!("\"{}\":{us:.2}", v.name()))
             .collect();
         println!(
-            "TUNED {{\"k\":{},\"n\":{},\"mt\":{},\"row_blocks\":{},\"dtype\":\"{}\",\"chosen\":\"{}\",\"us\":{{{}}}}}",
+            "TUNED {{\"k\":{},\"n\":{},\"mt\":{},\"row_blocks\":{},\"token_tiles\":{},\"dtype\":\"{}\",\"chosen\":\"{}\",\"us\":{{{}}}}}",
             key.k,
             key.n,
             key.mt,
             key.row_blocks,
+            key.token_tiles,
             key.dtype,
             tuned.chosen.name(),
             times.join(",")

@@ -830,6 +830,7 @@ fn the_autotuner_times_a_large_shape_once_and_keeps_a_correct_choice() {
             dtype: DType::F16,
             mt: if m <= 64 { 1 } else { 4 },
             row_blocks: m.div_ceil(64),
+            token_tiles: if m <= 16 { 1 } else { 0 },
         };
         let (_, tuned) = report
             .iter()

@@ -921,14 +921,8 @@ where
     if !autotune_enabled() || w.device_bytes() < TUNE_MIN_BYTES {
         return Ok(default);
     }
-    let key = TuneKey {
-        k: w.k,
-        n: w.n,
-        group: w.group,
-        dtype: w.dtype,
-        mt,
-        row_blocks,
-    };
+    let key = TuneKey::new(w.k, w.n, w.group, w.dtype, m);
+    debug_assert_eq!((key.mt, key.row_blocks), (mt, row_blocks));
     // The decode loop's path: one hash lookup, no allocation.
     if let Some(t) = ws.tuned.get(&key) {
         return Ok(t.chosen);

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 
 use crate::cuda::{cuda_error, Gpu};
-use crate::ops::awq::plan::{swap_resident_blocks, PlanShape};
+use crate::ops::awq::cuda::{STREAM_MAX_ROWS, SWAP_MAX_M};
+use crate::ops::awq::plan::{m_tiles, row_blocks, swap_resident_blocks, PlanShape};
 use crate::{DType, Result};
 
 /// Where the streaming kernel keeps the weights it has loaded.
@@ -296,7 +297,8 @@ pub fn pick(times_us: &[f64], margin: f64) -> usize {
 
 /// What a choice is kept for: the layer's shape and dtype, and the m-tiles and 64-row blocks of the streaming
 /// kernels (their plan depends on them; both 0 above 256 rows, where only dequantize + GEMM competes and its
-/// kernels do not depend on m).
+/// kernels do not depend on m), and the token tiles of 8 rows of the swapped-tile kernels (1 up to 8 rows, 2
+/// up to 16, else 0: their kernels differ there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TuneKey {
     pub k: usize,
@@ -305,6 +307,23 @@ pub struct TuneKey {
     pub dtype: DType,
     pub mt: usize,
     pub row_blocks: usize,
+    pub token_tiles: usize,
+}
+
+impl TuneKey {
+    /// The key of a call of `m` rows on a layer of k × n with this group size and dtype.
+    pub fn new(k: usize, n: usize, group: usize, dtype: DType, m: usize) -> TuneKey {
+        let streaming = m <= STREAM_MAX_ROWS;
+        TuneKey {
+            k,
+            n,
+            group,
+            dtype,
+            mt: if streaming { m_tiles(m) } else { 0 },
+            row_blocks: if streaming { row_blocks(m) } else { 0 },
+            token_tiles: if m <= SWAP_MAX_M { m.div_ceil(8) } else { 0 },
+        }
+    }
 }
 
 /// The choice for one key, with the median time of every candidate (µs; infinite where it failed).
@@ -429,6 +448,22 @@ mod tests {
         assert_eq!(pick(&[10.0, f64::INFINITY], MARGIN), 0);
         assert_eq!(pick(&[f64::INFINITY, f64::INFINITY], MARGIN), 0);
         assert_eq!(pick(&[7.0], MARGIN), 0);
+    }
+
+    #[test]
+    fn keys_separate_what_runs_different_kernels() {
+        let key = |m| TuneKey::new(8192, 8192, 128, DType::F16, m);
+        // One and two token tiles run different swapped kernels; 17..64 rows none.
+        assert_eq!(key(1), key(8));
+        assert_ne!(key(8), key(9));
+        assert_eq!(key(9), key(16));
+        assert_eq!((key(16).mt, key(16).token_tiles), (1, 2));
+        assert_eq!((key(17).mt, key(17).token_tiles), (2, 0));
+        assert_eq!((key(100).mt, key(100).row_blocks), (4, 2));
+        assert_eq!(
+            (key(300).mt, key(300).row_blocks, key(300).token_tiles),
+            (0, 0, 0)
+        );
     }
 
     #[test]
