@@ -51,7 +51,10 @@
 //    mma's operands swapped (ColTile): the weights are the A operand (64 columns = 4 row-tiles of 16), the
 //    tokens the B operand (n8 tiles of 8), so one token tile runs 4 mma per chunk, not 8, and holds 16
 //    accumulators, not 32 (80 registers, three blocks per SM). awq_swapgs_*: the same with each group's
-//    scale applied to its f32 sums after the mma (no HMUL2 per weight pair). The autotuner weighs both.
+//    scale applied to its f32 sums after the mma (no HMUL2 per weight pair). awq_swapb*_* keep each batch's
+//    loads all in flight (BATCH), awq_swapdb*_* the next batch in flight during the math (stream_kernel_db).
+//  - awq_streamb_<T>_mt1_sw<SW>_cb<CB>: awq_stream with BATCH (ptxas otherwise issues 3-4 of the batch's
+//    loads before the math and the rest during it); same bits. The autotuner weighs all of them.
 //  - awq_pipe_<T>_mt<MT>_sw<SW>_st<ST>: the same kernel (same plan, same warp <-> group assignment, same
 //    order of mma, same finish: bit-identical y) with the weights, scales and zeros of whole groups moved by
 //    a per-warp cp.async ring of ST stages in shared memory, so a warp has ST - 1 groups (4 KB each at
