@@ -24,7 +24,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::plan::{m_tiles, plan, plan_resident, row_blocks};
+use super::plan::{plan, plan_resident};
 pub use super::plan::{stream_plan, PlanShape, StreamPlan, CHUNK_K};
 use super::tune::{
     autotune_enabled, dequant_candidates, pick, stream_candidates, time_candidates, DequantKernel,
@@ -904,11 +904,8 @@ where
     let (m, w) = (ops.1, ops.2);
     // The family: decode shapes (m ≤ 64: the streaming kernels), short prompts (64 < m ≤ 256: streaming
     // kernels in row blocks against dequantize + GEMM, timed whole), long ones (dequantize + GEMM).
-    let (default, mt, row_blocks) = match choose_path(m, w.k, w.n) {
-        AwqPath::DequantGemm if m <= STREAM_MAX_ROWS => {
-            (Variant::DENSE_DEFAULT, m_tiles(m), row_blocks(m))
-        }
-        AwqPath::DequantGemm => (Variant::DENSE_DEFAULT, 0, 0),
+    let default = match choose_path(m, w.k, w.n) {
+        AwqPath::DequantGemm => Variant::DENSE_DEFAULT,
         AwqPath::Pipe => {
             return Ok(Variant::Stream {
                 kernel: StreamKernel::Pipelined,
@@ -916,13 +913,14 @@ where
             })
         }
         _ if decode_setting() == DECODE_STREAM => return Ok(Variant::STREAM_DEFAULT),
-        _ => (Variant::STREAM_DEFAULT, m_tiles(m), 1),
+        _ => Variant::STREAM_DEFAULT,
     };
     if !autotune_enabled() || w.device_bytes() < TUNE_MIN_BYTES {
         return Ok(default);
     }
+    // The key's m-tiles and row blocks (0 above 256 rows) also say which candidates compete.
     let key = TuneKey::new(w.k, w.n, w.group, w.dtype, m);
-    debug_assert_eq!((key.mt, key.row_blocks), (mt, row_blocks));
+    let (mt, row_blocks) = (key.mt, key.row_blocks);
     // The decode loop's path: one hash lookup, no allocation.
     if let Some(t) = ws.tuned.get(&key) {
         return Ok(t.chosen);
